@@ -1,0 +1,52 @@
+# tuwen — the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps demo test lint bench services services-down lock clean
+
+venv: $(STAMP)
+
+# The venv is rebuilt when requirements.txt or pyproject.toml change; uv installs the pinned set fast.
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "tuwen needs Python 3.11 ($(PY)) on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+	@echo "venv ready: $(VENV)"
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+## make demo: start the local services, run crawl -> synthesize -> check -> export through Airflow, summarize.
+demo: venv system-deps
+	@$(BIN)/tuwen demo
+
+## make test: lint, unit tests, integration tests on real services, and Airflow end-to-end runs.
+test: venv system-deps lint
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/ruff check .
+
+bench: venv system-deps
+	@$(BIN)/python -m bench
+
+services: venv system-deps
+	@$(BIN)/tuwen services up
+
+services-down: venv
+	@$(BIN)/tuwen services down
+
+lock:
+	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --no-header
+
+clean:
+	-@test -x $(BIN)/tuwen && $(BIN)/tuwen services down
+	rm -rf $(VENV) .run releases

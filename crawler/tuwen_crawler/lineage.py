@@ -1,0 +1,230 @@
+"""The crawler's writes to the lineage database (crawl_run, image, image_source), as plain SQL.
+
+Idempotency comes from the schema's unique keys: `image.sha256` (one row per distinct image) and
+`image_source (url, page_url)` (one row per place an image was seen). Near-duplicate detection
+compares perceptual hashes against accepted images under a transaction-scoped advisory lock, so two
+crawls running at once cannot both accept the same picture in two encodings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from tuwen.images import ImageDecision
+
+# One lock for "decide whether this picture is new, then insert it". Serialising these short
+# transactions costs ~1 ms each; correctness across concurrent crawls needs nothing less.
+IMAGE_DECISION_LOCK = 0x74_75_77_65_6E_01  # "tuwen" + 1
+
+# Rejections worth an image row (the bytes were a real, hashable file someone might ask about);
+# not_image bytes are error pages, and noai/HTTP failures never had content we may keep.
+STORED_REJECTIONS = frozenset({"too_small", "corrupt", "extreme_aspect", "too_many_pixels",
+                               "decompression_bomb", "animated", "unsupported_mode"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the crawl concluded about one image URL; every mention of the URL gets a row with it."""
+
+    outcome: str
+    reason: str | None
+    image_id: int | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+
+
+def create_crawl_run(engine: Engine, *, spider: str, site: str, seeds: list[str], settings: dict[str, Any],
+                     partition_date: dt.date, dag_id: str | None, run_id: str | None) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            text("""INSERT INTO crawl_run (spider, site, seeds, settings, partition_date, dag_id, run_id, status)
+                    VALUES (:spider, :site, CAST(:seeds AS jsonb), CAST(:settings AS jsonb), :partition_date,
+                            :dag_id, :run_id, 'running') RETURNING id"""),
+            {"spider": spider, "site": site, "seeds": json.dumps(seeds), "settings": json.dumps(settings, default=str),
+             "partition_date": partition_date, "dag_id": dag_id, "run_id": run_id},
+        ).scalar_one()
+
+
+def close_crawl_run(engine: Engine, crawl_run_id: int, *, status: str, stats: dict[str, Any],
+                    counts: dict[str, Any], error: str | None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("""UPDATE crawl_run SET status = :status, stats = CAST(:stats AS jsonb),
+                    counts = CAST(:counts AS jsonb), error = :error, finished_at = now() WHERE id = :id"""),
+            {"status": status, "stats": json.dumps(stats, default=str), "counts": json.dumps(counts),
+             "error": error, "id": crawl_run_id},
+        )
+
+
+def _existing_verdict(conn: Connection, url: str, row: Any) -> tuple[str, str | None]:
+    """The verdict for a URL whose bytes match an image row we already have."""
+    seen = conn.execute(
+        text("SELECT outcome, reason FROM image_source WHERE url = :url AND image_id = :id LIMIT 1"),
+        {"url": url, "id": row.id},
+    ).first()
+    if seen is not None:
+        # The same URL served the same bytes before (a rerun, a resumed job, a second concurrent crawl):
+        # its first verdict stands, so reruns report the same counts and add nothing.
+        return seen.outcome, seen.reason
+    if row.status == "rejected":
+        return "rejected", row.reason
+    if row.status == "taken_down":
+        return "rejected", "taken_down"
+    return "duplicate", "duplicate"
+
+
+def find_exact(conn: Connection, sha256: str) -> Any:
+    return conn.execute(text("SELECT id, status, reason FROM image WHERE sha256 = :sha"), {"sha": sha256}).first()
+
+
+def find_near(conn: Connection, phash: int, max_distance: int) -> Any:
+    # bit_count over the XOR: the Hamming distance of two 64-bit hashes, in the database.
+    return conn.execute(
+        text("""SELECT id, bit_count(CAST(phash # :p AS bit(64))) AS distance FROM image
+                WHERE status = 'accepted' AND phash IS NOT NULL
+                  AND bit_count(CAST(phash # :p AS bit(64))) <= :d
+                ORDER BY distance, id LIMIT 1"""),
+        {"p": phash, "d": max_distance},
+    ).first()
+
+
+def verdict_for_known_bytes(engine: Engine, url: str, sha256: str) -> Verdict | None:
+    """A cheap, lock-free check before any upload: is this exact file already in the database?"""
+    with engine.connect() as conn:
+        row = find_exact(conn, sha256)
+        if row is None:
+            return None
+        outcome, reason = _existing_verdict(conn, url, row)
+        return Verdict(outcome, reason, row.id)
+
+
+def near_duplicate_exists(engine: Engine, phash: int, max_distance: int) -> bool:
+    with engine.connect() as conn:
+        return find_near(conn, phash, max_distance) is not None
+
+
+def record_rejected_image(engine: Engine, url: str, decision: ImageDecision, *, crawl_date: dt.date,
+                          crawl_run_id: int) -> Verdict:
+    assert decision.reason is not None
+    if decision.reason not in STORED_REJECTIONS:
+        return Verdict("rejected", decision.reason)
+    with engine.begin() as conn:
+        image_id = conn.execute(
+            text("""INSERT INTO image (sha256, width, height, format, n_bytes, status, reason, crawl_date,
+                                       first_crawl_run_id)
+                    VALUES (:sha, :w, :h, :fmt, :n, 'rejected', :reason, :crawl_date, :run)
+                    ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
+            {"sha": decision.sha256, "w": decision.width, "h": decision.height, "fmt": decision.format,
+             "n": decision.n_bytes, "reason": decision.reason, "crawl_date": crawl_date, "run": crawl_run_id},
+        ).scalar()
+        if image_id is None:
+            row = find_exact(conn, decision.sha256)
+            outcome, reason = _existing_verdict(conn, url, row)
+            return Verdict(outcome, reason, row.id)
+    return Verdict("rejected", decision.reason, image_id)
+
+
+def record_accepted_image(engine: Engine, url: str, decision: ImageDecision, *, original_key: str, model_key: str,
+                          crawl_date: dt.date, crawl_run_id: int, near_distance: int) -> tuple[Verdict, bool]:
+    """Insert the image as accepted, or as a near duplicate of an accepted one, or find it exists.
+
+    Returns the verdict and whether the caller's uploaded objects are referenced (accepted).
+    """
+    assert decision.model is not None and decision.phash is not None
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IMAGE_DECISION_LOCK})
+        row = find_exact(conn, decision.sha256)
+        if row is not None:
+            outcome, reason = _existing_verdict(conn, url, row)
+            return Verdict(outcome, reason, row.id), False
+        near = find_near(conn, decision.phash, near_distance)
+        params = {
+            "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
+            "fmt": decision.format, "n": decision.n_bytes, "crawl_date": crawl_date, "run": crawl_run_id,
+        }
+        if near is not None:
+            image_id = conn.execute(
+                text("""INSERT INTO image (sha256, phash, width, height, format, n_bytes, status, reason,
+                                           duplicate_of, crawl_date, first_crawl_run_id)
+                        VALUES (:sha, :phash, :w, :h, :fmt, :n, 'near_duplicate', 'near_duplicate', :dup,
+                                :crawl_date, :run)
+                        ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
+                {**params, "dup": near.id},
+            ).scalar_one()
+            return Verdict("near_duplicate", "near_duplicate", image_id), False
+        image_id = conn.execute(
+            text("""INSERT INTO image (sha256, phash, width, height, format, n_bytes, original_key, model_key,
+                                       model_width, model_height, model_mime, status, crawl_date,
+                                       first_crawl_run_id)
+                    VALUES (:sha, :phash, :w, :h, :fmt, :n, :okey, :mkey, :mw, :mh, :mime, 'accepted',
+                            :crawl_date, :run)
+                    ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
+            {**params, "okey": original_key, "mkey": model_key, "mw": decision.model.width,
+             "mh": decision.model.height, "mime": decision.model.mime},
+        ).scalar_one()
+        return Verdict("accepted", None, image_id), True
+
+
+UPSERT_SOURCE = text("""
+INSERT INTO image_source (image_id, crawl_run_id, last_crawl_run_id, site, url, page_url, page_title, alt_text,
+                          context_text, found_in, outcome, reason, http_status, content_type)
+VALUES (:image_id, :run, :run, :site, :url, :page_url, :page_title, :alt_text, :context_text, :found_in,
+        :outcome, :reason, :http_status, :content_type)
+ON CONFLICT (url, page_url) DO UPDATE SET
+    last_crawl_run_id = EXCLUDED.last_crawl_run_id,
+    last_seen_at = now(),
+    page_title = COALESCE(EXCLUDED.page_title, image_source.page_title),
+    alt_text = COALESCE(EXCLUDED.alt_text, image_source.alt_text),
+    context_text = COALESCE(EXCLUDED.context_text, image_source.context_text),
+    -- Same bytes as before: the first verdict stands. Anything else (content changed, a 404 that now
+    -- serves an image, a new refusal) is today's truth.
+    image_id = EXCLUDED.image_id,
+    outcome = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.outcome
+                   ELSE EXCLUDED.outcome END,
+    reason = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.reason
+                  ELSE EXCLUDED.reason END,
+    http_status = COALESCE(EXCLUDED.http_status, image_source.http_status),
+    content_type = COALESCE(EXCLUDED.content_type, image_source.content_type)
+""")
+
+
+def source_params(mention: Any, verdict: Verdict, *, site: str, crawl_run_id: int) -> dict[str, Any]:
+    return {
+        "image_id": verdict.image_id, "run": crawl_run_id, "site": site, "url": mention.url,
+        "page_url": mention.page_url, "page_title": mention.page_title, "alt_text": mention.alt_text,
+        "context_text": mention.context_text, "found_in": mention.found_in, "outcome": verdict.outcome,
+        "reason": verdict.reason, "http_status": verdict.http_status, "content_type": verdict.content_type,
+    }
+
+
+def upsert_sources(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(UPSERT_SOURCE, rows)
+
+
+def verdicts_from_runs(engine: Engine, crawl_run_ids: list[int]) -> dict[str, Verdict]:
+    """Verdicts already recorded by earlier runs of a resumed job, keyed by image URL."""
+    if not crawl_run_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("""SELECT DISTINCT ON (url) url, image_id, outcome, reason, http_status, content_type
+                    FROM image_source WHERE last_crawl_run_id = ANY(:ids) OR crawl_run_id = ANY(:ids)
+                    ORDER BY url, last_seen_at DESC"""),
+            {"ids": crawl_run_ids},
+        ).all()
+    return {r.url: Verdict(r.outcome, r.reason, r.image_id, r.http_status, r.content_type) for r in rows}
+
+
+def job_crawl_runs(engine: Engine, site: str, job_key: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(
+            text("SELECT id FROM crawl_run WHERE site = :site AND settings->>'job_key' = :job ORDER BY id"),
+            {"site": site, "job": job_key},
+        ).scalars())

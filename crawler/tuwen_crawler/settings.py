@@ -1,0 +1,78 @@
+"""Scrapy settings, read from the environment (TUWEN_*; documented in config/.env.example).
+
+Per-site politeness (download delay, concurrency per domain, AutoThrottle target, User-Agent) comes
+from the sites YAML and is applied by the spider in `from_crawler`; the values here are the defaults
+and the process-wide limits.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+BOT_NAME = "tuwen"
+SPIDER_MODULES = ["tuwen_crawler.spiders"]
+NEWSPIDER_MODULE = "tuwen_crawler.spiders"
+
+# A clear identity with a contact, as polite crawlers give; site owners can match it in robots.txt.
+USER_AGENT = _env("TUWEN_CRAWL_USER_AGENT", "tuwen-crawler/0.1 (+https://example.invalid/tuwen-bot; research dataset)")
+ROBOTSTXT_OBEY = True
+# robots.txt groups are matched on the product token ("tuwen-crawler"), not the whole UA string.
+ROBOTSTXT_USER_AGENT = _env("TUWEN_CRAWL_ROBOTS_AGENT", "tuwen-crawler")
+
+CONCURRENT_REQUESTS = _int("TUWEN_CRAWL_CONCURRENT_REQUESTS", 32)
+CONCURRENT_REQUESTS_PER_DOMAIN = 2  # overridden per site
+DOWNLOAD_DELAY = 1.0  # overridden per site
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 1.0
+AUTOTHROTTLE_MAX_DELAY = 30.0
+AUTOTHROTTLE_TARGET_CONCURRENCY = 1.0  # overridden per site
+
+DOWNLOAD_TIMEOUT = _int("TUWEN_CRAWL_DOWNLOAD_TIMEOUT_S", 30)
+# Images above this are refused while downloading (too_large_bytes); pages are small anyway.
+DOWNLOAD_MAXSIZE = _int("TUWEN_CRAWL_MAX_BYTES", 15 * 1024 * 1024)
+DOWNLOAD_WARNSIZE = 0
+REDIRECT_MAX_TIMES = _int("TUWEN_CRAWL_MAX_REDIRECTS", 5)
+RETRY_TIMES = 2
+# Meta refresh pages are soft redirects to HTML, never to images; not following them keeps the page
+# graph what <a href> says.
+METAREFRESH_ENABLED = False
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+# The pipeline runs CPU-heavy image work in its own thread pool; DNS keeps the reactor's pool.
+REACTOR_THREADPOOL_MAXSIZE = 10
+CONCURRENT_ITEMS = 64
+
+DEFAULT_REQUEST_HEADERS = {
+    "Accept": "text/html,application/xhtml+xml,image/avif,image/webp,image/*;q=0.9,*/*;q=0.8",
+    "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5",
+}
+
+DOWNLOADER_MIDDLEWARES = {
+    # After RedirectMiddleware (600) for requests, before it for responses: sees every 3xx first.
+    "tuwen_crawler.middlewares.GuardMiddleware": 650,
+}
+ITEM_PIPELINES = {
+    "tuwen_crawler.pipelines.LineagePipeline": 300,
+}
+
+LOG_LEVEL = _env("TUWEN_CRAWL_LOG_LEVEL", "INFO")
+LOG_FORMAT = "%(asctime)s [%(name)s] %(levelname)s: %(message)s"
+
+# tuwen's own knobs (read by the pipeline and middleware through crawler.settings).
+TUWEN_NEAR_DUP_DISTANCE = _int("TUWEN_NEAR_DUP_DISTANCE", 6)
+TUWEN_CRAWL_WORKERS = _int("TUWEN_CRAWL_WORKERS", 4)
+TUWEN_MAX_SOURCE_PIXELS = _int("TUWEN_MAX_SOURCE_PIXELS", 30_000_000)
+TUWEN_MAX_ASPECT_RATIO = _float("TUWEN_MAX_ASPECT_RATIO", 8.0)

@@ -1,0 +1,84 @@
+"""
+### tuwen_crawl — fetch the day's images from the configured sites
+
+Runs daily. For every site in the sites file (`TUWEN_SITES_FILE`, YAML) one mapped task runs
+`scrapy crawl site` as a subprocess (Twisted's reactor cannot restart inside a worker). The spider
+stores each image content-addressed by SHA-256 in the object store and records `image` and
+`image_source` rows, plus a `crawl_run` row with its stats, in the lineage database. Images are
+labelled with this run's data-interval date: that date is the partition `tuwen_synthesize` works on.
+Then OCR fills in the Chinese text found in the day's images (switch: `TUWEN_OCR_ENABLED`).
+
+**Params** (manual runs): `sites` — names of sites to crawl (empty: all in the sites file);
+`date_from`/`date_to` — label the images with this date instead of the run's interval.
+
+Emits the asset `tuwen://images/crawled` with the partition date in the event's extra.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+CRAWLED_IMAGES = Asset("tuwen://images/crawled")
+
+
+@dag(
+    dag_id="tuwen_crawl",
+    schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2)},
+    params={
+        "sites": Param([], type="array", description="site names from the sites file; empty = all"),
+        "date_from": Param(None, type=["null", "string"], format="date", description="partition date override"),
+        "date_to": Param(None, type=["null", "string"], format="date", description="partition date override"),
+    },
+    tags=["tuwen"],
+    doc_md=__doc__,
+)
+def tuwen_crawl() -> None:
+    @task
+    def list_sites() -> list[str]:
+        from tuwen.config import Settings
+        from tuwen.sites import load_sites
+
+        wanted = get_current_context()["params"].get("sites") or []
+        names = list(load_sites(Settings.from_env().sites_file))
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"unknown sites {unknown}; the sites file has {names}")
+        return [n for n in names if not wanted or n in wanted]
+
+    @task(max_active_tis_per_dagrun=4)
+    def crawl_site(site: str) -> dict:
+        from tuwen.config import Settings
+        from tuwen.crawl import run_crawl
+        from tuwen.partition import resolve_partition
+
+        context = get_current_context()
+        partition = resolve_partition(context)
+        summary = run_crawl(
+            Settings.from_env(), site, partition.start,
+            dag_id=context["dag"].dag_id, run_id=context["run_id"],
+        )
+        return summary.as_dict()
+
+    @task(outlets=[CRAWLED_IMAGES])
+    def ocr_images(summaries: list[dict]) -> dict:
+        from tuwen.config import Settings
+        from tuwen.ocr import ocr_pending
+        from tuwen.partition import resolve_partition
+
+        context = get_current_context()
+        partition = resolve_partition(context)
+        settings = Settings.from_env()
+        done = ocr_pending(settings, partition_date=partition.start) if settings.ocr_enabled else 0
+        context["outlet_events"][CRAWLED_IMAGES].extra = {"partition": partition.start.isoformat()}
+        return {"partition": partition.label, "crawls": list(summaries), "ocr_images": done}
+
+    ocr_images(crawl_site.expand(site=list_sites()))
+
+
+tuwen_crawl()

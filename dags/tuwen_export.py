@@ -1,0 +1,77 @@
+"""
+### tuwen_export — gate the samples on quality, then publish a LLaVA release
+
+Manual (trigger with params). `quality_gate` runs tuwen's per-sample checks and a Great
+Expectations suite over the samples in scope, records a `qc_run`, writes each sample's verdict and
+reasons, and **fails the run** when the pass rate is below the minimum, so a bad prompt or a broken
+model blocks the export instead of shipping. `export_release` then writes the LLaVA JSON (all tasks
+and one file per task), a JSONL copy, the images, a manifest of SHA-256 per file and a dataset card
+to `exports/<release>/` in the bucket (manifest last) and to the local release folder, and records
+`export` / `export_item` rows.
+
+**Params**: `release` (name; default `tuwen-<date>`), `date_from`/`date_to` (crawl dates; empty:
+all), `languages`, `task_types`, `max_samples`, `include_images`, `min_pass_rate` (empty: config).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
+
+
+@dag(
+    dag_id="tuwen_export",
+    schedule=None,
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    params={
+        "release": Param(None, type=["null", "string"], description="release name; empty = tuwen-<date>"),
+        "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
+        "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
+        "languages": Param(["zh"], type="array", description="sample languages to include"),
+        "task_types": Param(TASK_TYPES, type="array", description="task types to include"),
+        "max_samples": Param(None, type=["null", "integer"], minimum=1, description="size cap"),
+        "include_images": Param(True, type="boolean", description="copy the images into the release"),
+        "min_pass_rate": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                               description="QC gate minimum; empty = TUWEN_QC_MIN_PASS_RATE"),
+    },
+    tags=["tuwen"],
+    doc_md=__doc__,
+)
+def tuwen_export() -> None:
+    @task(retries=0)  # a failed gate is a verdict, not a transient error
+    def quality_gate() -> dict:
+        from tuwen.config import Settings
+        from tuwen.qc import ReleaseScope, run_quality_gate
+
+        context = get_current_context()
+        result = run_quality_gate(Settings.from_env(), ReleaseScope.from_params(context["params"]),
+                                  dag_id=context["dag"].dag_id, run_id=context["run_id"])
+        return result.as_dict()
+
+    @task
+    def export_release(gate: dict) -> dict:
+        from tuwen.config import Settings
+        from tuwen.export import write_release
+        from tuwen.qc import ReleaseScope
+
+        context = get_current_context()
+        params = context["params"]
+        scope = ReleaseScope.from_params(params)
+        name = params.get("release") or f"tuwen-{context['ds']}"
+        result = write_release(Settings.from_env(), scope.release_params(name, params), dag_id=context["dag"].dag_id,
+                               run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
+        print(f"release {result.name}: {result.n_samples} samples {result.counts_by_task} "
+              f"at {result.local_path} and s3 {result.s3_prefix}")
+        return {"release": result.name, "samples": result.n_samples, "local_path": str(result.local_path),
+                "s3_prefix": result.s3_prefix}
+
+    export_release(quality_gate())
+
+
+tuwen_export()

@@ -1,0 +1,82 @@
+"""
+### tuwen_synthesize — have the VLM write LLaVA samples for a partition's images
+
+Runs daily and is backfillable: the partition is the crawl date of the images (the run's data
+interval, or `date_from`..`date_to` in a manual run). `plan` assigns each new image exactly one
+task type (conversation / complex reasoning / description, in the configured mix) and lists the
+images that still need a completion; `synthesize` is mapped over batches of them in the pool
+`vlm`, which bounds the requests in flight across all runs and backfills. Each answer is stored
+the moment it arrives under a deterministic request key, so a retry, rerun or backfill pays for
+nothing it already has.
+
+**Params**: `language` (zh, en or mix with `en_share`), `task_types`, `prompt_version` (empty:
+latest), `limit` (at most this many new completions), `force_regenerate` (pay again on purpose).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
+
+
+@dag(
+    dag_id="tuwen_synthesize",
+    schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=2,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    params={
+        "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
+        "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
+        "language": Param("zh", enum=["zh", "en", "mix"], description="answer language"),
+        "en_share": Param(0.5, type="number", minimum=0, maximum=1, description="English share for mix"),
+        "task_types": Param(TASK_TYPES, type="array", description="task types to synthesize"),
+        "prompt_version": Param(None, type=["null", "integer"], description="prompt version; empty = latest"),
+        "limit": Param(None, type=["null", "integer"], minimum=0, description="max new completions"),
+        "force_regenerate": Param(False, type="boolean", description="request again even if stored"),
+    },
+    tags=["tuwen"],
+    doc_md=__doc__,
+)
+def tuwen_synthesize() -> None:
+    @task
+    def plan() -> list[dict]:
+        from tuwen.config import Settings
+        from tuwen.partition import resolve_partition
+        from tuwen.synthesis import RunParams, plan_partition
+
+        context = get_current_context()
+        plan = plan_partition(Settings.from_env(), resolve_partition(context), RunParams.from_params(context["params"]))
+        print(f"partition {plan.partition}: {plan.images} images, {plan.newly_assigned} newly assigned a task, "
+              f"{plan.already_done} already stored, {plan.to_request} to request in {len(plan.batches)} batches")
+        return plan.batches
+
+    @task(pool="vlm")
+    def synthesize(batch: dict) -> dict:
+        from tuwen.config import Settings
+        from tuwen.synthesis import AirflowIds, RunParams, run_batch
+
+        context = get_current_context()
+        ids = AirflowIds(context["dag"].dag_id, context["run_id"], context["task"].task_id,
+                         context["ti"].map_index)
+        result = run_batch(Settings.from_env(), batch["image_ids"], RunParams.from_params(context["params"]), ids)
+        return result.as_dict()
+
+    @task
+    def summarize(results: list[dict]) -> dict:
+        totals: dict[str, int] = {}
+        for result in results:
+            for name, value in result.items():
+                if isinstance(value, int):
+                    totals[name] = totals.get(name, 0) + value
+        print(f"synthesis totals: {totals}")
+        return totals
+
+    summarize(synthesize.expand(batch=plan()))
+
+
+tuwen_synthesize()

@@ -1,0 +1,1 @@
+"""Lineage database: SQLAlchemy 2.x models, sessions and Alembic migrations."""

@@ -1,0 +1,219 @@
+"""Decide whether downloaded bytes are a usable image, and make the model-ready copy.
+
+Pure functions over bytes (no I/O), so the crawler's pipeline runs them in a worker thread and the
+tests run them directly. Every rejection carries one reason from `REJECT_REASONS`.
+
+The model-ready copy follows Qwen2.5-VL's `smart_resize` (qwen-vl-utils): both sides are multiples of
+the 28-px patch, the pixel count sits inside [min_pixels, max_pixels], the aspect ratio is kept.
+Resizing on our side means the VLM sees exactly the pixels we stored and paid tokens for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import imagehash
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tuwen.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN_PATCH, Settings
+
+# Reasons an image (with bytes in hand) is refused. The crawler adds reasons for URLs that never
+# yield bytes (http_404, robots_disallowed, ...), see tuwen_crawler.outcomes.
+REJECT_REASONS = (
+    "not_image",
+    "corrupt",
+    "too_small",
+    "extreme_aspect",
+    "too_many_pixels",
+    "decompression_bomb",
+    "animated",
+    "unsupported_mode",
+)
+
+# Formats a browser shows in <img>; anything else Pillow can read (PSD, EPS, ICNS, ...) is not a web image.
+WEB_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "MPO"})
+# Modes we can faithfully bring to RGB; 16/32-bit and float modes are scientific data, not photos.
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+
+# A model copy with at most this many distinct colours (on a 64x64 probe) is a graphic, chart or
+# text screenshot: PNG keeps its hard edges legible for OCR and the VLM; everything else is a photo
+# and goes to JPEG, which is 5-10x smaller for photos at no visible cost.
+PNG_MAX_COLOURS = 256
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    min_side: int = 224
+    max_aspect: float = 8.0  # longer/shorter side; banners and separators make useless samples
+    # Above this a web image is implausible (34 MP panoramas exist, but decoding one costs ~100 MB and
+    # the model sees 1 MP anyway).
+    max_source_pixels: int = 30_000_000
+    # Pillow's own bomb threshold (2 x MAX_IMAGE_PIXELS, ~179 MP): a header claiming more is an attack
+    # or a broken file, never a photo. Checked from the header, before decoding anything.
+    bomb_pixels: int = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    patch: int = QWEN_PATCH
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: float) -> ImageLimits:
+        return cls(min_side=settings.min_image_side, max_pixels=settings.max_pixels,  # type: ignore[arg-type]
+                   min_pixels=settings.min_pixels, **overrides)
+
+
+@dataclass(frozen=True)
+class ModelCopy:
+    data: bytes
+    width: int
+    height: int
+    mime: str
+    ext: str
+
+
+@dataclass(frozen=True)
+class ImageDecision:
+    accepted: bool
+    reason: str | None
+    sha256: str
+    n_bytes: int
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None  # Pillow's format name, e.g. JPEG
+    phash: int | None = None  # signed 64-bit, fits PostgreSQL BIGINT
+    model: ModelCopy | None = None
+
+    @property
+    def original_ext(self) -> str:
+        return {"JPEG": "jpg", "MPO": "jpg"}.get(self.format or "", (self.format or "bin").lower())
+
+    @property
+    def original_mime(self) -> str:
+        return Image.MIME.get(self.format or "", "application/octet-stream")
+
+
+def smart_resize(height: int, width: int, *, factor: int = QWEN_PATCH, min_pixels: int = DEFAULT_MIN_PIXELS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Qwen2.5-VL's rule: round sides to the nearest multiple of `factor`, then scale into the budget."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def phash_int64(image: Image.Image) -> int:
+    """imagehash's 64-bit pHash as a signed integer (PostgreSQL has no unsigned BIGINT)."""
+    unsigned = int(str(imagehash.phash(image)), 16)
+    return unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
+
+
+def hamming64(a: int, b: int) -> int:
+    return ((a ^ b) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
+
+
+def _reject(reason: str, sha: str, n_bytes: int, **fields: object) -> ImageDecision:
+    return ImageDecision(accepted=False, reason=reason, sha256=sha, n_bytes=n_bytes, **fields)  # type: ignore[arg-type]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels have arbitrary colour underneath; compose on white as a browser page would show it.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _looks_like_graphic(rgb: Image.Image) -> bool:
+    probe = rgb.resize((64, 64), Image.Resampling.NEAREST)
+    return probe.getcolors(maxcolors=PNG_MAX_COLOURS) is not None
+
+
+def make_model_copy(rgb: Image.Image, limits: ImageLimits) -> ModelCopy:
+    height, width = smart_resize(rgb.height, rgb.width, factor=limits.patch, min_pixels=limits.min_pixels,
+                                 max_pixels=limits.max_pixels)
+    resized = rgb if (width, height) == rgb.size else rgb.resize((width, height), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    if _looks_like_graphic(rgb):
+        resized.save(out, format="PNG", optimize=False, compress_level=6)
+        return ModelCopy(out.getvalue(), width, height, "image/png", "png")
+    resized.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return ModelCopy(out.getvalue(), width, height, "image/jpeg", "jpg")
+
+
+def inspect_and_normalize(data: bytes, content_type: str | None = None,
+                          limits: ImageLimits | None = None) -> ImageDecision:
+    """Decode `data` safely and either reject it with a reason or accept it with hashes and a model copy.
+
+    `content_type` is the server's claim; it is only used to word the verdict, never trusted: the bytes
+    decide (servers label WebP as image/jpeg and images as application/octet-stream all the time).
+    """
+    limits = limits or ImageLimits()
+    sha = hashlib.sha256(data).hexdigest()
+    n_bytes = len(data)
+    if not data:
+        return _reject("not_image", sha, n_bytes)
+    try:
+        # Our own checks below replace Pillow's global MAX_IMAGE_PIXELS; silence its warning so a big
+        # but legitimate image is not logged as an attack.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        return _reject("decompression_bomb", sha, n_bytes)
+    except UnidentifiedImageError:
+        return _reject("not_image", sha, n_bytes)
+    except (OSError, SyntaxError, ValueError):
+        return _reject("corrupt", sha, n_bytes)
+
+    with image:
+        fmt = image.format
+        width, height = image.size
+        meta = {"width": width, "height": height, "format": fmt}
+        if fmt not in WEB_FORMATS:
+            return _reject("not_image", sha, n_bytes, **meta)
+        pixels = width * height
+        if pixels <= 0:
+            return _reject("corrupt", sha, n_bytes, **meta)
+        # Size checks come from the header alone, before a single pixel is decoded.
+        if pixels > limits.max_source_pixels:
+            reason = "decompression_bomb" if pixels > limits.bomb_pixels else "too_many_pixels"
+            return _reject(reason, sha, n_bytes, **meta)
+        if getattr(image, "n_frames", 1) > 1 and fmt != "MPO":
+            # MPO is a JPEG with a stereo/preview frame, not an animation.
+            return _reject("animated", sha, n_bytes, **meta)
+        if image.mode not in CONVERTIBLE_MODES:
+            return _reject("unsupported_mode", sha, n_bytes, **meta)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+                oriented = ImageOps.exif_transpose(image)
+        except Image.DecompressionBombError:
+            return _reject("decompression_bomb", sha, n_bytes, **meta)
+        except (OSError, SyntaxError, ValueError, EOFError):
+            return _reject("corrupt", sha, n_bytes, **meta)
+        # Display size after EXIF rotation is what a reader (and the model) sees.
+        width, height = oriented.size
+        meta = {"width": width, "height": height, "format": fmt}
+        if min(width, height) < limits.min_side:
+            return _reject("too_small", sha, n_bytes, **meta)
+        if max(width, height) / min(width, height) > limits.max_aspect:
+            return _reject("extreme_aspect", sha, n_bytes, **meta)
+        rgb = _to_rgb(oriented)
+        return ImageDecision(
+            accepted=True, reason=None, sha256=sha, n_bytes=n_bytes, width=width, height=height, format=fmt,
+            phash=phash_int64(rgb), model=make_model_copy(rgb, limits),
+        )

@@ -1,0 +1,593 @@
+"""Per-sample quality checks for generated LLaVA samples.
+
+`run_checks(sample, config)` runs every check in `CHECKS` and returns a `SampleVerdict`: passed, the
+failing reasons (stable names, the keys of `CHECKS`) and a few metrics. The gate runs this over every
+sample of a partition (640k in the seed-sized release), so the code favours C-level work (compiled
+regexes, `str` methods, substring search) over Python loops per character: see `bench` for the
+measured cost per sample.
+
+Quoted spans (“…”, 「…」, 《…》, "…") are treated as evidence copied from the image, not as the model's own
+language: a Traditional-Chinese shop sign or an English slogan quoted inside a Simplified answer is
+correct, so the language checks look at the text outside quotes, and the grounding check looks at the
+quotes themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+IMAGE_TOKEN = "<image>"
+LANGUAGES = ("zh", "en")
+
+# Bump when a check's logic changes, so qc_run rows and dataset cards say which rules judged a sample.
+QC_CHECKS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SampleForQC:
+    """What the checks need to know about one sample (no ids, no database rows)."""
+
+    task_type: str
+    language: str
+    conversations: Sequence[Mapping[str, Any]]
+    finish_reason: str | None = None
+    ocr_text: str | None = None  # None: OCR did not run; "": it ran and found no text
+
+
+@dataclass
+class SampleVerdict:
+    passed: bool
+    reasons: list[str]
+    metrics: dict[str, float]
+
+
+def _rounds_by_task() -> dict[str, tuple[int, int]]:
+    return {"conversation": (1, 5), "complex_reasoning": (1, 1), "detail": (1, 1)}
+
+
+def _min_answer_chars() -> dict[str, int]:
+    return {"conversation": 60, "complex_reasoning": 80, "detail": 100}
+
+
+def _max_answer_chars() -> dict[str, int]:
+    return {"conversation": 5000, "complex_reasoning": 3500, "detail": 3500}
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Thresholds of the checks. Character counts are for Chinese; English ones are scaled by
+    `en_length_factor` because an English answer takes about three times the characters."""
+
+    rounds_by_task: Mapping[str, tuple[int, int]] = field(default_factory=_rounds_by_task)
+    # language
+    zh_min_cjk_ratio: float = 0.6
+    zh_max_traditional_share: float = 0.05
+    zh_min_traditional_chars: int = 3
+    zh_max_latin_run_words: int = 5
+    max_foreign_script_chars: int = 2
+    en_max_cjk_share: float = 0.15
+    # degeneration
+    max_duplicate_sentence_ratio: float = 0.3
+    min_sentences_for_duplicate_ratio: int = 4
+    min_sentence_chars: int = 6
+    loop_window_chars: int = 240
+    loop_max_unit_chars: int = 40
+    loop_min_repeats: int = 4
+    loop_min_span_chars: int = 30
+    min_answer_chars: Mapping[str, int] = field(default_factory=_min_answer_chars)
+    max_answer_chars: Mapping[str, int] = field(default_factory=_max_answer_chars)
+    en_length_factor: float = 3.0
+    # conversation
+    duplicate_question_jaccard: float = 0.7
+    non_answer_max_chars: int = 8
+    # grounding
+    ocr_min_cjk_chars: int = 4
+    ocr_min_coverage: float = 0.3
+    ocr_max_segments: int = 12
+    ocr_segment_match: float = 0.5
+    quote_seen_share: float = 0.6
+    max_ungrounded_quote_share: float = 0.5
+    quote_requires_cue: bool = True
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One rule as the dataset card and qc_run describe it; `thresholds` name QCConfig fields."""
+
+    name: str
+    version: int
+    description: str
+    thresholds: tuple[str, ...] = ()
+
+
+_SPECS = (
+    CheckSpec("structure.task_type", 1, "task type is one of the configured task types and language is zh or en"),
+    CheckSpec(
+        "structure.roles", 1, "roles are only human/gpt, human first, strictly alternating, ending on gpt"
+    ),
+    CheckSpec("structure.image_placeholder", 1, "exactly one <image> in the sample, inside the first human turn"),
+    CheckSpec("structure.rounds", 1, "number of human/gpt rounds within the task's range", ("rounds_by_task",)),
+    CheckSpec("structure.empty_turn", 1, "no turn is empty (after removing <image>)"),
+    CheckSpec(
+        "language.cjk_ratio",
+        1,
+        "zh: share of CJK characters among letters in the answers (outside quotes) is high enough",
+        ("zh_min_cjk_ratio",),
+    ),
+    CheckSpec(
+        "language.traditional",
+        1,
+        "zh: Traditional-only characters (OpenCC t2s changes them) outside quotes stay rare",
+        ("zh_max_traditional_share", "zh_min_traditional_chars"),
+    ),
+    CheckSpec(
+        "language.foreign_leakage",
+        1,
+        "zh: no run of English words longer than allowed and no kana/hangul/Cyrillic/Thai/Arabic outside quotes",
+        ("zh_max_latin_run_words", "max_foreign_script_chars"),
+    ),
+    CheckSpec(
+        "language.cjk_leakage",
+        1,
+        "en: share of CJK characters among letters in the answers (outside quotes) stays small",
+        ("en_max_cjk_share",),
+    ),
+    CheckSpec("refusal", 1, "no refusal or AI self-reference (作为AI…, 我无法查看图片, As an AI…, I cannot see the image)"),
+    CheckSpec(
+        "meta_talk",
+        1,
+        "answers talk about the image, not the prompt (根据你的要求, 以下是设计的对话, 按照格式, leftover 用户：/助手： markers)",
+    ),
+    CheckSpec(
+        "degeneration.repetition",
+        1,
+        "no repeated sentences/lines beyond the ratio and no looping tail (a unit repeated to the end)",
+        (
+            "max_duplicate_sentence_ratio",
+            "min_sentences_for_duplicate_ratio",
+            "min_sentence_chars",
+            "loop_min_repeats",
+            "loop_min_span_chars",
+        ),
+    ),
+    CheckSpec(
+        "degeneration.truncated",
+        1,
+        "finish_reason is not 'length' and the last answer ends with terminal punctuation (or a list/table line)",
+    ),
+    CheckSpec("length.too_short", 1, "answers' total characters at least the task minimum", ("min_answer_chars", "en_length_factor")),
+    CheckSpec("length.too_long", 1, "answers' total characters at most the task maximum", ("max_answer_chars", "en_length_factor")),
+    CheckSpec(
+        "conversation.duplicate_question",
+        1,
+        "no two questions in a sample are near-duplicates (character-bigram Jaccard, filler words removed)",
+        ("duplicate_question_jaccard",),
+    ),
+    CheckSpec(
+        "conversation.non_answer",
+        1,
+        "no answer is just 不确定/无法确定/不知道/I don't know",
+        ("non_answer_max_chars",),
+    ),
+    CheckSpec(
+        "grounding.ocr_coverage",
+        1,
+        "detail: when OCR found enough Chinese text, the description mentions enough of the OCR segments",
+        ("ocr_min_cjk_chars", "ocr_min_coverage", "ocr_max_segments", "ocr_segment_match"),
+    ),
+    CheckSpec(
+        "grounding.ungrounded_quote",
+        1,
+        "quoted Chinese text presented as text in the image (写着“…”, 「…」字样) was seen by OCR",
+        ("quote_seen_share", "max_ungrounded_quote_share", "quote_requires_cue"),
+    ),
+)
+CHECKS: dict[str, CheckSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def describe_checks(config: QCConfig | None = None) -> list[dict[str, Any]]:
+    """The registry with threshold values filled in, for the dataset card and qc_run."""
+    config = config or QCConfig()
+    return [
+        {
+            "name": spec.name,
+            "version": spec.version,
+            "description": spec.description,
+            "thresholds": {name: _jsonable(getattr(config, name)) for name in spec.thresholds},
+        }
+        for spec in _SPECS
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Character classes and patterns, compiled once.
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+CJK_RUN_RE = re.compile(f"[{_CJK}]+")
+LATIN_RUN_RE = re.compile(r"[A-Za-z]+")
+# Words joined by spaces/hyphens/apostrophes: one English phrase. Digits break a run, so model numbers
+# ("iPhone 15 Pro") and units stay short.
+LATIN_PHRASE_RE = re.compile(r"[A-Za-z]+(?:[ '’\-]+[A-Za-z]+)+")
+# Kana, Hangul, Cyrillic, Thai, Arabic: scripts Qwen sometimes drifts into mid-answer.
+FOREIGN_SCRIPT_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uac00-\ud7af\u1100-\u11ff\u0400-\u04ff\u0e00-\u0e7f\u0600-\u06ff]")
+QUOTE_RE = re.compile(r"“([^”\n]{1,80})”|「([^」\n]{1,80})」|『([^』\n]{1,80})』|《([^》\n]{1,40})》|\"([^\"\n]{1,80})\"|‘([^’\n]{1,80})’")
+SENTENCE_SPLIT_RE = re.compile(r"[。！？!?；;\n]+|(?<=[A-Za-z])\.\s")
+NON_WORD_RE = re.compile(rf"[^0-9A-Za-z{_CJK}]+")
+
+# Words that say the next quote is text printed in the image (before it, or right after it).
+QUOTE_CUE_BEFORE_RE = re.compile(
+    r"写着|写有|写的是|写道|标有|标着|标注|印着|印有|刻着|刻有|显示|标题|题为|字样|文字|标语|口号|招牌|牌匾|"
+    r"上书|注明|内容为|内容是|名为|名称|店名|品牌|商标|logo|LOGO|Logo|读作|横幅|菜单|价目"
+    r"|reads|says|saying|written|labell?ed|printed|titled|words"
+)
+QUOTE_CUE_AFTER = ("字样", "等字", "几个字", "的字", "标志", "标识", "指示牌", "招牌", "牌子", "横幅", "标语")
+
+# Refusals and AI self-reference. Cheap substring triggers decide whether a regex runs at all: most
+# answers contain none of them, and `in` is a C-level scan.
+REFUSAL_ZH_RE = re.compile(
+    r"作为(?:一[个名款]|您的|你的)?(?:视觉)?(?:AI|ＡＩ|人工智能|语言模型|大型语言模型|智能助手)"
+    r"|我(?:只)?是(?:一[个名款])?(?:AI|ＡＩ|人工智能|语言模型)"
+    r"|(?:无法|不能|没法|没有办法|看不到|看不了)(?:直接)?(?:查看|看到|看见|访问|打开|读取|处理|分析|识别)?"
+    r"(?:这张|该|此|您的|你的|您提供的|你提供的)?(?:图片|图像|照片)(?:的内容)?[。，,.!！]"
+    r"|(?:抱歉|对不起)[，,]?\s*(?:我|但我)(?:无法|不能|没法)"
+)
+REFUSAL_ZH_TRIGGERS = ("AI", "ＡＩ", "人工智能", "语言模型", "智能助手", "无法", "不能", "没法", "没有办法", "看不", "抱歉", "对不起")
+REFUSAL_EN_RE = re.compile(
+    r"\bas an ai\b|\bas a (?:large )?language model\b"
+    r"|\bi(?: am|'m)? (?:unable|not able) to (?:see|view|access|analy[sz]e|open)\b"
+    r"|\bi (?:cannot|can't|can not) (?:see|view|access|analy[sz]e|open) (?:the|this|your|any) (?:image|picture|photo)"
+    r"|\bi'?m sorry,? but i (?:cannot|can't)"
+)
+REFUSAL_EN_TRIGGERS = ("as an ai", "language model", "unable to", "not able to", "cannot", "can't", "can not", "sorry")
+
+META_TALK_ZH_RE = re.compile(
+    r"(?:根据|按照|按|依照|符合)(?:你|您)(?:的)?(?:要求|指示|需求)"
+    r"|以下是(?:一[段个组]|为您|为你)?(?:设计的|模拟的|关于这张(?:图片|照片|图像)的)?(?:对话|问题和答案|问答)"
+    r"|设计(?:了)?一[段个组](?:对话|问题)|设计的对话"
+    r"|按照?(?:要求的|指定的|上述|给定的)?格式"
+    r"|(?:^|\n)\s*(?:用户|助手)\s*[:：]"
+    r"|^\s*(?:问题|回答)\s*[:：]"
+)
+META_TALK_ZH_TRIGGERS = ("要求", "指示", "需求", "以下是", "设计", "格式", "用户", "助手", "问题", "回答")
+META_TALK_EN_RE = re.compile(
+    r"\bas (?:you )?requested\b|\bhere(?: is|'s) (?:a|the) (?:conversation|dialogue)\b"
+    r"|\bthe following (?:conversation|dialogue)\b|\bin the requested format\b"
+    r"|(?:^|\n)\s*(?:user|assistant)\s*:"
+)
+META_TALK_EN_TRIGGERS = ("request", "conversation", "dialogue", "user", "assistant")
+
+# Endings that close a sentence. Quotes and brackets count when they close a finished sentence.
+TERMINAL_CHARS = frozenset("。！？.!?…”」』）)》\"'～~")
+UNFINISHED_ENDINGS = frozenset("，,、：:；;（(《“「-—")
+LIST_OR_TABLE_LINE_RE = re.compile(r"^\s*(?:[-*•·]|\d+[.、)]|[（(]?\d+[)）]|\|)")
+
+NON_ANSWER_STEMS = (
+    "不确定", "不太确定", "无法确定", "不知道", "不清楚", "无法判断", "难以判断", "无法回答", "不好说", "很难说", "看不清",
+    "idontknow", "notsure", "unknown", "unclear", "cannotdetermine", "cantdetermine", "cantsay", "cannotsay",
+)  # fmt: skip
+QUESTION_FILLER_RE = re.compile(
+    r"这张(?:图片|照片|图像)(?:中|里|上)?|(?:图片|照片|图像|画面|图)(?:中|里|上)|请问|你能|您能|能否|可以|告诉我|吗|呢"
+    r"|\b(?:in|on) (?:the|this) (?:image|picture|photo)\b|\bcan you\b|\bplease\b|\bcould you\b"
+)
+
+
+@cache
+def traditional_only_chars() -> frozenset[str]:
+    """Characters that OpenCC's t2s converts and that are never Simplified themselves.
+
+    Built once from opencc's character tables (converting text with opencc-python-reimplemented costs
+    ~1 µs per character, far too slow for 640k samples); a character that is both Traditional and
+    Simplified (乾, 著, 覆, 后, 里, 只…) is left out so correct Simplified text never counts.
+    """
+    import opencc
+
+    dictionary_dir = Path(opencc.__file__).parent / "dictionary"
+
+    def load(name: str) -> dict[str, list[str]]:
+        table: dict[str, list[str]] = {}
+        for line in (dictionary_dir / name).read_text(encoding="utf-8").splitlines():
+            key, _, values = line.partition("\t")
+            if len(key) == 1:
+                table[key] = values.split()
+        return table
+
+    traditional_to_simplified = load("TSCharacters.txt")
+    simplified_to_traditional = load("STCharacters.txt")
+    t2s = opencc.OpenCC("t2s")
+    return frozenset(
+        char
+        for char, simplified in traditional_to_simplified.items()
+        if char not in simplified and char not in simplified_to_traditional and t2s.convert(char) != char
+    )
+
+
+@cache
+def _traditional_re() -> re.Pattern[str]:
+    return re.compile("[" + "".join(sorted(traditional_only_chars())) + "]")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _cjk_count(text: str) -> int:
+    return sum(map(len, CJK_RUN_RE.findall(text)))
+
+
+def _turn_text(turn: Any) -> str | None:
+    if isinstance(turn, Mapping):
+        value = turn.get("value")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _ends_unfinished(answer: str) -> bool:
+    text = answer.rstrip()
+    if not text:
+        return True
+    # Closing markdown emphasis is not a sentence ending; look at what it wraps.
+    text = text.rstrip("*_` ").rstrip()
+    if not text:
+        return True
+    last = text[-1]
+    if last in TERMINAL_CHARS:
+        return False
+    if last in UNFINISHED_ENDINGS:
+        return True
+    # A final list item or table row ("- 营业时间 9:00-21:00", "| 面 | 12元 |") is complete without a full stop.
+    last_line = text.rsplit("\n", 1)[-1]
+    return LIST_OR_TABLE_LINE_RE.match(last_line) is None
+
+
+def _has_looping_tail(answer: str, config: QCConfig) -> bool:
+    """True when the answer ends in one unit repeated over and over (the usual sampling loop)."""
+    tail = answer[-config.loop_window_chars :].rstrip(" \n\t。！？.!?…")
+    for unit_len in range(1, min(config.loop_max_unit_chars, len(tail) // config.loop_min_repeats) + 1):
+        unit = tail[-unit_len:]
+        repeats = max(config.loop_min_repeats, -(-config.loop_min_span_chars // unit_len))
+        if unit_len * repeats <= len(tail) and tail.endswith(unit * repeats) and NON_WORD_RE.sub("", unit):
+            return True
+    return False
+
+
+def _duplicate_sentence_ratio(answers_text: str, config: QCConfig) -> float:
+    sentences = [s.strip() for s in SENTENCE_SPLIT_RE.split(answers_text)]
+    sentences = [s for s in sentences if len(s) >= config.min_sentence_chars]
+    if len(sentences) < config.min_sentences_for_duplicate_ratio:
+        return 0.0
+    return 1.0 - len(set(sentences)) / len(sentences)
+
+
+def _bigrams(text: str) -> set[str]:
+    return {text[i : i + 2] for i in range(len(text) - 1)} if len(text) > 1 else {text}
+
+
+def question_similarity(a: str, b: str) -> float:
+    """Character-bigram Jaccard of two questions after removing filler (图中, 请问, 吗…) and punctuation."""
+    na = NON_WORD_RE.sub("", QUESTION_FILLER_RE.sub("", a.replace(IMAGE_TOKEN, "").lower()))
+    nb = NON_WORD_RE.sub("", QUESTION_FILLER_RE.sub("", b.replace(IMAGE_TOKEN, "").lower()))
+    if not na or not nb:
+        return 1.0 if na == nb else 0.0
+    ga, gb = _bigrams(na), _bigrams(nb)
+    return len(ga & gb) / len(ga | gb)
+
+
+def _is_non_answer(answer: str, config: QCConfig) -> bool:
+    normalized = NON_WORD_RE.sub("", answer).lower()
+    if not normalized:
+        return False  # empty turns are structure.empty_turn
+    limit = config.non_answer_max_chars if _cjk_count(normalized) else config.non_answer_max_chars * 3
+    return len(normalized) <= limit and any(stem in normalized for stem in NON_ANSWER_STEMS)
+
+
+def _quote_is_text_claim(text: str, match: re.Match[str]) -> bool:
+    start, end = match.span()
+    if QUOTE_CUE_BEFORE_RE.search(text, max(0, start - 12), start):
+        return True
+    return text.startswith(QUOTE_CUE_AFTER, end)
+
+
+def ocr_coverage(ocr_text: str, description: str, config: QCConfig) -> float | None:
+    """Share of the OCR's Chinese segments (runs of ≥2 CJK characters, reading order, first
+    `ocr_max_segments`) that the description mentions, verbatim or by most of its bigrams.
+    None when there is no such segment. Only the first segments count because a description of a
+    page full of small print summarises it; titles and signs come first in reading order."""
+    segments = list(dict.fromkeys(run for run in CJK_RUN_RE.findall(ocr_text) if len(run) >= 2))
+    segments = segments[: config.ocr_max_segments]
+    if not segments:
+        return None
+    mentioned = 0
+    for segment in segments:
+        if segment in description:
+            mentioned += 1
+            continue
+        if len(segment) < 3:
+            continue
+        pairs = [segment[i : i + 2] for i in range(min(len(segment) - 1, 20))]
+        if sum(pair in description for pair in pairs) >= config.ocr_segment_match * len(pairs):
+            mentioned += 1
+    return mentioned / len(segments)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The checks
+
+
+def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVerdict:
+    """Run every check on one sample; reasons come out in `CHECKS` order."""
+    config = config or QCConfig()
+    failed: set[str] = set()
+    metrics: dict[str, float] = {}
+
+    turns = list(sample.conversations)
+    texts = [_turn_text(t) for t in turns]
+    roles = [t.get("from") if isinstance(t, Mapping) else None for t in turns]
+
+    # structure
+    if sample.task_type not in config.rounds_by_task or sample.language not in LANGUAGES:
+        failed.add("structure.task_type")
+    roles_ok = (
+        bool(turns)
+        and len(turns) % 2 == 0
+        and all(role == ("human" if i % 2 == 0 else "gpt") for i, role in enumerate(roles))
+    )
+    if not roles_ok:
+        failed.add("structure.roles")
+    first_text = texts[0] if texts else None
+    image_total = sum(t.count(IMAGE_TOKEN) for t in texts if t)
+    if image_total != 1 or roles[:1] != ["human"] or not first_text or IMAGE_TOKEN not in first_text:
+        failed.add("structure.image_placeholder")
+    if any(t is None or not t.replace(IMAGE_TOKEN, "").strip() for t in texts):
+        failed.add("structure.empty_turn")
+    answers = [t for t, r in zip(texts, roles, strict=True) if r == "gpt" and t and t.strip()]
+    questions = [t.replace(IMAGE_TOKEN, "").strip() for t, r in zip(texts, roles, strict=True) if r == "human" and t]
+    rounds = sum(1 for r in roles if r == "gpt")
+    metrics["rounds"] = float(rounds)
+    low, high = config.rounds_by_task.get(sample.task_type, (1, 1))
+    if not low <= rounds <= high:
+        failed.add("structure.rounds")
+
+    answers_text = "\n".join(answers)
+    metrics["answer_chars"] = float(len(answers_text))
+    if answers_text.strip():
+        _check_language(sample.language, answers_text, "\n".join(questions), config, failed, metrics)
+        _check_refusal_and_meta(answers_text, failed)
+        _check_degeneration(sample, answers, answers_text, config, failed, metrics)
+        _check_conversation(questions, answers, config, failed, metrics)
+        if sample.ocr_text is not None:
+            _check_grounding(sample, answers_text, config, failed, metrics)
+
+    reasons = [name for name in CHECKS if name in failed]
+    return SampleVerdict(passed=not reasons, reasons=reasons, metrics=metrics)
+
+
+def _check_language(
+    language: str, answers_text: str, questions_text: str, config: QCConfig, failed: set[str], metrics: dict[str, float]
+) -> None:
+    own_words = QUOTE_RE.sub(" ", answers_text)
+    cjk = _cjk_count(own_words)
+    latin = sum(map(len, LATIN_RUN_RE.findall(own_words)))
+    foreign = len(FOREIGN_SCRIPT_RE.findall(own_words))
+    letters = cjk + latin + foreign
+    cjk_ratio = cjk / letters if letters else 0.0
+    metrics["cjk_ratio"] = round(cjk_ratio, 4)
+    if language == "zh":
+        if cjk_ratio < config.zh_min_cjk_ratio:
+            failed.add("language.cjk_ratio")
+        own_questions = QUOTE_RE.sub(" ", questions_text)
+        traditional = len(_traditional_re().findall(own_words)) + len(_traditional_re().findall(own_questions))
+        all_cjk = cjk + _cjk_count(own_questions)
+        traditional_share = traditional / all_cjk if all_cjk else 0.0
+        metrics["traditional_share"] = round(traditional_share, 4)
+        if traditional >= config.zh_min_traditional_chars and traditional_share > config.zh_max_traditional_share:
+            failed.add("language.traditional")
+        longest_phrase = max((p.count(" ") + 1 for p in LATIN_PHRASE_RE.findall(own_words)), default=1 if latin else 0)
+        metrics["latin_run_words"] = float(longest_phrase)
+        if longest_phrase > config.zh_max_latin_run_words or foreign > config.max_foreign_script_chars:
+            failed.add("language.foreign_leakage")
+    elif language == "en":
+        cjk_share = cjk / letters if letters else 0.0
+        if cjk_share > config.en_max_cjk_share:
+            failed.add("language.cjk_leakage")
+
+
+def _check_refusal_and_meta(answers_text: str, failed: set[str]) -> None:
+    if _matches(answers_text, REFUSAL_ZH_TRIGGERS, REFUSAL_ZH_RE):
+        failed.add("refusal")
+    if _matches(answers_text, META_TALK_ZH_TRIGGERS, META_TALK_ZH_RE):
+        failed.add("meta_talk")
+    if LATIN_RUN_RE.search(answers_text):
+        lowered = answers_text.lower()
+        if _matches(lowered, REFUSAL_EN_TRIGGERS, REFUSAL_EN_RE):
+            failed.add("refusal")
+        if _matches(lowered, META_TALK_EN_TRIGGERS, META_TALK_EN_RE):
+            failed.add("meta_talk")
+
+
+def _matches(text: str, triggers: tuple[str, ...], pattern: re.Pattern[str]) -> bool:
+    return any(trigger in text for trigger in triggers) and pattern.search(text) is not None
+
+
+def _check_degeneration(
+    sample: SampleForQC,
+    answers: list[str],
+    answers_text: str,
+    config: QCConfig,
+    failed: set[str],
+    metrics: dict[str, float],
+) -> None:
+    duplicate_ratio = _duplicate_sentence_ratio(answers_text, config)
+    metrics["duplicate_sentence_ratio"] = round(duplicate_ratio, 4)
+    if duplicate_ratio >= config.max_duplicate_sentence_ratio or any(_has_looping_tail(a, config) for a in answers):
+        failed.add("degeneration.repetition")
+    if sample.finish_reason == "length" or (answers and _ends_unfinished(answers[-1])):
+        failed.add("degeneration.truncated")
+    factor = config.en_length_factor if sample.language == "en" else 1.0
+    length = len(answers_text)
+    minimum = config.min_answer_chars.get(sample.task_type)
+    maximum = config.max_answer_chars.get(sample.task_type)
+    if minimum is not None and length < minimum * factor:
+        failed.add("length.too_short")
+    if maximum is not None and length > maximum * factor:
+        failed.add("length.too_long")
+
+
+def _check_conversation(
+    questions: list[str], answers: list[str], config: QCConfig, failed: set[str], metrics: dict[str, float]
+) -> None:
+    if len(questions) > 1:
+        most_similar = max(
+            question_similarity(questions[i], questions[j])
+            for i in range(len(questions))
+            for j in range(i + 1, len(questions))
+        )
+        metrics["max_question_similarity"] = round(most_similar, 4)
+        if most_similar >= config.duplicate_question_jaccard:
+            failed.add("conversation.duplicate_question")
+    if any(_is_non_answer(a, config) for a in answers):
+        failed.add("conversation.non_answer")
+
+
+def _check_grounding(
+    sample: SampleForQC, answers_text: str, config: QCConfig, failed: set[str], metrics: dict[str, float]
+) -> None:
+    ocr_text = sample.ocr_text or ""
+    if sample.task_type == "detail" and _cjk_count(ocr_text) >= config.ocr_min_cjk_chars:
+        coverage = ocr_coverage(ocr_text, answers_text, config)
+        if coverage is not None:
+            metrics["ocr_coverage"] = round(coverage, 4)
+            if coverage < config.ocr_min_coverage:
+                failed.add("grounding.ocr_coverage")
+    checked = ungrounded = 0
+    ocr_chars: set[str] | None = None
+    for match in QUOTE_RE.finditer(answers_text):
+        quoted_cjk = "".join(CJK_RUN_RE.findall(next(g for g in match.groups() if g is not None)))
+        if len(quoted_cjk) < 2 or (config.quote_requires_cue and not _quote_is_text_claim(answers_text, match)):
+            continue
+        if ocr_chars is None:
+            ocr_chars = set(ocr_text)
+        checked += 1
+        seen = sum(char in ocr_chars for char in quoted_cjk)
+        if seen < config.quote_seen_share * len(quoted_cjk):
+            ungrounded += 1
+    if checked:
+        metrics["quotes_checked"] = float(checked)
+        metrics["quotes_ungrounded"] = float(ungrounded)
+        if ungrounded / checked > config.max_ungrounded_quote_share:
+            failed.add("grounding.ungrounded_quote")
+
+
+def config_field_names() -> tuple[str, ...]:
+    """QCConfig's field names (the registry's `thresholds` refer to these)."""
+    return tuple(f.name for f in fields(QCConfig))

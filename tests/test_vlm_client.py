@@ -16,6 +16,7 @@ import httpx2
 import openai
 import pytest
 from PIL import Image
+
 from tuwen.config import Settings
 from tuwen.standin_vlm import StandinProcess
 from tuwen.vlm_client import (

@@ -74,7 +74,7 @@ class LineagePipeline:
         self.verdicts: dict[str, Verdict] = {}  # this run's verdict per image URL
         self.known: dict[str, Verdict] = {}  # verdicts from earlier runs of a resumed job
         self.pending: dict[str, list[Mention]] = defaultdict(list)  # mentions waiting for their verdict
-        self.revisited = 0
+        self.resumed_known = 0  # URLs whose verdict came from an earlier run of the job
         self.error: str | None = None
 
     @classmethod
@@ -113,7 +113,7 @@ class LineagePipeline:
         leftovers = {url: mentions for url, mentions in self.pending.items() if mentions}
         rows = []
         for url, mentions in leftovers.items():
-            verdict = self.known.get(url) or Verdict("not_fetched", "crawl_interrupted")
+            verdict = self.verdicts.get(url) or self.known.get(url) or Verdict("not_fetched", "crawl_interrupted")
             rows += [self._source_row(m, verdict) for m in mentions]
             self.verdicts.setdefault(url, verdict)
         self.pending.clear()
@@ -131,7 +131,7 @@ class LineagePipeline:
         if self.crawl_run_id is None:
             return
         counts = summarize(self.verdicts)
-        counts["revisited"] = self.revisited
+        counts["resumed_known"] = self.resumed_known
         counts["pages"] = dict(getattr(spider, "page_counts", {}))
         failed = self.error is not None or reason not in ("finished",)
         error = self.error or (None if reason == "finished" else f"spider closed: {reason}")
@@ -147,12 +147,12 @@ class LineagePipeline:
             if isinstance(item, FetchedImage):
                 verdict = await self._in_thread(self._judge_fetched, item)
                 item.body = b""  # the bytes live in S3 now; keep them out of logs and memory
-                await self._in_thread(self._settle, item.mention, verdict)
+                await self._settle(item.mention, verdict)
             elif isinstance(item, UnfetchedImage):
-                verdict = Verdict(item.outcome, item.reason, None, item.http_status, item.content_type)
-                await self._in_thread(self._settle, item.mention, verdict)
+                await self._settle(item.mention, Verdict(item.outcome, item.reason, None, item.http_status,
+                                                         item.content_type))
             elif isinstance(item, ImageMention):
-                await self._in_thread(self._mention, item.mention)
+                await self._mention(item.mention)
         except (StorageError, SQLAlchemyError) as exc:
             # Infrastructure is down: stop rather than drop lineage on the floor.
             self.error = self.error or f"{type(exc).__name__}: {exc}"
@@ -169,25 +169,25 @@ class LineagePipeline:
         spider: Any = self.spider
         return lineage.source_params(mention, verdict, site=spider.site.name, crawl_run_id=self.crawl_run_id)
 
-    def _settle(self, mention: Mention, verdict: Verdict) -> None:
+    # The verdict/pending bookkeeping runs on the reactor thread between awaits, so a mention can
+    # never slip between "no verdict yet" and "verdict set"; only the database I/O goes to threads.
+    async def _settle(self, mention: Mention, verdict: Verdict) -> None:
         """Record the URL's verdict, its first mention and every mention that waited for it."""
-        if verdict.image_id is not None and self.known.get(mention.url, None) == verdict:
-            self.revisited += 1
         self.verdicts[mention.url] = verdict
         waiting = self.pending.pop(mention.url, [])
-        lineage.upsert_sources(self.engine, [self._source_row(m, verdict) for m in [mention, *waiting]])
+        rows = [self._source_row(m, verdict) for m in [mention, *waiting]]
+        await self._in_thread(lineage.upsert_sources, self.engine, rows)
 
-    def _mention(self, mention: Mention) -> None:
+    async def _mention(self, mention: Mention) -> None:
         verdict = self.verdicts.get(mention.url)
         if verdict is None and mention.url in self.known:
-            # A resumed job: the URL was judged by an earlier run and not fetched again.
-            verdict = self.known[mention.url]
-            self.verdicts[mention.url] = verdict
-            self.revisited += 1
+            # A resumed job: the URL was judged by an earlier run and is not fetched again.
+            verdict = self.verdicts[mention.url] = self.known[mention.url]
+            self.resumed_known += 1
         if verdict is None:
             self.pending[mention.url].append(mention)
             return
-        lineage.upsert_sources(self.engine, [self._source_row(mention, verdict)])
+        await self._in_thread(lineage.upsert_sources, self.engine, [self._source_row(mention, verdict)])
 
     def _judge_fetched(self, item: FetchedImage) -> Verdict:
         spider: Any = self.spider

@@ -37,10 +37,10 @@ import re
 from dataclasses import dataclass, field
 
 from tuwen.config import TASK_TYPES
+from tuwen.prompts import LANGUAGES
 
 IMAGE_TOKEN = "<image>"
 MAX_ROUNDS = {"conversation": 5, "complex_reasoning": 1, "detail": 1}
-LANGUAGES = ("zh", "en")
 
 HUMAN = "human"
 GPT = "gpt"

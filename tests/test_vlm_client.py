@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -384,6 +385,8 @@ def test_every_request_gets_an_answer_and_tokens_add_up(vlm: StandinProcess) -> 
     assert sorted(results) == [r.key for r in requests]
     assert all(r.ok and r.attempts == 1 and r.error_type is None for r in results.values())
     assert all(r.text and r.finish_reason in {"stop", "length"} for r in results.values())
+    # The Chinese prompt arrived intact (the body is ASCII JSON with \u escapes): the answer is Chinese.
+    assert all(re.search(r"[\u4e00-\u9fff]", r.text or "") for r in results.values())
     assert all(
         r.response is not None and r.response["system_fingerprint"] == "tuwen-stand-in"
         for r in results.values()

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urldefrag, urljoin
 
 from parsel import Selector
-from w3lib.url import safe_url_string
-
 from scrapy.http import TextResponse
 from scrapy.utils.response import get_base_url
+from w3lib.url import safe_url_string
 
 CONTEXT_MAX_CHARS = 300
 ALT_MAX_CHARS = 300

@@ -24,8 +24,9 @@ from urllib.parse import urljoin, urlsplit
 from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.http import Response
-from tuwen_crawler.outcomes import Refused
 from w3lib.url import safe_url_string
+
+from tuwen_crawler.outcomes import Refused
 
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 

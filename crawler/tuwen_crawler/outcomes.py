@@ -13,10 +13,6 @@ directly. Outcomes:
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TwistedTimeoutError
-from twisted.python.failure import Failure
-
 from scrapy.exceptions import (
     CannotResolveHostError,
     DownloadCancelledError,
@@ -25,6 +21,11 @@ from scrapy.exceptions import (
     IgnoreRequest,
 )
 from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as TwistedTimeoutError
+from twisted.python.failure import Failure
+
 from tuwen.images import REJECT_REASONS
 
 OUTCOMES = ("accepted", "duplicate", "near_duplicate", "rejected", "not_fetched")

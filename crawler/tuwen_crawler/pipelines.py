@@ -15,18 +15,17 @@ the run failed: losing lineage silently is worse than stopping.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import traceback
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.spiders import Spider
+from sqlalchemy.exc import SQLAlchemyError
+
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
 from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize
@@ -218,8 +217,13 @@ class LineagePipeline:
         if referenced and not uploaded:
             # The near duplicate we saw before the lock was gone by the time we held it (taken down).
             self._upload(item.body, decision, okey, mkey)
-        if uploaded and not referenced:
-            stats.inc_value("tuwen/orphan_uploads")  # lost a race; content-addressed, harmless
+        if uploaded and verdict.outcome == "near_duplicate":
+            # Lost a race to a near-identical image accepted meanwhile: this sha's row has no keys, so the
+            # objects are unreferenced and go; the bucket holds exactly the accepted images. (For an exact
+            # duplicate the keys are the winner's own, same bytes: they stay.)
+            for key in (okey, mkey):
+                self.store.client.remove_object(self.store.bucket, key)
+            stats.inc_value("tuwen/orphan_uploads_removed")
         return Verdict(verdict.outcome, verdict.reason, verdict.image_id, **meta)
 
     def _upload(self, original: bytes, decision: ImageDecision, okey: str, mkey: str) -> None:

@@ -51,6 +51,10 @@ RETRY_TIMES = 2
 METAREFRESH_ENABLED = False
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
+# Scrapy 2.19's remote-control HTTP server: nothing should be able to drive a crawler from outside.
+REMOTE_CONTROL_ENABLED = False
+# A runaway crawl (a huge page, a queue explosion) ends with a clear reason instead of an OOM kill.
+MEMUSAGE_LIMIT_MB = _int("TUWEN_CRAWL_MEMORY_LIMIT_MB", 2048)
 # The pipeline runs CPU-heavy image work in its own thread pool; DNS keeps the reactor's pool.
 REACTOR_THREADPOOL_MAXSIZE = 10
 CONCURRENT_ITEMS = 64

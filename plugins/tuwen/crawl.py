@@ -15,6 +15,7 @@ image URL an earlier run of the same job already judged (those verdicts are in i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -173,10 +174,8 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=grace_s)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=10)
 
 

@@ -739,7 +739,7 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
     place(all_articles[24], b.add_image("/img/large/poster-20mb.png", buf.getvalue(), outcome="rejected",
                                         reason="too_large_bytes", kind="hard_case"))
     place(all_articles[25], b.add_image("/img/large/panorama-34mp.jpg",
-                                        _encode(_photo_image(b.nrng, 7200, 4800, noise=6), "JPEG", quality=80),
+                                        _encode(_photo_image(b.nrng, 7200, 4800, noise=0), "JPEG", quality=80),
                                         outcome="rejected", reason="too_many_pixels", kind="hard_case"))
     frames = [_photo_image(b.nrng, 480, 360, 0).quantize(colors=64, method=Image.Quantize.FASTOCTREE)
               for _ in range(4)]

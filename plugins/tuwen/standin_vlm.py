@@ -254,13 +254,14 @@ class FaultPlan:
 
     def choose(self, request_key: str) -> tuple[str | None, float]:
         """-> (fault kind or None, latency in seconds) for the next request with this key."""
-        attempt = self._attempts[request_key]
-        self._attempts[request_key] += 1
         position = self._served
         self._served += 1
         if self.config.seed is None:
             rng = self._unseeded
         else:
+            # Attempts are only counted when seeded: an unseeded demo server should not grow a map forever.
+            attempt = self._attempts[request_key]
+            self._attempts[request_key] += 1
             rng = random.Random(f"{self.config.seed}:{request_key}:{attempt}")
         latency = self.config.latency.sample(rng)
         if position < self.config.fail_first:
@@ -1233,7 +1234,7 @@ class StandinServer:
         self, request: web.Request, stats: StandinStats, arrived: float
     ) -> web.StreamResponse:
         try:
-            body = await request.json(loads=json.loads)
+            body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError(400, "Request body is not valid JSON.") from None
         parsed = parse_chat_request(body, self.model)

@@ -29,13 +29,14 @@ from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 from scrapy.spiders.sitemap import Sitemap, sitemap_urls_from_robots
 from scrapy.utils.gz import gunzip
+from twisted.python.failure import Failure
+
 from tuwen.config import Settings
 from tuwen.sites import SiteConfig, get_site
 from tuwen_crawler.extract import ImageCandidate, extract_page_images
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
 from tuwen_crawler.middlewares import host_allowed
 from tuwen_crawler.outcomes import classify_failure, outcome_for_reason
-from twisted.python.failure import Failure
 
 IMAGE_PRIORITY = 10  # images before further pages: keeps the queue (and memory) short
 IMAGE_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
@@ -60,8 +61,10 @@ class SiteSpider(Spider):
         self.allowed_domains = list(self.site.allowed_domains)
         self.allow = [re.compile(p) for p in self.site.allow]
         self.deny = [re.compile(p) for p in self.site.deny]
-        self.links = LinkExtractor(allow=self.site.allow, deny=self.site.deny, allow_domains=self.allowed_domains,
-                                   tags=("a", "area"), attrs=("href",), unique=True)
+        # Hosts are checked in _page_request: LinkExtractor's allow_domains compares the netloc, so a
+        # site on a non-default port (the fixture) would never match.
+        self.links = LinkExtractor(allow=self.site.allow, deny=self.site.deny, tags=("a", "area"), attrs=("href",),
+                                   unique=True)
         self.seen_images: set[str] = set()
         self.known_image_urls: set[str] = set()  # filled by the pipeline for a resumed job
         self.pages_scheduled = 0
@@ -77,6 +80,8 @@ class SiteSpider(Spider):
         settings.set("DOWNLOAD_DELAY", politeness.download_delay, priority="spider")
         settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", politeness.concurrency_per_domain, priority="spider")
         settings.set("AUTOTHROTTLE_TARGET_CONCURRENCY", politeness.autothrottle_target, priority="spider")
+        # AutoThrottle starts from the site's own delay rather than a global guess, then adapts to latency.
+        settings.set("AUTOTHROTTLE_START_DELAY", politeness.download_delay, priority="spider")
         if spider.site.user_agent:
             settings.set("USER_AGENT", spider.site.user_agent, priority="spider")
         return spider

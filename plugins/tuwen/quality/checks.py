@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -212,19 +212,32 @@ def _jsonable(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------------
 # Character classes and patterns, compiled once.
+#
+# Cost model (CPython 3.11, measured): `ch in text` for one character ~0.05 ns/char (memchr), a regex
+# with a literal prefix ~1.5 ns/char, bytes.translate ~2 ns/byte, a regex starting with a character
+# class ~10 ns/char. So rare single characters gate the expensive patterns, and counting happens on
+# UTF-8 bytes.
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 CJK_RUN_RE = re.compile(f"[{_CJK}]+")
-LATIN_RUN_RE = re.compile(r"[A-Za-z]+")
+# UTF-8 lead bytes E4..E9 start exactly the code points U+4000..U+9FFF: the CJK Unified Ideographs and
+# most of Extension A, one lead byte per character.
+_CJK_LEAD_BYTES = bytes(range(0xE4, 0xEA))
+_LATIN_LETTER_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Lead bytes of Cyrillic/Armenian/Hebrew/Arabic (U+0400..U+06FF), Thai and its block (U+0800..U+0FFF),
+# Yi/Hangul (U+A000..U+D7FF); kana is E3 81..E3 83. A hit only triggers the exact regex below.
+_FOREIGN_LEAD_BYTES = bytes(range(0xD0, 0xDC)) + b"\xe0" + bytes(range(0xEA, 0xEE))
+_KANA_BYTES_RE = re.compile(rb"\xe3[\x81-\x83]")
+FOREIGN_SCRIPT_RE = re.compile(
+    "[\u3040-\u30ff\u31f0-\u31ff\uac00-\ud7af\u1100-\u11ff\u0400-\u04ff\u0e00-\u0e7f\u0600-\u06ff]"
+)
 # Words joined by spaces/hyphens/apostrophes: one English phrase. Digits break a run, so model numbers
 # ("iPhone 15 Pro") and units stay short.
 LATIN_PHRASE_RE = re.compile(r"[A-Za-z]+(?:[ '’\-]+[A-Za-z]+)+")
-# Kana, Hangul, Cyrillic, Thai, Arabic: scripts Qwen sometimes drifts into mid-answer.
-FOREIGN_SCRIPT_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uac00-\ud7af\u1100-\u11ff\u0400-\u04ff\u0e00-\u0e7f\u0600-\u06ff]")
-QUOTE_RE = re.compile(r"“([^”\n]{1,80})”|「([^」\n]{1,80})」|『([^』\n]{1,80})』|《([^》\n]{1,40})》|\"([^\"\n]{1,80})\"|‘([^’\n]{1,80})’")
-SENTENCE_SPLIT_RE = re.compile(r"[。！？!?；;\n]+|(?<=[A-Za-z])\.\s")
 NON_WORD_RE = re.compile(rf"[^0-9A-Za-z{_CJK}]+")
 
+QUOTE_PAIRS = {"“": "”", "「": "」", "『": "』", "《": "》", '"': '"', "‘": "’"}
+MAX_QUOTE_CHARS = 80
 # Words that say the next quote is text printed in the image (before it, or right after it).
 QUOTE_CUE_BEFORE_RE = re.compile(
     r"写着|写有|写的是|写道|标有|标着|标注|印着|印有|刻着|刻有|显示|标题|题为|字样|文字|标语|口号|招牌|牌匾|"
@@ -233,33 +246,35 @@ QUOTE_CUE_BEFORE_RE = re.compile(
 )
 QUOTE_CUE_AFTER = ("字样", "等字", "几个字", "的字", "标志", "标识", "指示牌", "招牌", "牌子", "横幅", "标语")
 
-# Refusals and AI self-reference. Cheap substring triggers decide whether a regex runs at all: most
-# answers contain none of them, and `in` is a C-level scan.
-REFUSAL_ZH_RE = re.compile(
-    r"作为(?:一[个名款]|您的|你的)?(?:视觉)?(?:AI|ＡＩ|人工智能|语言模型|大型语言模型|智能助手)"
+# Refusals and AI self-reference. Each pattern starts with a literal (fast scan) and runs only when
+# one of its rare characters occurs in the text.
+AI_SELF_REFERENCE_RE = re.compile(
+    r"作为(?:一[个名款]|您的|你的)?(?:视觉)?(?:AI|ＡＩ|人工智能|大型语言模型|语言模型|智能助手)"
     r"|我(?:只)?是(?:一[个名款])?(?:AI|ＡＩ|人工智能|语言模型)"
-    r"|(?:无法|不能|没法|没有办法|看不到|看不了)(?:直接)?(?:查看|看到|看见|访问|打开|读取|处理|分析|识别)?"
-    r"(?:这张|该|此|您的|你的|您提供的|你提供的)?(?:图片|图像|照片)(?:的内容)?[。，,.!！]"
-    r"|(?:抱歉|对不起)[，,]?\s*(?:我|但我)(?:无法|不能|没法)"
 )
-REFUSAL_ZH_TRIGGERS = ("AI", "ＡＩ", "人工智能", "语言模型", "智能助手", "无法", "不能", "没法", "没有办法", "看不", "抱歉", "对不起")
+APOLOGY_RE = re.compile(r"(?:抱歉|对不起)[，,]?\s*(?:我|但我)(?:无法|不能|没法)")
+# "…无法查看这张图片。": found from the image word backwards (图片/图像/照片 + punctuation).
+CANNOT_SEE_BEFORE_RE = re.compile(
+    r"(?:无法|不能|没法|没有办法|看不到|看不了)(?:直接)?(?:查看|看到|看见|访问|打开|读取|处理|分析|识别)?"
+    r"(?:这张|该|此|您的|你的|您提供的|你提供的)?[图照]$"
+)
+IMAGE_WORD_END_RE = re.compile(r"片(?:的内容)?[。，,.!！]|像(?:的内容)?[。，,.!！]")
 REFUSAL_EN_RE = re.compile(
-    r"\bas an ai\b|\bas a (?:large )?language model\b"
+    r"\bas an? (?:ai\b|(?:large )?language model\b)"
     r"|\bi(?: am|'m)? (?:unable|not able) to (?:see|view|access|analy[sz]e|open)\b"
     r"|\bi (?:cannot|can't|can not) (?:see|view|access|analy[sz]e|open) (?:the|this|your|any) (?:image|picture|photo)"
     r"|\bi'?m sorry,? but i (?:cannot|can't)"
 )
-REFUSAL_EN_TRIGGERS = ("as an ai", "language model", "unable to", "not able to", "cannot", "can't", "can not", "sorry")
+REFUSAL_EN_TRIGGERS = ("as a", "unable to", "not able to", "cannot", "can't", "can not", "sorry")
 
-META_TALK_ZH_RE = re.compile(
-    r"(?:根据|按照|按|依照|符合)(?:你|您)(?:的)?(?:要求|指示|需求)"
-    r"|以下是(?:一[段个组]|为您|为你)?(?:设计的|模拟的|关于这张(?:图片|照片|图像)的)?(?:对话|问题和答案|问答)"
-    r"|设计(?:了)?一[段个组](?:对话|问题)|设计的对话"
-    r"|按照?(?:要求的|指定的|上述|给定的)?格式"
-    r"|(?:^|\n)\s*(?:用户|助手)\s*[:：]"
-    r"|^\s*(?:问题|回答)\s*[:：]"
+ADDRESSING_REQUEST_RE = re.compile(r"(?:根据|按照|按|依照|符合)[你您]的?(?:要求|指示|需求)")
+PROMPT_ECHO_RE = re.compile(
+    r"以下是(?:一[段个组]|为您|为你)?(?:设计的|模拟的|关于这张(?:图片|照片|图像)的)?(?:对话|问题和答案|问答)"
 )
-META_TALK_ZH_TRIGGERS = ("要求", "指示", "需求", "以下是", "设计", "格式", "用户", "助手", "问题", "回答")
+DESIGNED_RE = re.compile(r"设计(?:了?一[段个组](?:对话|问题)|的对话)")
+FORMAT_RE = re.compile(r"按照?(?:要求的|指定的|上述|给定的)?格式")
+SPEAKER_MARKER_RE = re.compile(r"(?:^|\n)[ \t]*(?:用户|助手)[ \t]*[:：]")
+TEMPLATE_PREFIXES = ("问题：", "问题:", "回答：", "回答:", "用户：", "用户:", "助手：", "助手:")
 META_TALK_EN_RE = re.compile(
     r"\bas (?:you )?requested\b|\bhere(?: is|'s) (?:a|the) (?:conversation|dialogue)\b"
     r"|\bthe following (?:conversation|dialogue)\b|\bin the requested format\b"
@@ -271,6 +286,7 @@ META_TALK_EN_TRIGGERS = ("request", "conversation", "dialogue", "user", "assista
 TERMINAL_CHARS = frozenset("。！？.!?…”」』）)》\"'～~")
 UNFINISHED_ENDINGS = frozenset("，,、：:；;（(《“「-—")
 LIST_OR_TABLE_LINE_RE = re.compile(r"^\s*(?:[-*•·]|\d+[.、)]|[（(]?\d+[)）]|\|)")
+LOOP_PROBE_CHARS = 8
 
 NON_ANSWER_STEMS = (
     "不确定", "不太确定", "无法确定", "不知道", "不清楚", "无法判断", "难以判断", "无法回答", "不好说", "很难说", "看不清",
@@ -314,15 +330,58 @@ def traditional_only_chars() -> frozenset[str]:
 
 @cache
 def _traditional_re() -> re.Pattern[str]:
-    return re.compile("[" + "".join(sorted(traditional_only_chars())) + "]")
+    # Only BMP characters: a class holding astral code points makes sre fall back to a slow path
+    # (~100x), and the ~350 astral Traditional-only characters are rare Extension-B forms.
+    return re.compile("[" + "".join(sorted(c for c in traditional_only_chars() if ord(c) < 0x10000)) + "]")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _cjk_count(text: str) -> int:
-    return sum(map(len, CJK_RUN_RE.findall(text)))
+def cjk_count(text: str) -> int:
+    """Number of CJK ideographs (U+4000..U+9FFF) in text."""
+    data = text.encode("utf-8")
+    return len(data) - len(data.translate(None, _CJK_LEAD_BYTES))
+
+
+def _latin_letter_count(data: bytes) -> int:
+    return len(data) - len(data.translate(None, _LATIN_LETTER_BYTES))
+
+
+def _foreign_script_count(text: str, data: bytes) -> int:
+    if len(data.translate(None, _FOREIGN_LEAD_BYTES)) == len(data) and not _KANA_BYTES_RE.search(data):
+        return 0
+    return len(FOREIGN_SCRIPT_RE.findall(text))
+
+
+def find_quotes(text: str) -> list[tuple[int, int, str]]:
+    """Quoted spans (start, end, inner text) for “…”, 「…」, 『…』, 《…》, "…", ‘…’ on one line."""
+    spans: list[tuple[int, int, str]] = []
+    for opener, closer in QUOTE_PAIRS.items():
+        position = text.find(opener)
+        while position != -1:
+            close = text.find(closer, position + 1, position + 2 + MAX_QUOTE_CHARS)
+            inner = text[position + 1 : close] if close != -1 else ""
+            if close == -1 or not inner or "\n" in inner:
+                position = text.find(opener, position + 1)
+                continue
+            spans.append((position, close + 1, inner))
+            position = text.find(opener, close + 1)
+    spans.sort()
+    return spans
+
+
+def _outside_quotes(text: str, quotes: list[tuple[int, int, str]]) -> str:
+    if not quotes:
+        return text
+    parts, cursor = [], 0
+    for start, end, _ in quotes:
+        if start >= cursor:
+            parts.append(text[cursor:start])
+            cursor = end
+    parts.append(text[cursor:])
+    return " ".join(parts)
 
 
 def _turn_text(turn: Any) -> str | None:
@@ -332,12 +391,10 @@ def _turn_text(turn: Any) -> str | None:
     return None
 
 
-def _ends_unfinished(answer: str) -> bool:
-    text = answer.rstrip()
-    if not text:
-        return True
+def ends_unfinished(answer: str) -> bool:
+    """True when an answer stops mid-sentence: no terminal punctuation and not a list/table line."""
     # Closing markdown emphasis is not a sentence ending; look at what it wraps.
-    text = text.rstrip("*_` ").rstrip()
+    text = answer.rstrip().rstrip("*_` ").rstrip()
     if not text:
         return True
     last = text[-1]
@@ -346,53 +403,110 @@ def _ends_unfinished(answer: str) -> bool:
     if last in UNFINISHED_ENDINGS:
         return True
     # A final list item or table row ("- 营业时间 9:00-21:00", "| 面 | 12元 |") is complete without a full stop.
-    last_line = text.rsplit("\n", 1)[-1]
-    return LIST_OR_TABLE_LINE_RE.match(last_line) is None
+    return LIST_OR_TABLE_LINE_RE.match(text.rsplit("\n", 1)[-1]) is None
 
 
-def _has_looping_tail(answer: str, config: QCConfig) -> bool:
-    """True when the answer ends in one unit repeated over and over (the usual sampling loop)."""
+def has_looping_tail(answer: str, config: QCConfig) -> bool:
+    """True when the answer ends in one unit (≤ loop_max_unit_chars) repeated over and over.
+
+    The period is found from the previous occurrence of the last few characters (one C-level rfind)
+    instead of trying every unit length."""
     tail = answer[-config.loop_window_chars :].rstrip(" \n\t。！？.!?…")
-    for unit_len in range(1, min(config.loop_max_unit_chars, len(tail) // config.loop_min_repeats) + 1):
-        unit = tail[-unit_len:]
-        repeats = max(config.loop_min_repeats, -(-config.loop_min_span_chars // unit_len))
-        if unit_len * repeats <= len(tail) and tail.endswith(unit * repeats) and NON_WORD_RE.sub("", unit):
-            return True
-    return False
+    probe_len = min(LOOP_PROBE_CHARS, len(tail) // config.loop_min_repeats)
+    if probe_len < 1:
+        return False
+    probe = tail[-probe_len:]
+    search_from = max(0, len(tail) - probe_len - config.loop_max_unit_chars)
+    previous = tail.rfind(probe, search_from, len(tail) - 1)
+    if previous == -1:
+        return False
+    unit_len = len(tail) - probe_len - previous
+    unit = tail[-unit_len:]
+    repeats = max(config.loop_min_repeats, -(-config.loop_min_span_chars // unit_len))
+    return unit_len * repeats <= len(tail) and tail.endswith(unit * repeats) and bool(NON_WORD_RE.sub("", unit))
 
 
-def _duplicate_sentence_ratio(answers_text: str, config: QCConfig) -> float:
-    sentences = [s.strip() for s in SENTENCE_SPLIT_RE.split(answers_text)]
-    sentences = [s for s in sentences if len(s) >= config.min_sentence_chars]
+def duplicate_sentence_ratio(text: str, config: QCConfig) -> float:
+    """Share of sentences/lines (≥ min_sentence_chars) that repeat an earlier one."""
+    pieces = text.replace("！", "。").replace("？", "。").replace("\n", "。").split("。")
+    sentences = [s for s in pieces if len(s) >= config.min_sentence_chars]
     if len(sentences) < config.min_sentences_for_duplicate_ratio:
         return 0.0
     return 1.0 - len(set(sentences)) / len(sentences)
+
+
+def _normalize_question(question: str) -> str:
+    return NON_WORD_RE.sub("", QUESTION_FILLER_RE.sub("", question.replace(IMAGE_TOKEN, "").lower()))
 
 
 def _bigrams(text: str) -> set[str]:
     return {text[i : i + 2] for i in range(len(text) - 1)} if len(text) > 1 else {text}
 
 
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
 def question_similarity(a: str, b: str) -> float:
     """Character-bigram Jaccard of two questions after removing filler (图中, 请问, 吗…) and punctuation."""
-    na = NON_WORD_RE.sub("", QUESTION_FILLER_RE.sub("", a.replace(IMAGE_TOKEN, "").lower()))
-    nb = NON_WORD_RE.sub("", QUESTION_FILLER_RE.sub("", b.replace(IMAGE_TOKEN, "").lower()))
-    if not na or not nb:
-        return 1.0 if na == nb else 0.0
-    ga, gb = _bigrams(na), _bigrams(nb)
-    return len(ga & gb) / len(ga | gb)
+    return _jaccard(_bigrams(_normalize_question(a)), _bigrams(_normalize_question(b)))
 
 
-def _is_non_answer(answer: str, config: QCConfig) -> bool:
+def is_non_answer(answer: str, config: QCConfig) -> bool:
+    """An answer that is only 不确定/无法确定/不知道/I don't know (empty answers are structure.empty_turn)."""
+    if len(answer) > config.non_answer_max_chars * 4:
+        return False
     normalized = NON_WORD_RE.sub("", answer).lower()
     if not normalized:
-        return False  # empty turns are structure.empty_turn
-    limit = config.non_answer_max_chars if _cjk_count(normalized) else config.non_answer_max_chars * 3
+        return False
+    limit = config.non_answer_max_chars if cjk_count(normalized) else config.non_answer_max_chars * 3
     return len(normalized) <= limit and any(stem in normalized for stem in NON_ANSWER_STEMS)
 
 
-def _quote_is_text_claim(text: str, match: re.Match[str]) -> bool:
-    start, end = match.span()
+def is_refusal(text: str) -> bool:
+    """Refusal or AI self-reference in an answer (zh and en)."""
+    if (
+        ("作" in text or "我" in text)
+        and ("I" in text or "Ａ" in text or "智" in text or "模" in text)
+        and AI_SELF_REFERENCE_RE.search(text)
+    ):
+        return True
+    if ("歉" in text or "对不起" in text) and APOLOGY_RE.search(text):
+        return True
+    if "图" in text or "照" in text:
+        for match in IMAGE_WORD_END_RE.finditer(text):
+            if CANNOT_SEE_BEFORE_RE.search(text, max(0, match.start() - 20), match.start()):
+                return True
+    if text.isascii() or "I" in text or "i" in text:
+        lowered = text.lower()
+        if any(trigger in lowered for trigger in REFUSAL_EN_TRIGGERS) and REFUSAL_EN_RE.search(lowered):
+            return True
+    return False
+
+
+def is_meta_talk(answers: Sequence[str]) -> bool:
+    """Answers that talk about the prompt (根据你的要求, 以下是设计的对话) or carry the template's markers."""
+    if any(answer.lstrip().startswith(TEMPLATE_PREFIXES) for answer in answers):
+        return True
+    text = "\n".join(answers)
+    if ("你" in text or "您" in text) and ADDRESSING_REQUEST_RE.search(text):
+        return True
+    if "以下是" in text and PROMPT_ECHO_RE.search(text):
+        return True
+    if "设" in text and DESIGNED_RE.search(text):
+        return True
+    if "式" in text and FORMAT_RE.search(text):
+        return True
+    if ("户" in text or "助" in text) and SPEAKER_MARKER_RE.search(text):
+        return True
+    if "e" in text:
+        lowered = text.lower()
+        if any(trigger in lowered for trigger in META_TALK_EN_TRIGGERS) and META_TALK_EN_RE.search(lowered):
+            return True
+    return False
+
+
+def _quote_is_text_claim(text: str, start: int, end: int) -> bool:
     if QUOTE_CUE_BEFORE_RE.search(text, max(0, start - 12), start):
         return True
     return text.startswith(QUOTE_CUE_AFTER, end)
@@ -426,33 +540,36 @@ def ocr_coverage(ocr_text: str, description: str, config: QCConfig) -> float | N
 
 def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVerdict:
     """Run every check on one sample; reasons come out in `CHECKS` order."""
-    config = config or QCConfig()
+    config = config or _DEFAULT_CONFIG
     failed: set[str] = set()
     metrics: dict[str, float] = {}
 
     turns = list(sample.conversations)
-    texts = [_turn_text(t) for t in turns]
-    roles = [t.get("from") if isinstance(t, Mapping) else None for t in turns]
+    try:
+        roles = [t["from"] for t in turns]
+        texts = [t["value"] for t in turns]
+    except (KeyError, TypeError):  # malformed turns: judge what can be read
+        roles = [t.get("from") if isinstance(t, Mapping) else None for t in turns]
+        texts = [_turn_text(t) for t in turns]
+    texts = [t if isinstance(t, str) else None for t in texts]
 
     # structure
     if sample.task_type not in config.rounds_by_task or sample.language not in LANGUAGES:
         failed.add("structure.task_type")
-    roles_ok = (
-        bool(turns)
-        and len(turns) % 2 == 0
-        and all(role == ("human" if i % 2 == 0 else "gpt") for i, role in enumerate(roles))
-    )
-    if not roles_ok:
+    expected_roles = ("human", "gpt") * (len(turns) // 2)
+    if not turns or tuple(roles) != expected_roles:
         failed.add("structure.roles")
     first_text = texts[0] if texts else None
     image_total = sum(t.count(IMAGE_TOKEN) for t in texts if t)
-    if image_total != 1 or roles[:1] != ["human"] or not first_text or IMAGE_TOKEN not in first_text:
+    if image_total != 1 or not turns or roles[0] != "human" or not first_text or IMAGE_TOKEN not in first_text:
         failed.add("structure.image_placeholder")
     if any(t is None or not t.replace(IMAGE_TOKEN, "").strip() for t in texts):
         failed.add("structure.empty_turn")
     answers = [t for t, r in zip(texts, roles, strict=True) if r == "gpt" and t and t.strip()]
-    questions = [t.replace(IMAGE_TOKEN, "").strip() for t, r in zip(texts, roles, strict=True) if r == "human" and t]
-    rounds = sum(1 for r in roles if r == "gpt")
+    questions = [
+        t.replace(IMAGE_TOKEN, "").strip() for t, r in zip(texts, roles, strict=True) if r == "human" and t
+    ]
+    rounds = roles.count("gpt")
     metrics["rounds"] = float(rounds)
     low, high = config.rounds_by_task.get(sample.task_type, (1, 1))
     if not low <= rounds <= high:
@@ -460,63 +577,65 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
 
     answers_text = "\n".join(answers)
     metrics["answer_chars"] = float(len(answers_text))
-    if answers_text.strip():
-        _check_language(sample.language, answers_text, "\n".join(questions), config, failed, metrics)
-        _check_refusal_and_meta(answers_text, failed)
+    if answers:
+        quotes = find_quotes(answers_text)
+        _check_language(sample.language, answers_text, quotes, questions, config, failed, metrics)
+        if is_refusal(answers_text):
+            failed.add("refusal")
+        if is_meta_talk(answers):
+            failed.add("meta_talk")
         _check_degeneration(sample, answers, answers_text, config, failed, metrics)
         _check_conversation(questions, answers, config, failed, metrics)
         if sample.ocr_text is not None:
-            _check_grounding(sample, answers_text, config, failed, metrics)
+            _check_grounding(sample, answers_text, quotes, config, failed, metrics)
 
     reasons = [name for name in CHECKS if name in failed]
     return SampleVerdict(passed=not reasons, reasons=reasons, metrics=metrics)
 
 
 def _check_language(
-    language: str, answers_text: str, questions_text: str, config: QCConfig, failed: set[str], metrics: dict[str, float]
+    language: str,
+    answers_text: str,
+    quotes: list[tuple[int, int, str]],
+    questions: list[str],
+    config: QCConfig,
+    failed: set[str],
+    metrics: dict[str, float],
 ) -> None:
-    own_words = QUOTE_RE.sub(" ", answers_text)
-    cjk = _cjk_count(own_words)
-    latin = sum(map(len, LATIN_RUN_RE.findall(own_words)))
-    foreign = len(FOREIGN_SCRIPT_RE.findall(own_words))
+    own_words = _outside_quotes(answers_text, quotes)
+    data = own_words.encode("utf-8")
+    cjk = len(data) - len(data.translate(None, _CJK_LEAD_BYTES))
+    latin = _latin_letter_count(data)
+    foreign = _foreign_script_count(own_words, data)
     letters = cjk + latin + foreign
     cjk_ratio = cjk / letters if letters else 0.0
-    metrics["cjk_ratio"] = round(cjk_ratio, 4)
+    metrics["cjk_ratio"] = cjk_ratio
     if language == "zh":
         if cjk_ratio < config.zh_min_cjk_ratio:
             failed.add("language.cjk_ratio")
-        own_questions = QUOTE_RE.sub(" ", questions_text)
-        traditional = len(_traditional_re().findall(own_words)) + len(_traditional_re().findall(own_questions))
-        all_cjk = cjk + _cjk_count(own_questions)
+        traditional_re = _traditional_re()
+        questions_text = "\n".join(questions)
+        traditional = 0
+        if traditional_re.search(own_words) or traditional_re.search(questions_text):
+            own_questions = _outside_quotes(questions_text, find_quotes(questions_text))
+            traditional = len(traditional_re.findall(own_words)) + len(traditional_re.findall(own_questions))
+        all_cjk = cjk + cjk_count(questions_text)
         traditional_share = traditional / all_cjk if all_cjk else 0.0
-        metrics["traditional_share"] = round(traditional_share, 4)
-        if traditional >= config.zh_min_traditional_chars and traditional_share > config.zh_max_traditional_share:
+        metrics["traditional_share"] = traditional_share
+        if (
+            traditional >= config.zh_min_traditional_chars
+            and traditional_share > config.zh_max_traditional_share
+        ):
             failed.add("language.traditional")
-        longest_phrase = max((p.count(" ") + 1 for p in LATIN_PHRASE_RE.findall(own_words)), default=1 if latin else 0)
-        metrics["latin_run_words"] = float(longest_phrase)
+        # A phrase of N+1 words has at least N+1 letters: skip the scan for the usual brand name or two.
+        longest_phrase = 0
+        if latin > config.zh_max_latin_run_words:
+            longest_phrase = max((p.count(" ") + 1 for p in LATIN_PHRASE_RE.findall(own_words)), default=1)
+        metrics["latin_letters"] = float(latin)
         if longest_phrase > config.zh_max_latin_run_words or foreign > config.max_foreign_script_chars:
             failed.add("language.foreign_leakage")
-    elif language == "en":
-        cjk_share = cjk / letters if letters else 0.0
-        if cjk_share > config.en_max_cjk_share:
-            failed.add("language.cjk_leakage")
-
-
-def _check_refusal_and_meta(answers_text: str, failed: set[str]) -> None:
-    if _matches(answers_text, REFUSAL_ZH_TRIGGERS, REFUSAL_ZH_RE):
-        failed.add("refusal")
-    if _matches(answers_text, META_TALK_ZH_TRIGGERS, META_TALK_ZH_RE):
-        failed.add("meta_talk")
-    if LATIN_RUN_RE.search(answers_text):
-        lowered = answers_text.lower()
-        if _matches(lowered, REFUSAL_EN_TRIGGERS, REFUSAL_EN_RE):
-            failed.add("refusal")
-        if _matches(lowered, META_TALK_EN_TRIGGERS, META_TALK_EN_RE):
-            failed.add("meta_talk")
-
-
-def _matches(text: str, triggers: tuple[str, ...], pattern: re.Pattern[str]) -> bool:
-    return any(trigger in text for trigger in triggers) and pattern.search(text) is not None
+    elif language == "en" and cjk_ratio > config.en_max_cjk_share:
+        failed.add("language.cjk_leakage")
 
 
 def _check_degeneration(
@@ -527,11 +646,13 @@ def _check_degeneration(
     failed: set[str],
     metrics: dict[str, float],
 ) -> None:
-    duplicate_ratio = _duplicate_sentence_ratio(answers_text, config)
-    metrics["duplicate_sentence_ratio"] = round(duplicate_ratio, 4)
-    if duplicate_ratio >= config.max_duplicate_sentence_ratio or any(_has_looping_tail(a, config) for a in answers):
+    duplicate_ratio = duplicate_sentence_ratio(answers_text, config)
+    metrics["duplicate_sentence_ratio"] = duplicate_ratio
+    if duplicate_ratio >= config.max_duplicate_sentence_ratio or any(
+        has_looping_tail(a, config) for a in answers if len(a) >= config.loop_min_span_chars
+    ):
         failed.add("degeneration.repetition")
-    if sample.finish_reason == "length" or (answers and _ends_unfinished(answers[-1])):
+    if sample.finish_reason == "length" or ends_unfinished(answers[-1]):
         failed.add("degeneration.truncated")
     factor = config.en_length_factor if sample.language == "en" else 1.0
     length = len(answers_text)
@@ -547,38 +668,44 @@ def _check_conversation(
     questions: list[str], answers: list[str], config: QCConfig, failed: set[str], metrics: dict[str, float]
 ) -> None:
     if len(questions) > 1:
+        grams = [_bigrams(_normalize_question(q)) for q in questions]
         most_similar = max(
-            question_similarity(questions[i], questions[j])
-            for i in range(len(questions))
-            for j in range(i + 1, len(questions))
+            _jaccard(grams[i], grams[j]) for i in range(len(grams)) for j in range(i + 1, len(grams))
         )
-        metrics["max_question_similarity"] = round(most_similar, 4)
+        metrics["max_question_similarity"] = most_similar
         if most_similar >= config.duplicate_question_jaccard:
             failed.add("conversation.duplicate_question")
-    if any(_is_non_answer(a, config) for a in answers):
+    if any(is_non_answer(a, config) for a in answers):
         failed.add("conversation.non_answer")
 
 
 def _check_grounding(
-    sample: SampleForQC, answers_text: str, config: QCConfig, failed: set[str], metrics: dict[str, float]
+    sample: SampleForQC,
+    answers_text: str,
+    quotes: list[tuple[int, int, str]],
+    config: QCConfig,
+    failed: set[str],
+    metrics: dict[str, float],
 ) -> None:
     ocr_text = sample.ocr_text or ""
-    if sample.task_type == "detail" and _cjk_count(ocr_text) >= config.ocr_min_cjk_chars:
+    if sample.task_type == "detail" and cjk_count(ocr_text) >= config.ocr_min_cjk_chars:
         coverage = ocr_coverage(ocr_text, answers_text, config)
         if coverage is not None:
-            metrics["ocr_coverage"] = round(coverage, 4)
+            metrics["ocr_coverage"] = coverage
             if coverage < config.ocr_min_coverage:
                 failed.add("grounding.ocr_coverage")
     checked = ungrounded = 0
     ocr_chars: set[str] | None = None
-    for match in QUOTE_RE.finditer(answers_text):
-        quoted_cjk = "".join(CJK_RUN_RE.findall(next(g for g in match.groups() if g is not None)))
-        if len(quoted_cjk) < 2 or (config.quote_requires_cue and not _quote_is_text_claim(answers_text, match)):
+    for start, end, inner in quotes:
+        quoted_cjk = "".join(CJK_RUN_RE.findall(inner))
+        if len(quoted_cjk) < 2 or (
+            config.quote_requires_cue and not _quote_is_text_claim(answers_text, start, end)
+        ):
             continue
         if ocr_chars is None:
             ocr_chars = set(ocr_text)
         checked += 1
-        seen = sum(char in ocr_chars for char in quoted_cjk)
+        seen = sum(map(ocr_chars.__contains__, quoted_cjk))
         if seen < config.quote_seen_share * len(quoted_cjk):
             ungrounded += 1
     if checked:
@@ -588,6 +715,4 @@ def _check_grounding(
             failed.add("grounding.ungrounded_quote")
 
 
-def config_field_names() -> tuple[str, ...]:
-    """QCConfig's field names (the registry's `thresholds` refer to these)."""
-    return tuple(f.name for f in fields(QCConfig))
+_DEFAULT_CONFIG = QCConfig()

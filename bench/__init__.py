@@ -1,0 +1,1 @@
+"""tuwen's benchmarks (`make bench`); results are recorded in docs/BENCHMARKS.md."""

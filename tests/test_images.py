@@ -1,0 +1,134 @@
+"""Unit tests for tuwen.images: verdicts, hashes and the model-ready copy, on bytes made here."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tuwen.fixture_site import _bomb_png
+from tuwen.images import (
+    ImageLimits,
+    hamming64,
+    inspect_and_normalize,
+    phash_int64,
+    smart_resize,
+)
+
+LIMITS = ImageLimits()
+
+
+def photo(width: int, height: int, seed: int = 1) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(grid, "RGB").resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    noisy = base + rng.integers(-12, 13, size=base.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (600, 800), (3000, 4000), (224, 1790), (50, 60),
+                                               (1080, 1920), (7000, 1000), (333, 777)])
+def test_smart_resize_keeps_patch_multiples_and_the_budget(height: int, width: int) -> None:
+    h, w = smart_resize(height, width, min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28)
+    assert h % 28 == 0 and w % 28 == 0
+    assert 4 * 28 * 28 <= h * w <= 1280 * 28 * 28
+    assert abs(math.log((w / h) / (width / height))) < 0.25  # aspect kept within rounding
+
+
+def test_smart_resize_matches_qwen_on_known_values() -> None:
+    # Qwen2.5-VL rounds to the nearest multiple of 28 when within budget...
+    assert smart_resize(600, 800) == (588, 812)
+    # ...and scales down by sqrt(pixels / max_pixels) with floor otherwise.
+    assert smart_resize(3000, 4000) == (840, 1148)  # beta = sqrt(12e6 / 1003520) = 3.458
+
+
+def test_accepted_photo_has_hashes_and_a_jpeg_model_copy() -> None:
+    data = encode(photo(1600, 1200))
+    decision = inspect_and_normalize(data, "image/jpeg", LIMITS)
+    assert decision.accepted and decision.reason is None
+    assert decision.sha256 == hashlib.sha256(data).hexdigest()
+    assert (decision.width, decision.height, decision.format) == (1600, 1200, "JPEG")
+    assert -(2**63) <= decision.phash < 2**63
+    model = decision.model
+    assert model is not None and model.mime == "image/jpeg" and model.ext == "jpg"
+    assert model.width % 28 == 0 and model.height % 28 == 0 and model.width * model.height <= LIMITS.max_pixels
+    with Image.open(io.BytesIO(model.data)) as copy:
+        assert copy.size == (model.width, model.height) and copy.mode == "RGB"
+
+
+def test_flat_graphic_gets_a_png_model_copy() -> None:
+    graphic = Image.new("RGB", (600, 400), (255, 255, 255))
+    graphic.paste((200, 0, 0), (50, 50, 300, 200))
+    decision = inspect_and_normalize(encode(graphic, "PNG"), "image/png", LIMITS)
+    assert decision.accepted and decision.model is not None and decision.model.mime == "image/png"
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    data = encode(photo(500, 300), "JPEG", exif=exif.tobytes())
+    decision = inspect_and_normalize(data, "image/jpeg", LIMITS)
+    assert decision.accepted and (decision.width, decision.height) == (300, 500)
+    assert decision.model is not None and decision.model.height > decision.model.width
+
+
+def test_transparent_and_grayscale_images_become_rgb() -> None:
+    rgba = photo(400, 400).convert("RGBA")
+    rgba.putalpha(128)
+    for data in (encode(rgba, "PNG"), encode(photo(400, 300).convert("L"), "JPEG")):
+        decision = inspect_and_normalize(data, None, LIMITS)
+        assert decision.accepted
+        with Image.open(io.BytesIO(decision.model.data)) as copy:  # type: ignore[union-attr]
+            assert copy.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "not_image"),
+        (b"<!DOCTYPE html><html><body>404</body></html>", "not_image"),
+        (encode(photo(100, 80)), "too_small"),
+        (encode(photo(400, 223)), "too_small"),
+        (encode(photo(3000, 250)), "extreme_aspect"),
+        (encode(photo(900, 600))[:4000], "corrupt"),
+        (_bomb_png(20000, 20000), "decompression_bomb"),
+        (_bomb_png(6000, 5001), "too_many_pixels"),
+        (encode(Image.fromarray(np.zeros((300, 300), dtype=np.uint16) + 1000), "PNG"), "unsupported_mode"),
+    ],
+    ids=["empty", "html", "tiny", "short-side-223", "strip", "truncated", "bomb", "34mp", "16-bit"],
+)
+def test_rejections_carry_their_reason(data: bytes, reason: str) -> None:
+    decision = inspect_and_normalize(data, "image/jpeg", LIMITS)
+    assert not decision.accepted
+    assert decision.reason == reason
+    assert decision.model is None and decision.phash is None
+
+
+def test_animated_gif_is_rejected_single_frame_gif_accepted() -> None:
+    frames = [photo(320, 240, seed).quantize(64) for seed in range(3)]
+    animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert inspect_and_normalize(animated, "image/gif", LIMITS).reason == "animated"
+    assert inspect_and_normalize(encode(frames[0], "GIF"), "image/gif", LIMITS).accepted
+
+
+def test_boundary_side_224_is_kept() -> None:
+    assert inspect_and_normalize(encode(photo(480, 224)), "image/jpeg", LIMITS).accepted
+
+
+def test_phash_sees_reencoding_as_near_and_other_pictures_as_far() -> None:
+    original = photo(800, 600, seed=3)
+    again = Image.open(io.BytesIO(encode(original, "JPEG", quality=50)))
+    other = photo(800, 600, seed=4)
+    assert hamming64(phash_int64(original), phash_int64(again)) <= 4
+    assert hamming64(phash_int64(original), phash_int64(other)) > 10
+    assert hamming64(-1, 0) == 64

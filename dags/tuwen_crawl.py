@@ -68,13 +68,16 @@ def tuwen_crawl() -> None:
     @task(outlets=[CRAWLED_IMAGES])
     def ocr_images(summaries: list[dict]) -> dict:
         from tuwen.config import Settings
-        from tuwen.ocr import ocr_pending
         from tuwen.partition import resolve_partition
 
         context = get_current_context()
         partition = resolve_partition(context)
         settings = Settings.from_env()
-        done = ocr_pending(settings, partition_date=partition.start) if settings.ocr_enabled else 0
+        done = 0
+        if settings.ocr_enabled:
+            from tuwen.ocr import ocr_pending  # loads the OCR models: only when OCR is on
+
+            done = ocr_pending(settings, partition_date=partition.start)
         context["outlet_events"][CRAWLED_IMAGES].extra = {"partition": partition.start.isoformat()}
         return {"partition": partition.label, "crawls": list(summaries), "ocr_images": done}
 

@@ -105,7 +105,7 @@ def write_sites_file(path: Path, base_url: str, name: str = "fixture") -> Path:
     start_urls: ["{base_url}/index.html"]
     allowed_domains: ["{host}"]
     max_depth: 6
-    max_pages: 200
+    max_pages: 500
     allow_private_addresses: true
     politeness:
       download_delay: 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,13 @@ from urllib.parse import urljoin
 import pytest
 from PIL import Image
 from sqlalchemy import text
-from test_crawl_services import fresh_database, moto_s3
 from w3lib.url import safe_url_string
 
+from tests.test_crawl_services import fresh_database
 from tuwen.config import Settings
 from tuwen.crawl import run_crawl
 from tuwen.db.session import get_engine
-from tuwen.fixture_site import FixtureSiteProcess, SiteManifest, generate_site
+from tuwen.fixture_site import SiteManifest
 from tuwen.storage import ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -34,10 +35,13 @@ PARTITION = dt.date(2024, 5, 1)
 
 
 @pytest.fixture(scope="module")
-def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fixture-site")
-    generate_site(out, seed=7, profile="standard")
-    return out
+def site_dir(fixture_site: tuple[str, Path]) -> Path:
+    return fixture_site[1]
+
+
+@pytest.fixture(scope="module")
+def site_url(fixture_site: tuple[str, Path]) -> str:
+    return fixture_site[0]
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +50,7 @@ def manifest(site_dir: Path) -> SiteManifest:
 
 
 @pytest.fixture(scope="module")
-def site_url(site_dir: Path) -> Iterator[str]:
-    with FixtureSiteProcess(site_dir) as site:
-        yield site.url
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_s3() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
+def database_url(postgres: str) -> Iterator[str]:
     with fresh_database() as url:
         yield url
 
@@ -78,7 +70,7 @@ def write_sites_file(path: Path, site_url: str, name: str = "fixture", **extra: 
 def settings(tmp_path_factory: pytest.TempPathFactory, site_url: str, s3_endpoint: str,
              database_url: str) -> Settings:
     sites = write_sites_file(tmp_path_factory.mktemp("sites") / "sites.yaml", site_url)
-    return Settings(database_url=database_url, s3_endpoint=s3_endpoint, s3_bucket="tuwen-test-crawl",
+    return Settings(database_url=database_url, s3_endpoint=s3_endpoint, s3_bucket=f"tuwen-crawl-{uuid.uuid4().hex[:8]}",
                     sites_file=sites, ocr_enabled=False)
 
 

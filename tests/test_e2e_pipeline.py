@@ -22,8 +22,10 @@ from tuwen.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
 
-DAY = dt.date(2026, 11, 20)  # the run's logical date; its data interval is the day before
-PARTITION = DAY - dt.timedelta(days=1)
+DAY = dt.date(2026, 11, 20)  # the run's logical date (midnight)
+# tuwen_crawl runs at 01:00 UTC: the run for 2026-11-20T00:00 is the one whose interval started at
+# 2026-11-18T01:00, so its images are labelled 2026-11-18, and tuwen_synthesize (03:00) works on the same day.
+PARTITION = dt.date(2026, 11, 18)
 
 
 def _env(settings: Settings) -> dict[str, str]:

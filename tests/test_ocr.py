@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sqlalchemy import text
-from test_crawl_services import fresh_database, moto_s3
 
+from tests.test_crawl_services import fresh_database
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
 from tuwen.fixture_site import ExpectedImage, SiteManifest, generate_site
@@ -50,9 +50,9 @@ def fixture_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
 
 
 @pytest.fixture(scope="module")
-def settings() -> Iterator[Settings]:
-    with moto_s3() as endpoint, fresh_database() as url:
-        yield Settings(database_url=url, s3_endpoint=endpoint, s3_bucket="tuwen-test-ocr", ocr_enabled=True)
+def settings(postgres: str, s3_endpoint: str) -> Iterator[Settings]:
+    with fresh_database() as url:
+        yield Settings(database_url=url, s3_endpoint=s3_endpoint, s3_bucket="tuwen-test-ocr", ocr_enabled=True)
 
 
 @pytest.fixture(scope="module")

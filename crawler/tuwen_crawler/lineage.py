@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from tuwen.images import ImageDecision
+from tuwen_crawler.outcomes import outcome_for_reason
 
 # One lock for "decide whether this picture is new, then insert it". Serialising these short
 # transactions costs ~1 ms each; correctness across concurrent crawls needs nothing less.
@@ -36,6 +37,21 @@ class Verdict:
     image_id: int | None = None
     http_status: int | None = None
     content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """The first mention of an image URL plus what the fetch told us: written with the verdict, in the
+    same transaction as the image decision, so a concurrent crawl sees verdict and source together."""
+
+    mention: Any  # tuwen_crawler.items.Mention
+    site: str
+    crawl_run_id: int
+    http_status: int | None = None
+    content_type: str | None = None
+
+    def verdict(self, outcome: str, reason: str | None, image_id: int | None) -> Verdict:
+        return Verdict(outcome, reason, image_id, self.http_status, self.content_type)
 
 
 def create_crawl_run(engine: Engine, *, spider: str, site: str, seeds: list[str], settings: dict[str, Any],
@@ -93,14 +109,21 @@ def find_near(conn: Connection, phash: int, max_distance: int) -> Any:
     ).first()
 
 
-def verdict_for_known_bytes(engine: Engine, url: str, sha256: str) -> Verdict | None:
+def _settled(conn: Connection, sighting: Sighting, outcome: str, reason: str | None, image_id: int | None) -> Verdict:
+    verdict = sighting.verdict(outcome, reason, image_id)
+    conn.execute(UPSERT_SOURCE, source_params(sighting.mention, verdict, site=sighting.site,
+                                              crawl_run_id=sighting.crawl_run_id))
+    return verdict
+
+
+def verdict_for_known_bytes(engine: Engine, sha256: str, sighting: Sighting) -> Verdict | None:
     """A cheap, lock-free check before any upload: is this exact file already in the database?"""
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         row = find_exact(conn, sha256)
         if row is None:
             return None
-        outcome, reason = _existing_verdict(conn, url, row)
-        return Verdict(outcome, reason, row.id)
+        outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
+        return _settled(conn, sighting, outcome, reason, row.id)
 
 
 def near_duplicate_exists(engine: Engine, phash: int, max_distance: int) -> bool:
@@ -108,11 +131,17 @@ def near_duplicate_exists(engine: Engine, phash: int, max_distance: int) -> bool
         return find_near(conn, phash, max_distance) is not None
 
 
-def record_rejected_image(engine: Engine, url: str, decision: ImageDecision, *, crawl_date: dt.date,
-                          crawl_run_id: int) -> Verdict:
+def record_unstored_rejection(engine: Engine, reason: str, sighting: Sighting) -> Verdict:
+    with engine.begin() as conn:
+        return _settled(conn, sighting, outcome_for_reason(reason), reason, None)
+
+
+def record_rejected_image(engine: Engine, decision: ImageDecision, sighting: Sighting, *,
+                          crawl_date: dt.date) -> Verdict:
     assert decision.reason is not None
     if decision.reason not in STORED_REJECTIONS:
-        return Verdict("rejected", decision.reason)
+        return record_unstored_rejection(engine, decision.reason, sighting)
+    crawl_run_id = sighting.crawl_run_id
     with engine.begin() as conn:
         image_id = conn.execute(
             text("""INSERT INTO image (sha256, width, height, format, n_bytes, status, reason, crawl_date,
@@ -124,24 +153,25 @@ def record_rejected_image(engine: Engine, url: str, decision: ImageDecision, *, 
         ).scalar()
         if image_id is None:
             row = find_exact(conn, decision.sha256)
-            outcome, reason = _existing_verdict(conn, url, row)
-            return Verdict(outcome, reason, row.id)
-    return Verdict("rejected", decision.reason, image_id)
+            outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
+            return _settled(conn, sighting, outcome, reason, row.id)
+        return _settled(conn, sighting, "rejected", decision.reason, image_id)
 
 
-def record_accepted_image(engine: Engine, url: str, decision: ImageDecision, *, original_key: str, model_key: str,
-                          crawl_date: dt.date, crawl_run_id: int, near_distance: int) -> tuple[Verdict, bool]:
+def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sighting, *, original_key: str,
+                          model_key: str, crawl_date: dt.date, near_distance: int) -> tuple[Verdict, bool]:
     """Insert the image as accepted, or as a near duplicate of an accepted one, or find it exists.
 
     Returns the verdict and whether the caller's uploaded objects are referenced (accepted).
     """
     assert decision.model is not None and decision.phash is not None
+    crawl_run_id = sighting.crawl_run_id
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IMAGE_DECISION_LOCK})
         row = find_exact(conn, decision.sha256)
         if row is not None:
-            outcome, reason = _existing_verdict(conn, url, row)
-            return Verdict(outcome, reason, row.id), False
+            outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
+            return _settled(conn, sighting, outcome, reason, row.id), False
         near = find_near(conn, decision.phash, near_distance)
         params = {
             "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
@@ -156,7 +186,7 @@ def record_accepted_image(engine: Engine, url: str, decision: ImageDecision, *, 
                         ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
                 {**params, "dup": near.id},
             ).scalar_one()
-            return Verdict("near_duplicate", "near_duplicate", image_id), False
+            return _settled(conn, sighting, "near_duplicate", "near_duplicate", image_id), False
         image_id = conn.execute(
             text("""INSERT INTO image (sha256, phash, width, height, format, n_bytes, original_key, model_key,
                                        model_width, model_height, model_mime, status, crawl_date,
@@ -167,7 +197,7 @@ def record_accepted_image(engine: Engine, url: str, decision: ImageDecision, *, 
             {**params, "okey": original_key, "mkey": model_key, "mw": decision.model.width,
              "mh": decision.model.height, "mime": decision.model.mime},
         ).scalar_one()
-        return Verdict("accepted", None, image_id), True
+        return _settled(conn, sighting, "accepted", None, image_id), True
 
 
 UPSERT_SOURCE = text("""
@@ -228,3 +258,10 @@ def job_crawl_runs(engine: Engine, site: str, job_key: str) -> list[int]:
             text("SELECT id FROM crawl_run WHERE site = :site AND settings->>'job_key' = :job ORDER BY id"),
             {"site": site, "job": job_key},
         ).scalars())
+
+
+def fail_running_runs(engine: Engine, crawl_run_ids: list[int], error: str) -> None:
+    if crawl_run_ids:
+        with engine.begin() as conn:
+            conn.execute(text("""UPDATE crawl_run SET status = 'failed', error = :error, finished_at = now()
+                                 WHERE id = ANY(:ids) AND status = 'running'"""), {"ids": crawl_run_ids, "error": error})

@@ -32,7 +32,7 @@ from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize
 from tuwen.storage import ObjectStore, StorageError, model_key, raw_key
 from tuwen_crawler import lineage
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
-from tuwen_crawler.lineage import Verdict
+from tuwen_crawler.lineage import Sighting, Verdict
 from tuwen_crawler.outcomes import OUTCOMES
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class LineagePipeline:
         spider: Any = self.spider
         self.store.ensure_bucket()
         earlier_runs = lineage.job_crawl_runs(self.engine, spider.site.name, spider.job_key) if spider.job_key else []
+        # A run of this job still 'running' died without closing (this process owns the JOBDIR now).
+        lineage.fail_running_runs(self.engine, earlier_runs, "the crawl process died; its job was resumed")
         self.known = lineage.verdicts_from_runs(self.engine, earlier_runs)
         spider.known_image_urls = set(self.known)
         self.crawl_run_id = lineage.create_crawl_run(
@@ -100,6 +102,7 @@ class LineagePipeline:
             seeds=list(spider.site.start_urls) + list(spider.site.sitemaps),
             settings={"site": spider.site.as_dict(), "job_key": spider.job_key, "crawl_key": spider.crawl_key,
                       "jobdir": self.crawler.settings.get("JOBDIR"), "resumed_from_runs": earlier_runs,
+                      "resumed_after_crash": spider.resumed_after_crash,
                       "near_dup_distance": self.near_distance, "limits": self.limits.__dict__,
                       "user_agent": self.crawler.settings.get("USER_AGENT")},
             partition_date=spider.partition_date, dag_id=spider.dag_id, run_id=spider.airflow_run_id,
@@ -146,7 +149,7 @@ class LineagePipeline:
             if isinstance(item, FetchedImage):
                 verdict = await self._in_thread(self._judge_fetched, item)
                 item.body = b""  # the bytes live in S3 now; keep them out of logs and memory
-                await self._settle(item.mention, verdict)
+                await self._settle(item.mention, verdict, first_recorded=True)
             elif isinstance(item, UnfetchedImage):
                 await self._settle(item.mention, Verdict(item.outcome, item.reason, None, item.http_status,
                                                          item.content_type))
@@ -170,12 +173,13 @@ class LineagePipeline:
 
     # The verdict/pending bookkeeping runs on the reactor thread between awaits, so a mention can
     # never slip between "no verdict yet" and "verdict set"; only the database I/O goes to threads.
-    async def _settle(self, mention: Mention, verdict: Verdict) -> None:
-        """Record the URL's verdict, its first mention and every mention that waited for it."""
+    async def _settle(self, mention: Mention, verdict: Verdict, *, first_recorded: bool = False) -> None:
+        """Record the URL's verdict and every mention that waited for it (and the first, unless done)."""
         self.verdicts[mention.url] = verdict
         waiting = self.pending.pop(mention.url, [])
-        rows = [self._source_row(m, verdict) for m in [mention, *waiting]]
-        await self._in_thread(lineage.upsert_sources, self.engine, rows)
+        mentions = waiting if first_recorded else [mention, *waiting]
+        if mentions:
+            await self._in_thread(lineage.upsert_sources, self.engine, [self._source_row(m, verdict) for m in mentions])
 
     async def _mention(self, mention: Mention) -> None:
         verdict = self.verdicts.get(mention.url)
@@ -189,33 +193,33 @@ class LineagePipeline:
         await self._in_thread(lineage.upsert_sources, self.engine, [self._source_row(mention, verdict)])
 
     def _judge_fetched(self, item: FetchedImage) -> Verdict:
+        """Decide the URL's verdict and record it with its first mention (one transaction)."""
         spider: Any = self.spider
-        url = item.mention.url
-        meta = {"http_status": item.http_status, "content_type": item.content_type}
+        assert self.crawl_run_id is not None
+        sighting = Sighting(item.mention, spider.site.name, self.crawl_run_id, item.http_status, item.content_type)
         tags = " ".join(item.x_robots_tag).lower()
         if any(token in tags for token in NOAI_TOKENS):
-            return Verdict("rejected", "noai", **meta)
+            return lineage.record_unstored_rejection(self.engine, "noai", sighting)
         decision = inspect_and_normalize(item.body, item.content_type, self.limits)
-        stats = self.crawler.stats
         if not decision.accepted:
-            verdict = lineage.record_rejected_image(self.engine, url, decision, crawl_date=spider.partition_date,
-                                                    crawl_run_id=self.crawl_run_id)
-            return Verdict(verdict.outcome, verdict.reason, verdict.image_id, **meta)
-        known = lineage.verdict_for_known_bytes(self.engine, url, decision.sha256)
+            return lineage.record_rejected_image(self.engine, decision, sighting, crawl_date=spider.partition_date)
+        known = lineage.verdict_for_known_bytes(self.engine, decision.sha256, sighting)
         if known is not None:
-            return Verdict(known.outcome, known.reason, known.image_id, **meta)
+            return known
+        assert decision.model is not None and decision.phash is not None
         okey = raw_key(decision.sha256, decision.original_ext)
-        mkey = model_key(decision.sha256, decision.model.ext)  # type: ignore[union-attr]
+        mkey = model_key(decision.sha256, decision.model.ext)
         uploaded = False
-        if not lineage.near_duplicate_exists(self.engine, decision.phash, self.near_distance):  # type: ignore[arg-type]
+        if not lineage.near_duplicate_exists(self.engine, decision.phash, self.near_distance):
+            # Upload before the insert so a row with keys always has its objects.
             self._upload(item.body, decision, okey, mkey)
             uploaded = True
         verdict, referenced = lineage.record_accepted_image(
-            self.engine, url, decision, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
-            crawl_run_id=self.crawl_run_id, near_distance=self.near_distance,  # type: ignore[arg-type]
+            self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
+            near_distance=self.near_distance,
         )
         if referenced and not uploaded:
-            # The near duplicate we saw before the lock was gone by the time we held it (taken down).
+            # The near duplicate seen before taking the lock was gone once we held it (taken down meanwhile).
             self._upload(item.body, decision, okey, mkey)
         if uploaded and verdict.outcome == "near_duplicate":
             # Lost a race to a near-identical image accepted meanwhile: this sha's row has no keys, so the
@@ -223,8 +227,8 @@ class LineagePipeline:
             # duplicate the keys are the winner's own, same bytes: they stay.)
             for key in (okey, mkey):
                 self.store.client.remove_object(self.store.bucket, key)
-            stats.inc_value("tuwen/orphan_uploads_removed")
-        return Verdict(verdict.outcome, verdict.reason, verdict.image_id, **meta)
+            self.crawler.stats.inc_value("tuwen/orphan_uploads_removed")
+        return verdict
 
     def _upload(self, original: bytes, decision: ImageDecision, okey: str, mkey: str) -> None:
         assert decision.model is not None

@@ -8,8 +8,9 @@ outcome back from the crawl_run row the spider wrote.
 
 A JOBDIR makes a crawl resumable: a graceful stop (SIGTERM/SIGINT) keeps Scrapy's queue and
 dupefilter; after a hard kill (SIGKILL, OOM) Scrapy's on-disk state is unreliable (its queue index is
-written only at close), so it is discarded and the resumed run re-reads pages while skipping every
-image URL an earlier run of the same job already judged (those verdicts are in image_source).
+written only at close), so the spider discards it and the resumed run re-reads pages while skipping
+every image URL an earlier run of the same job already judged (those verdicts are in image_source).
+See tuwen_crawler.spiders.site_spider.prepare_jobdir.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 CRAWLER_DIR = REPO_ROOT / "crawler"
 LOG_DIR = REPO_ROOT / ".run" / "crawl-logs"
-RUNNING_MARKER = "tuwen-crawl.running"
-SCRAPY_JOB_STATE = ("requests.queue", "requests.seen", "spider.state")
 LOG_TAIL_CHARS = 4000
 
 
@@ -94,25 +92,6 @@ def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return "(no log)"
 
 
-def prepare_jobdir(jobdir: Path) -> bool:
-    """Create the JOBDIR; after an unclean exit drop Scrapy's state. True when state was dropped."""
-    jobdir.mkdir(parents=True, exist_ok=True)
-    marker = jobdir / RUNNING_MARKER
-    dropped = False
-    if marker.exists():
-        for name in SCRAPY_JOB_STATE:
-            target = jobdir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-                dropped = True
-            elif target.exists():
-                target.unlink()
-                dropped = True
-        logger.warning("JOBDIR %s: the previous crawl did not exit cleanly; resuming from the database", jobdir)
-    marker.write_text(str(os.getpid()))
-    return dropped
-
-
 def _find_run(settings: Settings, crawl_key: str) -> Any:
     with get_engine(settings.database_url).connect() as conn:
         return conn.execute(
@@ -158,7 +137,7 @@ def start_crawl(settings: Settings, site_name: str, partition_date: dt.date, *, 
     """Start the spider process (own session, so it can be stopped as a group) and return it."""
     get_site(settings.sites_file, site_name)  # a bad sites file fails here, with its own message
     if jobdir is not None:
-        prepare_jobdir(jobdir)
+        jobdir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = crawl_command(site_name, partition_date, crawl_key=crawl_key, dag_id=dag_id, run_id=run_id,
                          jobdir=jobdir, sites_file=settings.sites_file, extra_settings=extra_settings)
@@ -205,8 +184,6 @@ def run_crawl(settings: Settings, site_name: str, partition_date: dt.date | str,
         raise
     duration = time.monotonic() - started
     row = _find_run(settings, crawl_key)
-    if returncode == 0 and jobdir is not None:
-        (jobdir / RUNNING_MARKER).unlink(missing_ok=True)
     if row is None:
         raise CrawlError(f"crawl of {site_name} exited with code {returncode} before recording a crawl_run; "
                          f"log {log_path}:\n{_tail(log_path)}")

@@ -310,9 +310,10 @@ def _photo_array(nrng: np.random.Generator, width: int, height: int, noise: int)
             draw.ellipse((x0, y0, x1, y1), fill=colour)
         else:
             draw.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=colour)
-    arr = np.asarray(base, dtype=np.int16)
-    if noise:
-        arr = arr + nrng.integers(-noise, noise + 1, size=arr.shape, dtype=np.int16)
+    if not noise:
+        return np.asarray(base)
+    arr = np.asarray(base, dtype=np.int16) + nrng.integers(-noise, noise + 1, size=(height, width, 3),
+                                                            dtype=np.int16)
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 

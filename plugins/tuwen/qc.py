@@ -13,9 +13,12 @@ import datetime as dt
 import io
 import json
 import logging
+import mimetypes
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -24,8 +27,16 @@ from tuwen.config import TASK_TYPES, Settings
 from tuwen.db.models import Generation, Image, QCRun, Sample
 from tuwen.db.session import get_engine, session_scope
 from tuwen.export import ReleaseParams
-from tuwen.quality.checks import QC_CHECKS_VERSION, QCConfig, SampleForQC, describe_checks, run_checks
+from tuwen.quality.checks import (
+    QC_CHECKS_VERSION,
+    QCConfig,
+    SampleForQC,
+    SampleVerdict,
+    describe_checks,
+    run_checks,
+)
 from tuwen.quality.near_duplicates import find_near_duplicate_answers
+from tuwen.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +89,10 @@ class ReleaseScope:
             task_types=self.task_types, max_samples=int(cap) if cap else None,
             include_images=bool(params.get("include_images", True)),
         )
+
+    @property
+    def label(self) -> str:
+        return f"{self.date_from or 'start'}..{self.date_to or 'end'}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +164,19 @@ def _write_verdicts(settings: Settings, qc_run_id: int, rows: list[tuple[str, st
         raw.close()
 
 
+def _publish_data_docs(settings: Settings, qc_run_id: int, docs_dir: Path) -> str | None:
+    """Upload the Data Docs site to qc/<qc_run>/data-docs/ in the bucket; the key of its index page."""
+    files = [p for p in docs_dir.rglob("*") if p.is_file()]
+    if not files:
+        return None
+    store = ObjectStore(settings)
+    prefix = f"qc/{qc_run_id}/data-docs/"
+    for path in files:
+        rel = path.relative_to(docs_dir).as_posix()
+        store.put_file(prefix + rel, path, mimetypes.guess_type(rel)[0] or "application/octet-stream")
+    return prefix + "index.html"
+
+
 def _copy_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -156,9 +184,7 @@ def _copy_escape(value: str) -> str:
 def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfig | None = None,
                      dag_id: str | None = None, run_id: str | None = None) -> GateOutcome:
     """Judge every sample in scope, record the qc_run, and raise QualityGateFailed below the bar."""
-    from tuwen.quality.gate import GateConfig, run_gate  # Great Expectations is slow to import
-
-    import pandas as pd
+    from tuwen.quality.gate import GateConfig, build_gate_frame, run_gate  # GX is slow to import
 
     started = time.perf_counter()
     config = config or QCConfig()
@@ -171,48 +197,53 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
                                  dag_id=dag_id, run_id=run_id).returning(QCRun.id)
         ).scalar_one()
 
-    verdicts: list[tuple[str, str, list[str], dict]] = []
-    frame_rows: list[dict[str, Any]] = []
+    records: list[tuple[str, str, SampleVerdict]] = []
     answers: list[tuple[str, str]] = []
     for row in _iter_scope(settings, scope):
         verdict = run_checks(SampleForQC(row.task_type, row.language, row.conversations, row.finish_reason,
                                          row.ocr_text), config)
-        verdicts.append((row.id, "passed" if verdict.passed else "failed", list(verdict.reasons),
-                         verdict.metrics))
+        records.append((row.id, row.task_type, verdict))
         answers.append((row.id, "\n".join(t["value"] for t in row.conversations if t.get("from") == "gpt")))
     near_dups = find_near_duplicate_answers(answers) if answers else {}
     del answers
-    for i, (sample_id, status, reasons, metrics) in enumerate(verdicts):
+    for sample_id, _, verdict in records:
         if sample_id in near_dups:
-            reasons = [*reasons, NEAR_DUPLICATE_REASON]
-            metrics = {**metrics, "near_duplicate_of": near_dups[sample_id]}
-            verdicts[i] = (sample_id, "failed", reasons, metrics)
-            status = "failed"
-        frame_rows.append({"sample_id": sample_id, "passed": status == "passed", "reasons": reasons,
-                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
-    _write_verdicts(settings, qc_run_id, verdicts)
+            verdict.passed = False
+            verdict.reasons.append(NEAR_DUPLICATE_REASON)
+            verdict.metrics["near_duplicate_of"] = near_dups[sample_id]
+    _write_verdicts(settings, qc_run_id, [
+        (sample_id, "passed" if v.passed else "failed", v.reasons, v.metrics) for sample_id, _, v in records])
 
-    n = len(verdicts)
-    n_passed = sum(1 for v in verdicts if v[1] == "passed")
+    n = len(records)
+    n_passed = sum(1 for _, _, v in records if v.passed)
     failed_reasons: dict[str, int] = {}
-    for _, _, reasons, _ in verdicts:
-        for reason in reasons:
+    for _, _, verdict in records:
+        for reason in verdict.reasons:
             failed_reasons[reason] = failed_reasons.get(reason, 0) + 1
-    frame = pd.DataFrame(frame_rows)
-    gate = run_gate(frame, GateConfig(min_pass_rate=min_pass_rate, task_mix=settings.task_mix))
+    frame = build_gate_frame(records)
+    del records
+    with tempfile.TemporaryDirectory() as docs_dir:
+        gate = run_gate(frame, GateConfig(min_pass_rate=min_pass_rate, task_mix=settings.task_mix),
+                        partition=scope.label, data_docs_dir=docs_dir)
+        data_docs_key = _publish_data_docs(settings, qc_run_id, Path(docs_dir))
     pass_rate = n_passed / n if n else 0.0
     success = bool(gate.success) and n > 0
     with session_scope(settings.database_url) as session:
         session.execute(update(QCRun).where(QCRun.id == qc_run_id).values(
             n_samples=n, n_passed=n_passed, n_failed=n - n_passed, pass_rate=pass_rate, success=success,
-            results={"failed_reasons": failed_reasons, "gx": gate.as_json()},
+            data_docs_key=data_docs_key,
+            results={"failed_reasons": failed_reasons, "check_pass_rates": gate.check_pass_rates,
+                     "task_mix": gate.task_mix, "failed_expectations": gate.failed_expectations,
+                     "skipped": gate.skipped, "gx": gate.validation_result},
         ))
-    outcome = GateOutcome(qc_run_id, n, n_passed, pass_rate, success, failed_reasons, None,
+    outcome = GateOutcome(qc_run_id, n, n_passed, pass_rate, success, failed_reasons, data_docs_key,
                           time.perf_counter() - started)
     log.info("quality gate qc_run %d: %d/%d passed (%.1f%%), minimum %.1f%%: %s", qc_run_id, n_passed, n,
              100 * pass_rate, 100 * min_pass_rate, "PASS" if success else "FAIL")
     if not success:
-        why = "no samples in scope" if n == 0 else gate.summary()
+        why = ("no samples in scope" if n == 0 else
+               f"pass rate {pass_rate:.1%} (minimum {min_pass_rate:.0%}); failed expectations: "
+               f"{', '.join(gate.failed_expectations) or 'none'}")
         raise QualityGateFailed(f"quality gate failed for qc_run {qc_run_id}: {why}; top reasons: "
                                 f"{sorted(failed_reasons.items(), key=lambda kv: -kv[1])[:5]}")
     return outcome

@@ -16,14 +16,18 @@ nothing the spider sees is dropped without a row.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import re
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
@@ -38,6 +42,11 @@ from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedIm
 from tuwen_crawler.middlewares import host_allowed
 from tuwen_crawler.outcomes import classify_failure, outcome_for_reason
 
+RUNNING_MARKER = "tuwen-crawl.running"
+# Scrapy's JOBDIR state. Its queue index is written only at a clean close, so after a hard kill it
+# describes an older queue (or none) while requests.seen lists pages never parsed: trusting it would
+# silently skip those pages' images.
+SCRAPY_JOB_STATE = ("requests.queue", "requests.seen", "spider.state")
 IMAGE_PRIORITY = 10  # images before further pages: keeps the queue (and memory) short
 IMAGE_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
 
@@ -70,6 +79,7 @@ class SiteSpider(Spider):
         self.pages_scheduled = 0
         self.images_requested = 0
         self.page_counts: Counter[str] = Counter()
+        self.resumed_after_crash = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
@@ -84,7 +94,15 @@ class SiteSpider(Spider):
         settings.set("AUTOTHROTTLE_START_DELAY", politeness.download_delay, priority="spider")
         if spider.site.user_agent:
             settings.set("USER_AGENT", spider.site.user_agent, priority="spider")
+        jobdir = settings.get("JOBDIR")
+        if jobdir:
+            spider.resumed_after_crash = prepare_jobdir(Path(jobdir))
+            crawler.signals.connect(spider.closed_cleanly, signal=signals.spider_closed)
         return spider
+
+    def closed_cleanly(self, spider: Spider, reason: str) -> None:
+        # Scrapy has persisted its queue and dupefilter by now: the JOBDIR may be trusted next time.
+        (Path(self.settings["JOBDIR"]) / RUNNING_MARKER).unlink(missing_ok=True)
 
     # -- start -----------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
@@ -206,6 +224,30 @@ class SiteSpider(Spider):
         request = failure.request  # type: ignore[attr-defined]
         reason, status = classify_failure(failure)
         yield UnfetchedImage(request.meta["tuwen_mention"], outcome_for_reason(reason), reason, status)
+
+
+def prepare_jobdir(jobdir: Path) -> bool:
+    """Mark the JOBDIR as in use; if the last crawl never closed it, drop Scrapy's state and say so.
+
+    The resumed run then re-reads every page (cheap) and skips every image URL an earlier run of the
+    same job already judged (the pipeline loads those verdicts from image_source).
+    """
+    jobdir.mkdir(parents=True, exist_ok=True)
+    marker = jobdir / RUNNING_MARKER
+    dropped = False
+    if marker.exists():
+        for name in SCRAPY_JOB_STATE:
+            target = jobdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+                dropped = True
+            elif target.exists():
+                target.unlink()
+                dropped = True
+        logging.getLogger(__name__).warning(
+            "JOBDIR %s was not closed cleanly (crash or kill): resuming from the lineage database", jobdir)
+    marker.write_text(str(os.getpid()))
+    return dropped
 
 
 def _header_noai(response: Response) -> bool:

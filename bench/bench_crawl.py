@@ -1,0 +1,130 @@
+"""Crawl throughput: the fixture site's bench profile crawled into moto's S3 server and PostgreSQL.
+
+    .venv/bin/python bench/bench_crawl.py [--images 2000] [--workers 4] [--concurrency 32] [--ocr-images 50]
+
+Each image is downloaded, hashed (SHA-256 + pHash), decoded, resized to the Qwen2.5-VL budget, encoded,
+uploaded twice (raw/ + model/) and recorded (image + image_source rows, near-duplicate check under the
+advisory lock); OCR is off during the crawl. Prints images/s (accepted images over the crawl's own
+elapsed time, and over wall time including process start-up), the crawl process's peak RSS, and OCR
+throughput per core on the standard fixture's text images (model-ready copies, 1 ONNX thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+from sqlalchemy import text
+
+from tuwen.config import Settings
+from tuwen.crawl import LOG_DIR, start_crawl
+from tuwen.db.migrate import upgrade
+from tuwen.db.session import get_engine
+from tuwen.fixture_site import FixtureSiteProcess, generate_site
+from tuwen.images import inspect_and_normalize
+from tuwen.ocr import extract_text
+from tuwen.services import drop_database, ensure_database, free_port, s3_service
+
+
+def crawl_bench(work: Path, images: int, workers: int, concurrency: int) -> dict[str, object]:
+    site_dir = work / "site"
+    started = time.perf_counter()
+    manifest = generate_site(site_dir, seed=3, profile="bench", images=images)
+    generated_s = time.perf_counter() - started
+    sizes = [img.bytes or 0 for img in manifest.images.values() if img.outcome == "accepted"]
+    database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_{uuid.uuid4().hex[:8]}"
+    ensure_database(database_url)
+    s3_port = free_port()
+    s3 = s3_service(s3_port, run_dir=work)
+    s3.start()
+    try:
+        upgrade(database_url)
+        with FixtureSiteProcess(site_dir) as site:
+            sites = work / "sites.yaml"
+            sites.write_text(json.dumps({"sites": [{
+                "name": "bench", "start_urls": [f"{site.url}/index.html"], "allowed_domains": ["127.0.0.1"],
+                "max_depth": 2, "max_pages": 10_000, "allow_private_addresses": True,
+                "politeness": {"download_delay": 0, "concurrency_per_domain": concurrency,
+                               "autothrottle_target": float(concurrency)},
+            }]}))
+            settings = Settings(database_url=database_url, s3_endpoint=f"127.0.0.1:{s3_port}", s3_bucket="bench",
+                                sites_file=sites, ocr_enabled=False)
+            log_path = LOG_DIR / f"bench-{uuid.uuid4().hex[:8]}.log"
+            wall_start = time.perf_counter()
+            process = start_crawl(settings, "bench", dt.date(2024, 1, 1), crawl_key=uuid.uuid4().hex, log_path=log_path,
+                                  extra_env={"TUWEN_CRAWL_WORKERS": str(workers),
+                                             "TUWEN_CRAWL_CONCURRENT_REQUESTS": str(concurrency)})
+            peak_rss = 0
+            watched = psutil.Process(process.pid)
+            cpu_samples = []
+            while process.poll() is None:
+                try:
+                    peak_rss = max(peak_rss, watched.memory_info().rss)
+                    cpu_samples.append(watched.cpu_percent(interval=None))
+                except psutil.NoSuchProcess:
+                    break
+                time.sleep(0.25)
+            wall_s = time.perf_counter() - wall_start
+            if process.returncode != 0:
+                raise SystemExit(f"crawl failed (exit {process.returncode}); see {log_path}")
+        with get_engine(database_url).connect() as conn:
+            run = conn.execute(text("SELECT status, counts, stats FROM crawl_run")).one()
+            accepted = conn.execute(text("SELECT count(*) FROM image WHERE status = 'accepted'")).scalar_one()
+        elapsed = float(run.stats["elapsed_time_seconds"])
+        return {
+            "images": images, "generated_s": round(generated_s, 1),
+            "image_kb_median": round(statistics.median(sizes) / 1024), "status": run.status,
+            "accepted": accepted, "expected_accepted": manifest.expected_counts["by_outcome"]["accepted"],
+            "crawl_elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
+            "images_per_s": round(accepted / elapsed, 1), "images_per_s_wall": round(accepted / wall_s, 1),
+            "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
+            "workers": workers, "concurrency": concurrency, "log": str(log_path),
+        }
+    finally:
+        s3.stop()
+        get_engine(database_url).dispose()
+        drop_database(database_url)
+
+
+def ocr_bench(work: Path, count: int) -> dict[str, object]:
+    site_dir = work / "ocr-site"
+    manifest = generate_site(site_dir, seed=7, profile="standard")
+    copies = []
+    for image in manifest.images.values():
+        if image.outcome == "accepted" and image.text and image.file and len(copies) < count:
+            decision = inspect_and_normalize((site_dir / "www" / image.file).read_bytes(), image.content_type)
+            assert decision.model is not None
+            copies.append(decision.model.data)
+    extract_text(copies[0])  # load the models outside the timing
+    started = time.perf_counter()
+    chars = sum(extract_text(data, threads=1).cjk_chars for data in copies)
+    elapsed = time.perf_counter() - started
+    return {"ocr_images": len(copies), "ocr_s": round(elapsed, 1),
+            "ocr_images_per_s_per_core": round(len(copies) / elapsed, 2), "ocr_cjk_chars": chars}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=4, help="image-processing threads in the crawler")
+    parser.add_argument("--concurrency", type=int, default=32, help="CONCURRENT_REQUESTS (and per domain)")
+    parser.add_argument("--ocr-images", type=int, default=50, help="0 skips the OCR measurement")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tuwen-bench-") as tmp:
+        result = crawl_bench(Path(tmp), args.images, args.workers, args.concurrency)
+        if args.ocr_images:
+            result.update(ocr_bench(Path(tmp), args.ocr_images))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages tuwen needs beyond Python: the CJK font the fixture site draws Chinese text with,
-# and PostgreSQL when no server is installed. Installs them when run as root; otherwise says how.
+# PostgreSQL when no server is installed, and Chromium for the browser tests. Installs them when run as root; otherwise says how.
 set -euo pipefail
 
 need=()
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 command -v pg_ctlcluster >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
+# Headless Chromium + ChromeDriver: the browser checks of the QC report and the Airflow UI.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -65,10 +65,18 @@ PLACEHOLDER_SECRETS = {"", "change-me"}
 # --------------------------------------------------------------------------- helpers
 
 
+SETTINGS_SOURCES = (
+    ROOT / "plugins" / "tuwen" / "config.py",  # tuwen's settings
+    ROOT / "crawler" / "tuwen_crawler" / "settings.py",  # the Scrapy project's settings from env
+)
+
+
 def tuwen_setting_names() -> set[str]:
-    """Every TUWEN_* name plugins/tuwen/config.py reads; a renamed setting changes this set."""
-    source = (ROOT / "plugins" / "tuwen" / "config.py").read_text(encoding="utf-8")
-    return set(re.findall(r'"(TUWEN_[A-Z0-9_]+)"', source))
+    """Every TUWEN_* name tuwen reads from the environment; a renamed setting changes this set."""
+    names: set[str] = set()
+    for path in SETTINGS_SOURCES:
+        names |= set(re.findall(r'"(TUWEN_[A-Z0-9_]+)"', path.read_text(encoding="utf-8")))
+    return names
 
 
 def env_example() -> tuple[dict[str, str], set[str]]:

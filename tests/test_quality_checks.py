@@ -95,7 +95,7 @@ def test_reasons_come_out_in_registry_order() -> None:
 
 def test_run_checks_cost_per_sample() -> None:
     # A guard against pathological regressions (a regex with astral characters in its class made the
-    # Traditional check alone cost ~460 µs); the measured figure is ~60-120 µs on the dev machine.
+    # Traditional check alone cost ~460 µs); measured: ~35-60 µs of CPU per labelled sample.
     samples = [_sample(row) for row in ROWS]
     traditional_only_chars()
     start = time.perf_counter()
@@ -153,21 +153,30 @@ def test_traditional_only_chars_excludes_shared_characters() -> None:
 
 
 def test_traditional_inside_quotes_is_the_sign_not_the_model() -> None:
-    quoted = _zh(("招牌上写的什么？", "招牌上写着“茶餐廳”和“港式奶茶”，是一家港式茶餐厅，门口摆着两张折叠桌。"))
+    quoted = _zh(
+        ("招牌上写的什么？", "招牌上写着“茶餐廳”和“港式奶茶”，是一家港式茶餐厅，门口摆着两张折叠桌。")
+    )
     assert "language.traditional" not in run_checks(quoted).reasons
     unquoted = _zh(("招牌上写的什么？", "這是一家港式茶餐廳，門口擺著兩張摺疊桌，店員正在擦桌子。"))
     assert "language.traditional" in run_checks(unquoted).reasons
 
 
 def test_english_quote_and_brand_names_do_not_leak() -> None:
-    sample = _zh(("海报上写了什么？", "海报上用英文写着“WELCOME TO THE SHANGHAI INTERNATIONAL FILM FESTIVAL”，下方是主办方的标志。"))
+    sample = _zh(
+        (
+            "海报上写了什么？",
+            "海报上用英文写着“WELCOME TO THE SHANGHAI INTERNATIONAL FILM FESTIVAL”，下方是主办方的标志。",
+        )
+    )
     verdict = run_checks(sample)
     assert "language.foreign_leakage" not in verdict.reasons
     assert "language.cjk_ratio" not in verdict.reasons
 
 
 def test_latin_phrase_threshold_is_configurable() -> None:
-    sample = _zh(("店名是什么？", "这家店叫 Blue Bottle Coffee Roasters Shanghai 上海店，门口排着队，生意很好。"))
+    sample = _zh(
+        ("店名是什么？", "这家店叫 Blue Bottle Coffee Roasters Shanghai 上海店，门口排着队，生意很好。")
+    )
     assert "language.foreign_leakage" not in run_checks(sample).reasons  # five words
     assert "language.foreign_leakage" in run_checks(sample, QCConfig(zh_max_latin_run_words=4)).reasons
 
@@ -231,7 +240,9 @@ def test_meta_talk_detected(answers: list[str]) -> None:
 
 
 def test_meta_talk_not_triggered_by_ordinary_answers() -> None:
-    assert not is_meta_talk(["这座建筑的设计很有特色，屋顶采用了传统的歇山式结构，体现了明清建筑的格式规范。"])
+    assert not is_meta_talk(
+        ["这座建筑的设计很有特色，屋顶采用了传统的歇山式结构，体现了明清建筑的格式规范。"]
+    )
     assert not is_meta_talk(["这个问题的答案在于路口的设计：两条主干道在这里交汇。"])
     assert not is_meta_talk(["海报提醒用户注意：活动需要提前报名。"])
 
@@ -250,7 +261,9 @@ def test_looping_tail() -> None:
 
 
 def test_duplicate_sentence_ratio() -> None:
-    repeated = "公园很适合带孩子来玩。草坪很大可以奔跑。公园很适合带孩子来玩。草坪很大可以奔跑。旁边还有游乐设施。"
+    repeated = (
+        "公园很适合带孩子来玩。草坪很大可以奔跑。公园很适合带孩子来玩。草坪很大可以奔跑。旁边还有游乐设施。"
+    )
     assert duplicate_sentence_ratio(repeated, CONFIG) == pytest.approx(0.4)
     assert duplicate_sentence_ratio(GOOD_ANSWER, CONFIG) == 0.0
 
@@ -281,7 +294,9 @@ def test_finish_reason_length_is_truncated_even_with_a_full_stop() -> None:
 def test_length_thresholds_scale_for_english() -> None:
     answer = "A quiet alley lined with old grey brick houses, with bicycles parked along the wall."
     sample = SampleForQC(
-        "conversation", "en", [{"from": "human", "value": "<image>\nWhat is here?"}, {"from": "gpt", "value": answer}]
+        "conversation",
+        "en",
+        [{"from": "human", "value": "<image>\nWhat is here?"}, {"from": "gpt", "value": answer}],
     )
     assert len(answer) > CONFIG.min_answer_chars["conversation"]
     assert run_checks(sample).reasons == ["length.too_short"]
@@ -319,7 +334,7 @@ def test_non_answer(answer: str, non_answer: bool) -> None:
 
 
 def test_find_quotes() -> None:
-    text = "招牌上写着“中山路”，旁边是「火车站」和《读者》，英文\"EXIT\"。未闭合的“引号"
+    text = '招牌上写着“中山路”，旁边是「火车站」和《读者》，英文"EXIT"。未闭合的“引号'
     assert [inner for _, _, inner in find_quotes(text)] == ["中山路", "火车站", "读者", "EXIT"]
     start, end, _ = find_quotes(text)[0]
     assert text[start:end] == "“中山路”"
@@ -344,14 +359,21 @@ def test_ocr_coverage_only_for_detail_with_enough_text() -> None:
 
 
 def test_ungrounded_quote_needs_a_text_cue_and_ocr() -> None:
-    emphasis = _zh(("这里有名吗？", "这里是有名的“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr="")
+    emphasis = _zh(
+        ("这里有名吗？", "这里是有名的“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr=""
+    )
     assert run_checks(emphasis, ANY_LENGTH).passed
-    claim = _zh(("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr="")
+    claim = _zh(
+        ("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr=""
+    )
     assert run_checks(claim, ANY_LENGTH).reasons == ["grounding.ungrounded_quote"]
-    no_ocr = _zh(("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr=None)
+    no_ocr = _zh(
+        ("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr=None
+    )
     assert run_checks(no_ocr, ANY_LENGTH).passed
     seen_with_misread = _zh(
-        ("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"), ocr="网红打卞地"
+        ("招牌上写着什么？", "招牌上写着“网红打卡地”，周末游客很多，大家都喜欢在巷口拍照留念。"),
+        ocr="网红打卞地",
     )
     assert run_checks(seen_with_misread, ANY_LENGTH).passed
     every_quote = replace(ANY_LENGTH, quote_requires_cue=False)
@@ -381,7 +403,11 @@ def _edit(rng: random.Random, text: str, edits: int) -> str:
 
 
 def test_signatures_match_datasketch_minhash() -> None:
-    texts = ["这张图片展示了一条繁忙的街道，街道两侧有许多商店。", "短", "另一段完全不同的回答，讲的是公园里的湖。"]
+    texts = [
+        "这张图片展示了一条繁忙的街道，街道两侧有许多商店。",
+        "短",
+        "另一段完全不同的回答，讲的是公园里的湖。",
+    ]
     signatures = near_duplicates.minhash_signatures([near_duplicates.normalize_answer(t) for t in texts])
     for text, signature in zip(texts, signatures, strict=True):
         assert np.array_equal(near_duplicates.answer_minhash(text).hashvalues, signature)

@@ -35,7 +35,9 @@ def good_frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def good_result(good_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory):
-    return run_gate(good_frame, GateConfig(), partition="2024-05-01", data_docs_dir=tmp_path_factory.mktemp("docs"))
+    return run_gate(
+        good_frame, GateConfig(), partition="2024-05-01", data_docs_dir=tmp_path_factory.mktemp("docs")
+    )
 
 
 def test_build_gate_frame_columns() -> None:
@@ -70,7 +72,12 @@ def test_good_partition_passes(good_result) -> None:
 def test_validation_result_is_json_and_names_rules(good_result) -> None:
     text = json.dumps(good_result.validation_result)
     rules = {r["expectation_config"]["meta"]["rule"] for r in good_result.validation_result["results"]}
-    assert {"pass_rate.overall", "structure.roles_ok", "task_mix.kl_divergence", "conversation.mean_rounds"} <= rules
+    assert {
+        "pass_rate.overall",
+        "structure.roles_ok",
+        "task_mix.kl_divergence",
+        "conversation.mean_rounds",
+    } <= rules
     assert {f"pass_rate.{name}" for name in CHECKS} <= rules
     assert {f"task_mix.{task}" for task in TASK_TYPES} <= rules
     assert "tuwen_qc" in text

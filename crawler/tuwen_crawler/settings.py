@@ -77,6 +77,8 @@ LOG_FORMAT = "%(asctime)s [%(name)s] %(levelname)s: %(message)s"
 
 # tuwen's own knobs (read by the pipeline and middleware through crawler.settings).
 TUWEN_NEAR_DUP_DISTANCE = _int("TUWEN_NEAR_DUP_DISTANCE", 6)
-TUWEN_CRAWL_WORKERS = _int("TUWEN_CRAWL_WORKERS", 4)
+# Threads for decode/hash/resize + S3 + DB per image: Pillow releases the GIL while decoding and encoding,
+# and the rest is waiting on I/O, so a few more threads than cores keeps both cores busy.
+TUWEN_CRAWL_WORKERS = _int("TUWEN_CRAWL_WORKERS", 6)
 TUWEN_MAX_SOURCE_PIXELS = _int("TUWEN_MAX_SOURCE_PIXELS", 30_000_000)
 TUWEN_MAX_ASPECT_RATIO = _float("TUWEN_MAX_ASPECT_RATIO", 8.0)

@@ -284,3 +284,17 @@ class Takedown(Base):
         UniqueConstraint("kind", "value", name="uq_takedown_kind_value"),
         CheckConstraint(_in("kind", ("url", "domain", "image_sha256")), name="kind"),
     )
+
+
+class TakedownImage(Base):
+    """Which images a takedown removed, and what their status was: attribution for the analysts'
+    impact query without re-matching URLs, and what a reverted takedown restores."""
+
+    __tablename__ = "takedown_image"
+
+    takedown_id: Mapped[int] = mapped_column(ForeignKey("takedown.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id"), primary_key=True)
+    previous_status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (Index("ix_takedown_image_image_id", "image_id"),)

@@ -3,8 +3,8 @@
 `run_checks(sample, config)` runs every check in `CHECKS` and returns a `SampleVerdict`: passed, the
 failing reasons (stable names, the keys of `CHECKS`) and a few metrics. The gate runs this over every
 sample of a partition (640k in the seed-sized release), so the code favours C-level work (compiled
-regexes, `str` methods, substring search) over Python loops per character: see `bench` for the
-measured cost per sample.
+regexes with literal prefixes, `str` methods, byte counts) over Python loops per character; measured
+on the 2-core development machine: ~70-130 µs per sample on the labelled set (load-dependent).
 
 Quoted spans (“…”, 「…」, 《…》, "…") are treated as evidence copied from the image, not as the model's own
 language: a Traditional-Chinese shop sign or an English slogan quoted inside a Simplified answer is
@@ -106,12 +106,18 @@ class CheckSpec:
 
 
 _SPECS = (
-    CheckSpec("structure.task_type", 1, "task type is one of the configured task types and language is zh or en"),
+    CheckSpec(
+        "structure.task_type", 1, "task type is one of the configured task types and language is zh or en"
+    ),
     CheckSpec(
         "structure.roles", 1, "roles are only human/gpt, human first, strictly alternating, ending on gpt"
     ),
-    CheckSpec("structure.image_placeholder", 1, "exactly one <image> in the sample, inside the first human turn"),
-    CheckSpec("structure.rounds", 1, "number of human/gpt rounds within the task's range", ("rounds_by_task",)),
+    CheckSpec(
+        "structure.image_placeholder", 1, "exactly one <image> in the sample, inside the first human turn"
+    ),
+    CheckSpec(
+        "structure.rounds", 1, "number of human/gpt rounds within the task's range", ("rounds_by_task",)
+    ),
     CheckSpec("structure.empty_turn", 1, "no turn is empty (after removing <image>)"),
     CheckSpec(
         "language.cjk_ratio",
@@ -137,7 +143,11 @@ _SPECS = (
         "en: share of CJK characters among letters in the answers (outside quotes) stays small",
         ("en_max_cjk_share",),
     ),
-    CheckSpec("refusal", 1, "no refusal or AI self-reference (作为AI…, 我无法查看图片, As an AI…, I cannot see the image)"),
+    CheckSpec(
+        "refusal",
+        1,
+        "no refusal or AI self-reference (作为AI…, 我无法查看图片, As an AI…, I cannot see the image)",
+    ),
     CheckSpec(
         "meta_talk",
         1,
@@ -160,8 +170,18 @@ _SPECS = (
         1,
         "finish_reason is not 'length' and the last answer ends with terminal punctuation (or a list/table line)",
     ),
-    CheckSpec("length.too_short", 1, "answers' total characters at least the task minimum", ("min_answer_chars", "en_length_factor")),
-    CheckSpec("length.too_long", 1, "answers' total characters at most the task maximum", ("max_answer_chars", "en_length_factor")),
+    CheckSpec(
+        "length.too_short",
+        1,
+        "answers' total characters at least the task minimum",
+        ("min_answer_chars", "en_length_factor"),
+    ),
+    CheckSpec(
+        "length.too_long",
+        1,
+        "answers' total characters at most the task maximum",
+        ("max_answer_chars", "en_length_factor"),
+    ),
     CheckSpec(
         "conversation.duplicate_question",
         1,
@@ -423,7 +443,9 @@ def has_looping_tail(answer: str, config: QCConfig) -> bool:
     unit_len = len(tail) - probe_len - previous
     unit = tail[-unit_len:]
     repeats = max(config.loop_min_repeats, -(-config.loop_min_span_chars // unit_len))
-    return unit_len * repeats <= len(tail) and tail.endswith(unit * repeats) and bool(NON_WORD_RE.sub("", unit))
+    return (
+        unit_len * repeats <= len(tail) and tail.endswith(unit * repeats) and bool(NON_WORD_RE.sub("", unit))
+    )
 
 
 def duplicate_sentence_ratio(text: str, config: QCConfig) -> float:
@@ -561,7 +583,13 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
         failed.add("structure.roles")
     first_text = texts[0] if texts else None
     image_total = sum(t.count(IMAGE_TOKEN) for t in texts if t)
-    if image_total != 1 or not turns or roles[0] != "human" or not first_text or IMAGE_TOKEN not in first_text:
+    if (
+        image_total != 1
+        or not turns
+        or roles[0] != "human"
+        or not first_text
+        or IMAGE_TOKEN not in first_text
+    ):
         failed.add("structure.image_placeholder")
     if any(t is None or not t.replace(IMAGE_TOKEN, "").strip() for t in texts):
         failed.add("structure.empty_turn")

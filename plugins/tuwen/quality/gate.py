@@ -140,7 +140,9 @@ def run_gate(
                 },
             },
         )
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE]))
+        actions.append(
+            gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])
+        )
 
     asset = context.data_sources.add_pandas("tuwen").add_dataframe_asset(name=f"samples_{partition}")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole_partition")
@@ -172,7 +174,8 @@ def run_gate(
         docs_index = Path(data_docs_dir).resolve() / "index.html"
 
     shares = {
-        task: float(frame.loc[frame["passed"], f"is_{task}"].mean()) if passed_rows else 0.0 for task in TASK_TYPES
+        task: float(frame.loc[frame["passed"], f"is_{task}"].mean()) if passed_rows else 0.0
+        for task in TASK_TYPES
     }
     return GateResult(
         success=bool(result_dict["success"]),
@@ -190,12 +193,16 @@ def run_gate(
 def _build_suite(
     gx: Any, config: GateConfig, passed_rows: int, check_columns: Mapping[str, str]
 ) -> tuple[Any, list[str]]:
+    from great_expectations.expectations.row_conditions import Column
+
     E = gx.expectations
     suite = gx.ExpectationSuite(
         name=SUITE_NAME, meta={"qc_checks_version": QC_CHECKS_VERSION, "checks": sorted(CHECKS)}
     )
     skipped: list[str] = []
-    passed_only = {"row_condition": "passed == True", "condition_parser": "pandas"}
+    # Condition objects, not pandas query strings (deprecated since GX Core 1.9).
+    passed = Column("passed") == True  # noqa: E712 (builds a GX condition, not a Python comparison)
+    passed_only = {"row_condition": passed}
 
     def add(rule: str, expectation: Any) -> None:
         expectation.meta = {"rule": rule}
@@ -204,11 +211,19 @@ def _build_suite(
     # Structural rules: every passed sample loads in LLaVA / Qwen2.5-VL / LLaMA-Factory unchanged.
     add("table.row_count", E.ExpectTableRowCountToBeBetween(min_value=config.min_rows))
     add("structure.unique_sample_id", E.ExpectColumnValuesToBeUnique(column="sample_id"))
-    add("structure.known_task_type", E.ExpectColumnValuesToBeInSet(column="task_type", value_set=list(TASK_TYPES)))
-    add("structure.roles_ok", E.ExpectColumnValuesToBeInSet(column="roles_ok", value_set=[True], **passed_only))
+    add(
+        "structure.known_task_type",
+        E.ExpectColumnValuesToBeInSet(column="task_type", value_set=list(TASK_TYPES)),
+    )
+    add(
+        "structure.roles_ok",
+        E.ExpectColumnValuesToBeInSet(column="roles_ok", value_set=[True], **passed_only),
+    )
     add(
         "structure.single_image_in_first_turn",
-        E.ExpectColumnValuesToBeInSet(column="has_single_image_in_first_turn", value_set=[True], **passed_only),
+        E.ExpectColumnValuesToBeInSet(
+            column="has_single_image_in_first_turn", value_set=[True], **passed_only
+        ),
     )
     for task, (low, high) in config.rounds_by_task.items():
         add(
@@ -217,8 +232,7 @@ def _build_suite(
                 column="rounds",
                 min_value=low,
                 max_value=high,
-                row_condition=f'task_type == "{task}" & passed == True',
-                condition_parser="pandas",
+                row_condition=(Column("task_type") == task) & passed,
             ),
         )
 
@@ -250,7 +264,10 @@ def _build_suite(
         "task_mix.kl_divergence",
         E.ExpectColumnKLDivergenceToBeLessThan(
             column="task_type",
-            partition_object={"values": list(TASK_TYPES), "weights": [shares.get(t, 0.0) for t in TASK_TYPES]},
+            partition_object={
+                "values": list(TASK_TYPES),
+                "weights": [shares.get(t, 0.0) for t in TASK_TYPES],
+            },
             threshold=config.max_task_mix_kl_divergence,
             **passed_only,
         ),
@@ -260,8 +277,7 @@ def _build_suite(
         E.ExpectColumnMeanToBeBetween(
             column="rounds",
             min_value=config.min_conversation_mean_rounds,
-            row_condition='task_type == "conversation" & passed == True',
-            condition_parser="pandas",
+            row_condition=(Column("task_type") == "conversation") & passed,
         ),
     )
     return suite, skipped

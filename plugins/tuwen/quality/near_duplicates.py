@@ -2,16 +2,17 @@
 
 The signatures are datasketch's "affine32" MinHash (same seeded permutations, same MurmurHash3
 pre-mix; `answer_minhash` returns the datasketch object and a test checks the two agree), and the band
-layout (b bands of r rows) is the one datasketch's `MinHashLSH` picks for the threshold. What differs
+layout (b bands of r rows) is the one datasketch's `MinHashLSH` picks for the threshold (with false
+negatives weighted 0.9, see `lsh_bands`). What differs
 is the execution: signatures are computed for a chunk of texts at once with numpy, and the bands are
-grouped by sorting instead of inserting into `MinHashLSH`'s dict-of-sets index. Measured on this
-project's development machine, building a datasketch `MinHash` per sample and inserting/querying it in
-`MinHashLSH` costs ~140 µs a sample before any hashing and ~1.1 GB of index for 641,868 samples; the
-vectorised path, hashing included, measured ~90 µs a sample (64 permutations, first 400 characters)
-on 50k synthetic answers, i.e. about a minute for 641,868 on one core, with 164 MB of signatures.
+grouped by sorting instead of inserting into `MinHashLSH`'s dict-of-sets index. Measured (CPU time,
+2-core development machine, 400 characters per answer, 64 permutations): the plain datasketch path
+(`MinHash.update_batch` with SHA-1 shingles, then `MinHashLSH.query`/`insert`) costs ~375 µs a sample,
+about 4 minutes for 641,868 samples; this path costs ~64 µs a sample, about 41 s, and holds
+641,868 × 64 × 4 bytes = 164 MB of signatures.
 
-Duplicates are resolved greedily in sample-id order over connected components of verified pairs: the
-first sample of a component is kept, every later one maps to it. A component can chain (A~B, B~C)
+Duplicates are resolved over connected components of verified candidate pairs: the smallest sample id
+of a component is kept, every later one maps to it. A component can chain (A~B, B~C)
 and so hold two samples below the threshold; with a 0.8 threshold that stays rare and errs on the side
 of dropping a near-copy.
 """

@@ -191,3 +191,42 @@ def test_sigkill_mid_batch_loses_nothing_stored_and_resends_nothing_stored(setti
         assert _rows(settings, "SELECT count(*) FROM sample")[0][0] == 60
         # Zero requests re-sent for stored answers: the rerun asked only for the ones not stored.
         assert vlm.stats()["requests"] - requests_at_kill == 60 - len(stored)
+
+
+def test_three_day_backfill_run_twice_pays_once(settings: Settings) -> None:
+    """What a backfill over three crawl dates does, run twice: the second run finds every key stored."""
+    from tuwen.partition import resolve_partition
+
+    days = [DAY - dt.timedelta(days=i) for i in range(3)]
+    with StandinProcess() as vlm:
+        settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, batch_size=8)
+        ObjectStore(settings).ensure_bucket()
+        for i, day in enumerate(days):
+            seed_images(settings, 6 + i, day, width=224 + 28 * i, height=168)
+        totals = []
+        for _ in range(2):
+            for day in days:  # one run per day, as Airflow's backfill creates them
+                context = {"data_interval_start": dt.datetime.combine(day, dt.time(3), dt.UTC),
+                           "data_interval_end": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(3), dt.UTC),
+                           "params": {}}
+                partition = resolve_partition(context)
+                assert partition.start == day
+                plan = plan_partition(settings, partition, RunParams())
+                for batch in plan.batches:
+                    run_batch(settings, batch["image_ids"], RunParams())
+            totals.append((_rows(settings, "SELECT count(*) FROM generation")[0][0],
+                           _rows(settings, "SELECT count(*) FROM sample")[0][0], vlm.stats()["requests"]))
+        assert totals[0] == (21, 21, 21)
+        assert totals[1] == totals[0]  # identical counts, no new generations, nothing sent
+        per_day = dict(_rows(settings, "SELECT i.crawl_date, count(*) FROM sample s JOIN image i ON i.id = s.image_id "
+                                       "GROUP BY 1"))
+        assert per_day == {days[0]: 6, days[1]: 7, days[2]: 8}
+
+
+def test_presigned_url_mode_lets_the_server_fetch_the_image(settings: Settings) -> None:
+    with StandinProcess() as vlm:
+        settings = _ready(settings, 3, vlm_base_url=vlm.base_url, vlm_image_mode="presigned_url")
+        _run_all(settings)
+        stats = vlm.stats()
+        assert stats["ok"] == 3 and len(stats["by_image"]) == 3  # the stand-in decoded 3 distinct images
+        assert Counter(r[0] for r in _rows(settings, "SELECT status FROM generation")) == {"succeeded": 3}

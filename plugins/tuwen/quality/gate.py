@@ -77,24 +77,32 @@ class GateResult:
 
 
 def build_gate_frame(records: Iterable[tuple[Hashable, str, SampleVerdict]]) -> pd.DataFrame:
-    """One gate row per (sample_id, task_type, verdict)."""
+    """One gate row per (sample_id, task_type, verdict). Built column by column: a dict per row costs
+    ~17 µs, which is 11 s for a 641,868-sample release."""
     import pandas as pd
 
-    rows = []
+    sample_ids: list[Hashable] = []
+    task_types: list[str] = []
+    rounds: list[int] = []
+    passed: list[bool] = []
+    ok_by_check: dict[str, list[bool]] = {name: [] for name in CHECKS}
     for sample_id, task_type, verdict in records:
-        failed = set(verdict.reasons)
-        row: dict[str, Any] = {
-            "sample_id": sample_id,
-            "task_type": task_type,
-            "rounds": int(verdict.metrics.get("rounds", 0)),
-            "roles_ok": "structure.roles" not in failed,
-            "has_single_image_in_first_turn": "structure.image_placeholder" not in failed,
-            "passed": verdict.passed,
-        }
-        row.update({check_column(name): name not in failed for name in CHECKS})
-        rows.append(row)
-    columns = ["sample_id", "task_type", "rounds", "roles_ok", "has_single_image_in_first_turn", "passed"]
-    return pd.DataFrame(rows, columns=columns + [check_column(name) for name in CHECKS])
+        sample_ids.append(sample_id)
+        task_types.append(task_type)
+        rounds.append(int(verdict.metrics.get("rounds", 0)))
+        passed.append(verdict.passed)
+        for name, column in ok_by_check.items():
+            column.append(name not in verdict.reasons)
+    columns: dict[str, Any] = {
+        "sample_id": sample_ids,
+        "task_type": task_types,
+        "rounds": pd.array(rounds, dtype="int64"),
+        "roles_ok": pd.array(ok_by_check["structure.roles"], dtype=bool),
+        "has_single_image_in_first_turn": pd.array(ok_by_check["structure.image_placeholder"], dtype=bool),
+        "passed": pd.array(passed, dtype=bool),
+    }
+    columns.update({check_column(name): pd.array(ok, dtype=bool) for name, ok in ok_by_check.items()})
+    return pd.DataFrame(columns)
 
 
 def _task_shares(weights: Mapping[str, float]) -> dict[str, float]:

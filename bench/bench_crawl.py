@@ -40,7 +40,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int) -> dict
     manifest = generate_site(site_dir, seed=3, profile="bench", images=images)
     generated_s = time.perf_counter() - started
     sizes = [img.bytes or 0 for img in manifest.images.values() if img.outcome == "accepted"]
-    database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_{uuid.uuid4().hex[:8]}"
+    database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_crawl_{uuid.uuid4().hex[:8]}"
     ensure_database(database_url)
     s3_port = free_port()
     s3 = s3_service(s3_port, run_dir=work)

@@ -6,17 +6,21 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import platform
 import resource
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 
 from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
@@ -94,3 +98,93 @@ def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, heig
                      "first_crawl_run_id": run_id})
     with engine.begin() as conn:
         return list(conn.execute(insert(Image).returning(Image.id), rows).scalars())
+
+
+# --- generated samples, inserted with COPY (the QC benchmark inserts 641,868 of them) ---------------
+
+
+@dataclass
+class SeedSample:
+    """A generated sample as the synthesis DAG would have stored it; `id` defaults to a hash."""
+
+    image_id: int
+    task_type: str
+    conversations: list[dict[str, Any]]
+    language: str = "zh"
+    finish_reason: str | None = "stop"
+    id: str | None = None
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def copy_rows(settings: Settings, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """COPY rows into a table through a temporary file (constant memory); returns the row count."""
+    count = 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:
+        for row in rows:
+            buffer.write("\t".join(_copy_value(v) for v in row) + "\n")
+            count += 1
+        buffer.seek(0)
+        raw = get_engine(settings.database_url).raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer, size=1 << 20)
+            raw.commit()
+        finally:
+            raw.close()
+    return count
+
+
+def _reserve_ids(settings: Settings, table: str, n: int) -> int:
+    """First of n consecutive ids for explicit-id COPY; the sequence moves past them."""
+    raw = get_engine(settings.database_url).raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            cur.execute(f"SELECT coalesce(max(id), 0) FROM {table}")
+            first = cur.fetchone()[0] + 1
+            cur.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", (table, first + n - 1))
+        raw.commit()
+    finally:
+        raw.close()
+    return first
+
+
+def sample_id_for(image_id: int, task_type: str, language: str) -> str:
+    return "tw-" + hashlib.sha256(f"{image_id}:{task_type}:{language}".encode()).hexdigest()[:24]
+
+
+def insert_samples(settings: Settings, samples: Sequence[SeedSample], model: str = "bench-model") -> list[str]:
+    """generation (succeeded) + sample rows for each SeedSample, both by COPY; returns the sample ids."""
+    first = _reserve_ids(settings, "generation", len(samples))
+    ids = [s.id or sample_id_for(s.image_id, s.task_type, s.language) for s in samples]
+    sampling = json.dumps({"temperature": 0.7, "top_p": 0.9})
+    copy_rows(settings, "generation",
+              ("id", "request_key", "image_id", "task_type", "language", "prompt_id", "prompt_version",
+               "prompt_sha256", "model", "sampling", "status", "attempts", "finish_reason", "completed_at"),
+              ((first + i, hashlib.sha256(sid.encode()).hexdigest(), s.image_id, s.task_type, s.language,
+                f"{s.task_type}.{s.language}", 1, "0" * 64, model, sampling, "succeeded", 1, s.finish_reason,
+                "2026-11-20 03:00:00+00") for i, (sid, s) in enumerate(zip(ids, samples, strict=True))))
+    copy_rows(settings, "sample", ("id", "generation_id", "image_id", "task_type", "language", "conversations", "rounds"),
+              ((sid, first + i, s.image_id, s.task_type, s.language, s.conversations,
+                sum(1 for t in s.conversations if isinstance(t, dict) and t.get("from") == "gpt"))
+               for i, (sid, s) in enumerate(zip(ids, samples, strict=True))))
+    return ids
+
+
+def set_ocr_text(settings: Settings, ocr_by_image: dict[int, str | None]) -> None:
+    """What the OCR step would have stored on the image rows (None: OCR did not run)."""
+    from tuwen.quality.checks import cjk_count
+
+    with get_engine(settings.database_url).begin() as conn:
+        conn.execute(Image.__table__.update().where(Image.id == bindparam("image_id")).values(
+            ocr_text=bindparam("ocr"), ocr_char_count=bindparam("chars"), has_zh_text=bindparam("zh")),
+            [{"image_id": i, "ocr": t, "chars": len(t) if t is not None else None,
+              "zh": bool(t and cjk_count(t)) if t is not None else None} for i, t in ocr_by_image.items()])

@@ -57,3 +57,11 @@ LEFT JOIN takedown_image ti ON ti.takedown_id = t.id
 LEFT JOIN image i ON i.id = ti.image_id
 LEFT JOIN export_item ei ON ei.image_id = i.id
 LEFT JOIN export e ON e.id = ei.export_id;
+
+-- Samples per site, task, language and QC outcome. A sample counts once per site its image was seen on.
+CREATE OR REPLACE VIEW v_site_samples AS
+SELECT src.site, s.task_type, s.language, s.qc_status, count(*) AS samples
+FROM sample s
+JOIN (SELECT DISTINCT image_id, site FROM image_source WHERE image_id IS NOT NULL) AS src
+  ON src.image_id = s.image_id
+GROUP BY src.site, s.task_type, s.language, s.qc_status;

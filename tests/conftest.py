@@ -8,6 +8,8 @@ server process), the stand-in VLM server and the fixture website run as subproce
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from tuwen.services import (
     s3_service,
     standin_vlm_service,
 )
+from tuwen.storage import ObjectStore
 
 ADMIN_URL = os.environ.get("TUWEN_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STANDIN_MODEL = "tuwen-standin-vlm"
@@ -130,3 +133,26 @@ def settings(lineage_db: str, s3_endpoint: str, standin_url: str, tmp_path: Path
         release_dir=tmp_path / "releases",
         ocr_enabled=False,
     )
+
+
+LABELLED = Path(__file__).parent / "data" / "qc_labelled.jsonl"
+LABELLED_DAY = dt.date(2026, 11, 18)
+
+
+def labelled_rows() -> list[dict]:
+    """The hand-labelled QC set: samples with the verdict and reasons a careful reviewer expects."""
+    return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def insert_labelled(settings: Settings, rows: list[dict], *, image_size: tuple[int, int] = (320, 224)) -> dict[str, dict]:
+    """Store labelled rows as samples (sample id = row id), each on its own image (a JPEG in the bucket,
+    OCR text as labelled); returns {sample id: row}. Rows the schema cannot hold must be left out by
+    the caller (the task type CHECK constraint rejects 'caption')."""
+    from bench.common import SeedSample, insert_samples, seed_images, set_ocr_text
+
+    ObjectStore(settings).ensure_bucket()
+    image_ids = seed_images(settings, len(rows), LABELLED_DAY, *image_size)
+    insert_samples(settings, [SeedSample(image_id, row["task_type"], row["conversations"], row["language"],
+                                         row["finish_reason"], row["id"]) for image_id, row in zip(image_ids, rows, strict=True)])
+    set_ocr_text(settings, {image_id: row["ocr_text"] for image_id, row in zip(image_ids, rows, strict=True)})
+    return {row["id"]: row for row in rows}

@@ -84,6 +84,7 @@ def dags_test(dag_id: str, logical_date: dt.date, env: dict[str, str], log_dir: 
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+CELERY_EXECUTOR = "airflow.providers.celery.executors.celery_executor.CeleryExecutor"
 DEFAULT_AIRFLOW_USER = "tuwen"  # not Airflow's "admin": a default name is half of a default credential
 
 
@@ -288,7 +289,7 @@ class AirflowStack:
 
         secrets_dir = self.home / "secrets"
         extra = {
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if self.executor == "celery" else "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR if self.executor == "celery" else "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",  # a fresh install crawls nothing by surprise
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
@@ -389,14 +390,20 @@ class AirflowStack:
         messages = []
         migrate_metadata(env, self.log_dir)
         messages.append(f"airflow metadata DB: migrated ({self.metadata_url.rsplit('/', 1)[-1]})")
-        ensure_pool(env, self.log_dir, slots=self.pool_slots)
-        messages.append(f"airflow pool {VLM_POOL}: {self.pool_slots} slots")
-        for service in self.services(env):
-            try:
+        try:
+            for service in self.services(env):
                 messages.append(service.start())
-            except Exception:
-                self.down()
-                raise
+                if service.name == "airflow-api-server":
+                    # Through the REST API: the CLI would cost another interpreter start (~15 s here).
+                    api = self.client()
+                    try:
+                        api.set_pool(VLM_POOL, self.pool_slots, "tuwen: VLM batch tasks across all runs")
+                    finally:
+                        api.close()
+                    messages.append(f"airflow pool {VLM_POOL}: {self.pool_slots} slots")
+        except BaseException:
+            self.down()
+            raise
         return messages
 
     def down(self) -> list[str]:
@@ -447,5 +454,112 @@ class AirflowAPI:
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("PATCH", path, json=body)
 
+    def set_pool(self, name: str, slots: int, description: str) -> None:
+        """Create or resize a pool (idempotent)."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        response = self._http.post("/api/v2/pools", json=body)
+        if response.status_code == 409:
+            self.patch(f"/pools/{name}", body)
+        elif response.status_code >= 400:
+            raise AirflowRunError(f"creating pool {name}: HTTP {response.status_code}: {response.text[:500]}")
+
     def close(self) -> None:
         self._http.close()
+
+
+# --- `tuwen up` / `tuwen down` ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How `tuwen up` runs Airflow; from TUWEN_AIRFLOW_* variables, overridable on the command line."""
+
+    executor: str = "local"
+    workers: int = 2
+    worker_concurrency: int = 4
+    port: int = 8080
+    redis_port: int = 6379
+    pool_slots: int = 4
+
+    @classmethod
+    def from_env(cls) -> StackOptions:
+        d = cls()
+
+        def num(name: str, default: int) -> int:
+            raw = os.environ.get(name, "").strip()
+            try:
+                return int(raw) if raw else default
+            except ValueError:
+                raise AirflowRunError(f"{name} must be an integer, got {raw!r}") from None
+
+        return cls(
+            executor=os.environ.get("TUWEN_AIRFLOW_EXECUTOR", "").strip() or d.executor,
+            workers=num("TUWEN_AIRFLOW_WORKERS", d.workers),
+            worker_concurrency=num("TUWEN_AIRFLOW_WORKER_CONCURRENCY", d.worker_concurrency),
+            port=num("TUWEN_AIRFLOW_PORT", d.port),
+            redis_port=num("TUWEN_REDIS_PORT", d.redis_port),
+            pool_slots=num("VLM_POOL_SLOTS", d.pool_slots),
+        )
+
+
+def airflow_login(run_dir: Path) -> tuple[str, str, bool]:
+    """(user, password, generated): TUWEN_AIRFLOW_USER/PASSWORD, else a random password kept in run_dir."""
+    user = os.environ.get("TUWEN_AIRFLOW_USER", "").strip() or DEFAULT_AIRFLOW_USER
+    password = os.environ.get("TUWEN_AIRFLOW_PASSWORD", "").strip()
+    if password:
+        return user, password, False
+    path = run_dir / "airflow" / "secrets" / "admin_password"
+    generated = not path.exists()
+    return user, _secret(path, lambda: secrets.token_urlsafe(18)), generated
+
+
+def _stack(settings: Any, run_dir: Path, metadata_url: str, options: StackOptions, user: str,
+           password: str) -> AirflowStack:
+    return AirflowStack(
+        metadata_url=metadata_url, home=run_dir / "airflow", run_dir=run_dir, user=user, password=password,
+        api_port=options.port, executor=options.executor, workers=options.workers,
+        worker_concurrency=options.worker_concurrency, redis_port=options.redis_port,
+        pool_slots=options.pool_slots, settings=settings,
+    )
+
+
+def stack_up(settings: Any, run_dir: Path, metadata_url: str, options: StackOptions) -> list[str]:
+    """`tuwen up`: the local services, then Airflow; prints where the UI is and how to log in."""
+    from tuwen.localstack import LocalStack
+
+    messages = list(LocalStack(settings, run_dir=run_dir).up())
+    user, password, generated = airflow_login(run_dir)
+    stack = _stack(settings, run_dir, metadata_url, options, user, password)
+    # What was started, so `tuwen down` stops exactly that even if the variables changed since.
+    (run_dir / "airflow-stack.json").write_text(json.dumps(
+        {"executor": options.executor, "workers": options.workers, "port": options.port,
+         "redis_port": options.redis_port, "metadata_url_db": metadata_url.rsplit("/", 1)[-1]}))
+    messages += stack.up()
+    how = (f"password in {run_dir / 'airflow' / 'secrets' / 'admin_password'}"
+           + (f" (generated now: {password})" if generated else "")
+           if not os.environ.get("TUWEN_AIRFLOW_PASSWORD", "").strip() else "password from TUWEN_AIRFLOW_PASSWORD")
+    messages += [
+        f"Airflow {options.executor} executor"
+        + (f" with {options.workers} Celery workers x {options.worker_concurrency}" if options.executor == "celery"
+           else ""),
+        f"Airflow UI: {stack.base_url}  (user {user}; {how})",
+        f"REST API:   {stack.base_url}/api/v2  (token: POST {stack.base_url}/auth/token)",
+        "DAGs start paused: unpause tuwen_crawl and tuwen_synthesize in the UI for daily runs.",
+    ]
+    return messages
+
+
+def stack_down(settings: Any, run_dir: Path, metadata_url: str) -> list[str]:
+    """`tuwen down`: stop the Airflow components and the local services this run dir started."""
+    from tuwen.localstack import LocalStack
+
+    state_file = run_dir / "airflow-stack.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    options = StackOptions(executor=state.get("executor", "celery"), workers=state.get("workers", 0),
+                           port=state.get("port", 8080), redis_port=state.get("redis_port", 6379))
+    # Celery in the fallback, so a lost state file still stops Redis and any worker pid files.
+    stack = _stack(settings, run_dir, metadata_url, options, "-", "-")
+    messages = stack.down()
+    messages += LocalStack(settings, run_dir=run_dir).down()
+    state_file.unlink(missing_ok=True)
+    return messages

@@ -43,6 +43,42 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from tuwen.airflow_local import StackOptions, stack_up
+    from tuwen.localstack import airflow_metadata_url
+    from tuwen.services import RUN_DIR
+
+    options = StackOptions.from_env()
+    overrides = {k: v for k, v in (("executor", args.executor), ("workers", args.workers), ("port", args.port))
+                 if v is not None}
+    options = dataclasses.replace(options, **overrides)
+    for line in stack_up(settings, Path(args.run_dir or RUN_DIR), airflow_metadata_url(), options):
+        print(line, flush=True)
+    return 0
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from tuwen.airflow_local import stack_down
+    from tuwen.localstack import airflow_metadata_url
+    from tuwen.services import RUN_DIR
+
+    for line in stack_down(settings, Path(args.run_dir or RUN_DIR), airflow_metadata_url()):
+        print(line)
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.status import print_status
+
+    print_status(settings, hours=args.hours)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuwen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,8 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run crawl -> synthesize -> check -> export through Airflow on local services")
     p.add_argument("--release", default="tuwen-demo")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("up", help="start the local services and a running Airflow (api-server, scheduler, "
+                                  "dag-processor, triggerer; LocalExecutor or Celery workers)")
+    p.add_argument("--executor", choices=["local", "celery"], help="default: TUWEN_AIRFLOW_EXECUTOR or local")
+    p.add_argument("--workers", type=int, help="Celery workers (default: TUWEN_AIRFLOW_WORKERS or 2)")
+    p.add_argument("--port", type=int, help="UI / REST API port (default: TUWEN_AIRFLOW_PORT or 8080)")
+    p.add_argument("--run-dir", help="pid files, logs and AIRFLOW_HOME (default: .run)")
+    p.set_defaults(func=_up)
+    p = sub.add_parser("down", help="stop exactly what `tuwen up` started")
+    p.add_argument("--run-dir", help="the run dir given to `tuwen up` (default: .run)")
+    p.set_defaults(func=_down)
+    p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release")
+    p.add_argument("--hours", type=int, default=24, help="window for rates and counts (default 24)")
+    p.set_defaults(func=_status)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report through our own lines
     try:
         return args.func(args, Settings.from_env())
     except ConfigError as exc:

@@ -1,48 +1,98 @@
 """Releases: LLaVA JSON (all tasks and one file per task), JSONL, images, manifest, dataset card.
 
-A release is written to a temporary local folder and renamed into place only when complete; in the
-object store its files go under `exports/<name>/` and `manifest.json` is uploaded last, so a
-release without a manifest is never complete. Output is byte-identical for the same parameters
-over the same lineage: rows are ordered by sample id, JSON is written with sorted keys, and no
-timestamps go into data files. Samples are streamed from PostgreSQL, so memory does not grow with
-the release.
+How a release is made (`write_release`):
+
+1. Takedowns are re-applied (images crawled since a domain was taken down are caught), then the
+   selection — one sample per image, the newest passing the filters — goes into a temp table, and the
+   release's contents are fixed in `export_item` in one INSERT ... SELECT: position (sample-id order),
+   per-task file name and image path per sample. `export_item` is the source of truth: every file is
+   rendered from it, and the analysts' "which release holds this" queries read it.
+2. JSON files are streamed from `export_item` joined to `sample` (constant memory in the number of
+   samples). Each record is the sample's stored JSONB text as PostgreSQL prints it, wrapped in
+   {"id", "image", "conversations"}: exporting never re-encodes or changes a sample, and the bytes are
+   the same for the same lineage. Every record is checked against the trainers' rules
+   (`tuwen.trainer_formats.check_record`); one that fails stops the release (nothing ships silently broken).
+3. Images are streamed in image-path order into a folder and/or deterministic tar shards
+   (`images-00000.tar`, ...: ustar, mtime 0, uid/gid 0, mode 0644, sorted), with `images.sha256`
+   (`sha256sum -c` format) listing every image.
+4. `dataset_info.json` (LLaMA-Factory), `README.md` (the dataset card, from lineage) and
+   `manifest.json` (SHA-256 and size of every other file, counts, params) are written last.
+
+The release is written to a temporary local folder and renamed into place only when complete; in the
+object store its files go under `exports/<name>/` and `manifest.json` is uploaded last, so a release
+without a manifest is never complete. No timestamps go into any file: same params over the same
+lineage give byte-identical files.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
-from collections import Counter
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from tuwen.config import TASK_TYPES, Settings
-from tuwen.db.models import Export, ExportItem, Generation, Image, Sample
+from tuwen.db.models import Export, ExportItem
 from tuwen.db.session import get_engine, session_scope
 from tuwen.storage import ObjectStore
+from tuwen.trainer_formats import check_record, iter_json_array
 
 log = logging.getLogger(__name__)
 
 # File names follow LLaVA-Instruct-150K (conversation_58k.json, detail_23k.json, ...).
 TASK_FILE_STEM = {"conversation": "conversation", "complex_reasoning": "complex_reasoning", "detail": "detail"}
 MANIFEST = "manifest.json"
+CARD = "README.md"
+DATASET_INFO = "dataset_info.json"
+IMAGE_CHECKSUMS = "images.sha256"
+IMAGE_LAYOUTS = ("folder", "tar", "both", "none")
+# A shard closes at whichever comes first: small enough to download and retry, few enough objects.
+DEFAULT_SHARD_FILES = 10_000
+DEFAULT_SHARD_BYTES = 1_000_000_000
+_FETCH_WINDOW = 32  # images fetched ahead from the object store while earlier ones are written
 
 
 class ExportError(RuntimeError):
     """The release could not be written; nothing partial was published."""
 
 
+def _date(value: Any, name: str) -> dt.date | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise ExportError(f"param {name} must be a date like 2026-11-20, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class ReleaseParams:
+    """Everything that decides a release's contents; recorded in `export.params` and the manifest.
+
+    `mix` (e.g. {"conversation": 5, "complex_reasoning": 4, "detail": 4}) picks the largest subset whose
+    per-task counts meet the ratio (to within one sample per task, largest-remainder rounding) and, with
+    `max_samples`, no more than that; within a task the samples with the smallest ids are taken (ids are
+    hashes, so that is a deterministic pseudo-random pick). Without `mix`, `max_samples` takes the first
+    samples by id across all tasks, which keeps the natural mix. `images`: "folder", "tar" shards,
+    "both", or "none". `english_json`: an English LLaVA-Instruct JSON array to interleave with the release
+    into one more file, its records untouched.
+    """
+
     name: str
     date_from: dt.date | None = None
     date_to: dt.date | None = None
@@ -51,6 +101,12 @@ class ReleaseParams:
     qc_statuses: tuple[str, ...] = ("passed",)
     max_samples: int | None = None
     include_images: bool = True
+    mix: Mapping[str, int] | None = None
+    images: str = "folder"
+    shard_max_files: int = DEFAULT_SHARD_FILES
+    shard_max_bytes: int = DEFAULT_SHARD_BYTES
+    jsonl: bool = True
+    english_json: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -58,6 +114,50 @@ class ReleaseParams:
         unknown = set(self.task_types) - set(TASK_TYPES)
         if unknown:
             raise ExportError(f"unknown task types {sorted(unknown)}")
+        if not self.task_types or not self.languages or not self.qc_statuses:
+            raise ExportError("task_types, languages and qc_statuses must not be empty")
+        if "taken_down" in self.qc_statuses:
+            raise ExportError("taken-down samples never ship: remove 'taken_down' from qc_statuses")
+        if self.images not in IMAGE_LAYOUTS:
+            raise ExportError(f"images must be one of {IMAGE_LAYOUTS}, got {self.images!r}")
+        if self.max_samples is not None and self.max_samples < 0:
+            raise ExportError("max_samples must be positive")
+        if self.shard_max_files < 1 or self.shard_max_bytes < 1:
+            raise ExportError("shard_max_files and shard_max_bytes must be positive")
+        if self.mix is not None:
+            bad = {k: v for k, v in self.mix.items() if k not in self.task_types or not isinstance(v, int) or v < 0}
+            if bad or sum(self.mix.values()) == 0:
+                raise ExportError(f"mix needs non-negative integer weights for included task types "
+                                  f"{list(self.task_types)} (not all zero), got {dict(self.mix)}")
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> ReleaseParams:
+        """From the export DAG's params (JSON values; empty means default)."""
+        def opt_int(key: str) -> int | None:
+            value = params.get(key)
+            return int(value) if value not in (None, "") else None
+
+        mix = params.get("mix")
+        return cls(
+            name=name,
+            date_from=_date(params.get("date_from"), "date_from"),
+            date_to=_date(params.get("date_to"), "date_to"),
+            languages=tuple(params.get("languages") or ("zh",)),
+            task_types=tuple(params.get("task_types") or TASK_TYPES),
+            qc_statuses=tuple(params.get("qc_statuses") or ("passed",)),
+            max_samples=opt_int("max_samples"),
+            include_images=bool(params.get("include_images", True)),
+            mix={str(k): int(v) for k, v in mix.items()} if mix else None,
+            images=str(params.get("images") or "folder"),
+            shard_max_files=opt_int("shard_max_files") or DEFAULT_SHARD_FILES,
+            shard_max_bytes=opt_int("shard_max_bytes") or DEFAULT_SHARD_BYTES,
+            jsonl=bool(params.get("jsonl", True)),
+            english_json=params.get("english_json") or None,
+        )
+
+    @property
+    def image_layout(self) -> str:
+        return self.images if self.include_images else "none"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +167,10 @@ class ReleaseParams:
             "languages": list(self.languages), "task_types": list(self.task_types),
             "qc_statuses": list(self.qc_statuses), "max_samples": self.max_samples,
             "include_images": self.include_images,
+            "mix": dict(sorted(self.mix.items())) if self.mix else None,
+            "images": self.image_layout, "shard_max_files": self.shard_max_files,
+            "shard_max_bytes": self.shard_max_bytes, "jsonl": self.jsonl,
+            "english_json": self.english_json,
         }
 
 
@@ -82,54 +186,91 @@ class ReleaseResult:
 
 
 def size_label(n: int) -> str:
+    """The N in `conversation_<N>.json`: whole thousands rounded down ("247k" for 247,431), so a name
+    never claims more samples than the file holds; below 1000 the exact count ("412")."""
     return f"{n // 1000}k" if n >= 1000 else str(n)
 
 
 def image_path(sha256: str, mime: str | None) -> str:
+    """Where an image lives inside a release; keyed by the original's SHA-256, so stable across releases."""
     ext = "png" if mime == "image/png" else "jpg"
     return f"images/{sha256[:2]}/{sha256}.{ext}"
 
 
-def _selection(params: ReleaseParams) -> Any:
-    """One sample per image (the newest), passing the QC filter, not taken down, ordered by id."""
-    query = (
-        select(Sample.id, Sample.task_type, Sample.conversations, Sample.image_id, Image.sha256, Image.model_key,
-               Image.model_mime)
-        .join(Image, Image.id == Sample.image_id)
-        .join(Generation, Generation.id == Sample.generation_id)
-        .where(Image.status == "accepted", Sample.qc_status.in_(params.qc_statuses),
-               Sample.task_type.in_(params.task_types), Sample.language.in_(params.languages))
-        .distinct(Sample.image_id)
-        .order_by(Sample.image_id, Sample.created_at.desc(), Sample.id)
-    )
-    if params.date_from:
-        query = query.where(Image.crawl_date >= params.date_from)
-    if params.date_to:
-        query = query.where(Image.crawl_date <= params.date_to)
-    inner = query.subquery()
-    ordered = select(inner).order_by(inner.c.id)
-    if params.max_samples is not None:
-        ordered = ordered.limit(params.max_samples)
-    return ordered
+_IMAGE_PATH_SQL = ("'images/' || left(i.sha256, 2) || '/' || i.sha256 || "
+                   "CASE WHEN i.model_mime = 'image/png' THEN '.png' ELSE '.jpg' END")
 
 
-class _JsonArrayWriter:
-    """Writes a JSON array one record at a time (constant memory)."""
+def mix_quotas(available: Mapping[str, int], weights: Mapping[str, int], cap: int | None) -> dict[str, int]:
+    """Per-task counts for the largest release that meets the weights' ratio with what is available.
+
+    N is the largest total whose exact proportional share of every weighted task fits its availability
+    (then capped); shares are rounded by largest remainder, ties in task order. Because each exact share
+    is at most the available integer, rounding up never exceeds it.
+    """
+    total_weight = sum(weights.values())
+    weighted = [t for t in weights if weights[t] > 0]
+    n = min(available.get(t, 0) * total_weight // weights[t] for t in weighted)
+    if cap is not None:
+        n = min(n, cap)
+    exact = {t: n * weights.get(t, 0) / total_weight for t in available}
+    quotas = {t: int(exact[t]) for t in available}
+    order = sorted(available, key=lambda t: (-(exact[t] - quotas[t]), list(available).index(t)))
+    for t in order[: n - sum(quotas.values())]:
+        quotas[t] += 1
+    return quotas
+
+
+def file_names(params: ReleaseParams, counts: Mapping[str, int]) -> dict[str, str]:
+    """Data file names by role: "all", "jsonl" and one per task type."""
+    lang = "_".join(params.languages)
+    n = sum(counts.values())
+    names = {"all": f"llava_instruct_{lang}_{size_label(n)}.json"}
+    if params.jsonl:
+        names["jsonl"] = f"llava_instruct_{lang}_{size_label(n)}.jsonl"
+    for t in params.task_types:
+        names[t] = f"{TASK_FILE_STEM[t]}_{size_label(counts.get(t, 0))}.json"
+    return names
+
+
+class _HashingWriter:
+    """Writes bytes to a file while hashing them, so no file is read back to checksum it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handle: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115 — closed in close()
-        self.count = 0
-        self.handle.write("[")
+        self.handle: IO[bytes] = open(path, "wb")  # noqa: SIM115 — closed in close()
+        self.digest = hashlib.sha256()
+        self.bytes = 0
 
-    def write(self, line: str) -> None:
-        self.handle.write(",\n" if self.count else "\n")
-        self.handle.write(line)
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
+
+    def tell(self) -> int:  # tarfile asks where it is when it opens a file object
+        return self.bytes
+
+    def close(self) -> dict[str, Any]:
+        self.handle.close()
+        return {"sha256": self.digest.hexdigest(), "bytes": self.bytes}
+
+
+class _JsonArrayWriter(_HashingWriter):
+    """A JSON array with one record per line (the same lines as the JSONL file), streamed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.count = 0
+        self.write(b"[")
+
+    def record(self, line: bytes) -> None:
+        self.write(b",\n" if self.count else b"\n")
+        self.write(line)
         self.count += 1
 
-    def close(self) -> None:
-        self.handle.write("\n]\n" if self.count else "]\n")
-        self.handle.close()
+    def close(self) -> dict[str, Any]:
+        self.write(b"\n]\n" if self.count else b"]\n")
+        return super().close()
 
 
 def sha256_file(path: Path) -> str:
@@ -140,19 +281,313 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _iter_rows(settings: Settings, params: ReleaseParams) -> Iterator[Any]:
+# --- selection ---------------------------------------------------------------------------------
+
+
+def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id: int) -> dict[str, int]:
+    """Fix the release's contents in export_item; returns samples per task type."""
+    where = ["i.status = 'accepted'", "s.qc_status IN :qc", "s.task_type IN :tasks", "s.language IN :langs"]
+    binds: dict[str, Any] = {"qc": list(params.qc_statuses), "tasks": list(params.task_types),
+                             "langs": list(params.languages)}
+    if params.date_from:
+        where.append("i.crawl_date >= :date_from")
+        binds["date_from"] = params.date_from
+    if params.date_to:
+        where.append("i.crawl_date <= :date_to")
+        binds["date_to"] = params.date_to
+    # One sample per image (the database enforces it per release): the newest one passing the filters.
+    # Ids order with COLLATE "C" so the order never depends on the database's locale.
+    conn.execute(text(f"""
+        CREATE TEMP TABLE release_pick ON COMMIT DROP AS
+        SELECT DISTINCT ON (s.image_id) s.id COLLATE "C" AS sample_id, s.task_type, s.image_id,
+               {_IMAGE_PATH_SQL} AS image_path
+        FROM sample s JOIN image i ON i.id = s.image_id
+        WHERE {' AND '.join(where)}
+        ORDER BY s.image_id, s.created_at DESC, s.id COLLATE "C"
+    """).bindparams(*(bindparam(k, expanding=True) for k in ("qc", "tasks", "langs"))), binds)
+    available = dict(conn.execute(text("SELECT task_type, count(*) FROM release_pick GROUP BY 1")).all())
+    available = {t: int(available.get(t, 0)) for t in params.task_types}
+    if params.mix:
+        quotas = mix_quotas(available, params.mix, params.max_samples)
+        cap = None
+    else:
+        quotas, cap = dict(available), params.max_samples
+        if cap is not None and cap < sum(available.values()):
+            quotas = {t: 0 for t in params.task_types} | dict(conn.execute(text(
+                "SELECT task_type, count(*) FROM (SELECT task_type FROM release_pick ORDER BY sample_id "
+                "LIMIT :cap) AS first GROUP BY 1"), {"cap": cap}).all())
+    names = file_names(params, quotas)
+    values = ", ".join(f"(:t{k}, :f{k}, :q{k})" for k in range(len(params.task_types)))
+    binds = {"export_id": export_id, "cap": cap if cap is not None else 2**62}
+    for k, t in enumerate(params.task_types):
+        binds |= {f"t{k}": t, f"f{k}": names[t], f"q{k}": quotas[t]}
+    conn.execute(text(f"""
+        INSERT INTO export_item (export_id, sample_id, image_id, position, file, image_path)
+        SELECT :export_id, r.sample_id, r.image_id, row_number() OVER (ORDER BY r.sample_id) - 1, q.file,
+               r.image_path
+        FROM (SELECT p.*, row_number() OVER (PARTITION BY p.task_type ORDER BY p.sample_id) AS task_rank,
+                     row_number() OVER (ORDER BY p.sample_id) AS overall_rank
+              FROM release_pick p) AS r
+        JOIN (VALUES {values}) AS q(task_type, file, quota) ON q.task_type = r.task_type
+        WHERE r.task_rank <= q.quota AND r.overall_rank <= :cap
+    """), binds)
+    return {t: quotas[t] for t in params.task_types}
+
+
+def _iter_items(settings: Settings, export_id: int) -> Iterator[Any]:
+    # conversations::text: PostgreSQL's own rendering of the stored JSONB, passed through unchanged.
+    query = text("""
+        SELECT ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
+        FROM export_item ei JOIN sample s ON s.id = ei.sample_id
+        WHERE ei.export_id = :e ORDER BY ei.position""")
     with get_engine(settings.database_url).connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=2000).execute(_selection(params))
-        yield from result
+        yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query, {"e": export_id})
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, export_id: int,
+                      counts: Mapping[str, int]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    names = file_names(params, counts)
+    writers = {role: _JsonArrayWriter(out / name) for role, name in names.items() if role != "jsonl"}
+    jsonl = _HashingWriter(out / names["jsonl"]) if params.jsonl else None
+    written: collections.Counter[str] = collections.Counter()
+    try:
+        for row in _iter_items(settings, export_id):
+            line = ('{"id": ' + json.dumps(row.sample_id) + ', "image": ' + json.dumps(row.image_path)
+                    + ', "conversations": ' + row.conversations + "}")
+            problems = check_record({"id": row.sample_id, "image": row.image_path,
+                                     "conversations": json.loads(row.conversations)})
+            if problems:
+                raise ExportError(f"sample {row.sample_id} would be dropped or mis-read by trainers: "
+                                  f"{'; '.join(problems)}; fix it or re-run QC before releasing")
+            data = line.encode("utf-8")
+            writers["all"].record(data)
+            writers[row.task_type].record(data)
+            if jsonl is not None:
+                jsonl.write(data + b"\n")
+            written[row.task_type] += 1
+    finally:
+        files = {names[role]: w.close() for role, w in writers.items()}
+        if jsonl is not None:
+            files[names["jsonl"]] = jsonl.close()
+    if dict(written) != {t: c for t, c in counts.items() if c}:
+        raise ExportError(f"wrote {dict(written)} samples but export_item holds {dict(counts)}")
+    return names, files
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _ShardWriter:
+    """images-00000.tar, images-00001.tar, ...: each closes at shard_max_files or shard_max_bytes."""
+
+    def __init__(self, out: Path, max_files: int, max_bytes: int) -> None:
+        self.out, self.max_files, self.max_bytes = out, max_files, max_bytes
+        self.shards: list[dict[str, Any]] = []
+        self.files: dict[str, dict[str, Any]] = {}
+        self._writer: _HashingWriter | None = None
+        self._tar: tarfile.TarFile | None = None
+
+    def add(self, name: str, data: bytes) -> None:
+        current = self.shards[-1] if self.shards else None
+        if current is None or current["count"] >= self.max_files or (
+                current["count"] and current["content_bytes"] + len(data) > self.max_bytes):
+            self._close_current()
+            shard = f"images-{len(self.shards):05d}.tar"
+            self._writer = _HashingWriter(self.out / shard)
+            # ustar: fixed-size headers, no pax timestamps; our names are short ASCII paths.
+            self._tar = tarfile.open(fileobj=self._writer, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+            current = {"file": shard, "count": 0, "content_bytes": 0, "first": name, "last": name}
+            self.shards.append(current)
+        assert self._tar is not None
+        self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        current["count"] += 1
+        current["content_bytes"] += len(data)
+        current["last"] = name
+
+    def _close_current(self) -> None:
+        if self._tar is not None and self._writer is not None:
+            self._tar.close()
+            self.files[self.shards[-1]["file"]] = self._writer.close()
+        self._tar = self._writer = None
+
+    def close(self) -> None:
+        self._close_current()
+
+
+def _iter_image_bytes(settings: Settings, store: ObjectStore, export_id: int) -> Iterator[tuple[str, bytes]]:
+    """(release path, bytes) in path order, fetched a bounded window ahead (constant memory)."""
+    query = text("""SELECT ei.image_path, i.model_key FROM export_item ei JOIN image i ON i.id = ei.image_id
+                    WHERE ei.export_id = :e ORDER BY ei.image_path COLLATE "C" """)
+    pending: collections.deque[tuple[str, Future[bytes]]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=8) as pool, get_engine(settings.database_url).connect() as conn:
+        for row in conn.execution_options(stream_results=True, yield_per=2000).execute(query, {"e": export_id}):
+            if not row.model_key:
+                raise ExportError(f"image for {row.image_path} has no model-ready copy in the object store")
+            pending.append((row.image_path, pool.submit(store.get_bytes, row.model_key)))
+            if len(pending) >= _FETCH_WINDOW:
+                path, future = pending.popleft()
+                yield path, future.result()
+        while pending:
+            path, future = pending.popleft()
+            yield path, future.result()
+
+
+def _write_images(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    layout = params.image_layout
+    if layout == "none":
+        return {}, {"layout": "none", "count": 0}
+    shards = _ShardWriter(out, params.shard_max_files, params.shard_max_bytes) if layout in ("tar", "both") else None
+    checksums = _HashingWriter(out / IMAGE_CHECKSUMS)
+    count = 0
+    try:
+        for path, data in _iter_image_bytes(settings, store, export_id):
+            checksums.write(f"{hashlib.sha256(data).hexdigest()}  {path}\n".encode())
+            if layout in ("folder", "both"):
+                target = out / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if shards is not None:
+                shards.add(path, data)
+            count += 1
+    finally:
+        files = {IMAGE_CHECKSUMS: checksums.close()}
+        if shards is not None:
+            shards.close()
+            files |= shards.files
+    summary: dict[str, Any] = {"layout": layout, "count": count, "checksums": IMAGE_CHECKSUMS}
+    if shards is not None:
+        summary["shards"] = [{k: s[k] for k in ("file", "count", "first", "last")} for s in shards.shards]
+    return files, summary
+
+
+def _interleave_english(params: ReleaseParams, out: Path, zh_file: str, n_zh: int
+                        ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One more file: the release and an English LLaVA-Instruct array, evenly interleaved.
+
+    Records of both are copied as they are (ours byte for byte; theirs re-serialised with their own key
+    order). The order is a deterministic even spread: the next record comes from whichever source is
+    furthest behind its share (ties: ours).
+    """
+    source = Path(params.english_json or "")
+    if not source.is_file():
+        raise ExportError(f"english_json {source} is not a file")
+    n_en = 0
+    for record in iter_json_array(source):
+        if not isinstance(record, dict) or "conversations" not in record:
+            raise ExportError(f"{source}: element {n_en} is not a LLaVA record")
+        if str(record.get("id", "")).startswith("tw-"):
+            raise ExportError(f"{source}: id {record['id']!r} collides with tuwen's sample ids")
+        n_en += 1
+    name = f"llava_instruct_{'_'.join(params.languages)}_with_en_{size_label(n_zh + n_en)}.json"
+    writer = _JsonArrayWriter(out / name)
+    ours = _iter_own_lines(out / zh_file)
+    theirs = (json.dumps(r, ensure_ascii=False).encode("utf-8") for r in iter_json_array(source))
+    i = j = 0
+    while i < n_zh or j < n_en:
+        if j >= n_en or (i < n_zh and (2 * i + 1) * n_en <= (2 * j + 1) * n_zh):
+            writer.record(next(ours))
+            i += 1
+        else:
+            writer.record(next(theirs))
+            j += 1
+    files = {name: writer.close()}
+    summary = {"file": name, "source": source.name, "source_sha256": sha256_file(source),
+               "records_zh": n_zh, "records_en": n_en,
+               "share_en": round(n_en / (n_zh + n_en), 4) if n_zh + n_en else 0.0}
+    return name, files, summary
+
+
+def _iter_own_lines(path: Path) -> Iterator[bytes]:
+    """Record lines of a JSON array written by _JsonArrayWriter (one record per line)."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            line = raw.rstrip(b"\n")
+            if line in (b"[", b"]", b"[]"):
+                continue
+            yield line[:-1] if line.endswith(b",") else line
+
+
+def _llamafactory_info(name: str, names: Mapping[str, str], extra: Mapping[str, str]) -> str:
+    """LLaMA-Factory's dataset_info.json for this release: sharegpt format with LLaVA's roles; use with
+    `--dataset_dir <release folder>` (media_dir defaults to it, so `images/...` paths resolve)."""
+    entry = {
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"},
+        "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+    }
+    datasets = {name: {"file_name": names["all"], **entry}}
+    for role, file in names.items():
+        if role in TASK_TYPES:
+            datasets[f"{name}_{role}"] = {"file_name": file, **entry}
+    for key, file in extra.items():
+        datasets[f"{name}_{key}"] = {"file_name": file, **entry}
+    return json.dumps(datasets, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def _content_type(rel: str) -> str:
+    if rel.endswith(".json"):
+        return "application/json"
+    if rel.endswith(".jsonl"):
+        return "application/x-ndjson"
+    if rel.endswith(".md"):
+        return "text/markdown; charset=utf-8"
+    if rel.endswith(".tar"):
+        return "application/x-tar"
+    if rel.endswith(".png"):
+        return "image/png"
+    if rel.endswith(".jpg"):
+        return "image/jpeg"
+    if rel.endswith(".sha256"):
+        return "text/plain; charset=utf-8"
+    return "application/octet-stream"
+
+
+def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int,
+                 counts: Mapping[str, int]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    from tuwen.dataset_card import build_card  # the card reads lineage; imported here to keep imports light
+
+    names, files = _write_json_files(settings, params, out, export_id, counts)
+    image_files, image_summary = _write_images(settings, params, store, out, export_id)
+    files |= image_files
+    extra: dict[str, str] = {}
+    mix_summary = None
+    if params.english_json:
+        extra["with_en"], mix_files, mix_summary = _interleave_english(params, out, names["all"], sum(counts.values()))
+        files |= mix_files
+    (out / DATASET_INFO).write_text(_llamafactory_info(params.name, names, extra), encoding="utf-8")
+    files[DATASET_INFO] = {"sha256": sha256_file(out / DATASET_INFO), "bytes": (out / DATASET_INFO).stat().st_size}
+    manifest: dict[str, Any] = {
+        "release": params.name, "params": params.as_json(), "samples": sum(counts.values()),
+        "samples_by_task": {t: counts[t] for t in params.task_types},
+        "data_files": names, "images": image_summary, "english_mix": mix_summary,
+    }
+    card = build_card(settings, export_id, params, manifest)
+    (out / CARD).write_text(card, encoding="utf-8")
+    files[CARD] = {"sha256": sha256_file(out / CARD), "bytes": (out / CARD).stat().st_size}
+    manifest["files"] = dict(sorted(files.items()))
+    (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
+                                encoding="utf-8")
+    return manifest["files"], manifest
 
 
 def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | None = None,
                   run_id: str | None = None, qc_run_id: int | None = None) -> ReleaseResult:
     """Write and publish a release; rewriting an existing name replaces it (same bytes for same lineage)."""
+    from tuwen.takedown import apply_takedowns
+
+    apply_takedowns(settings)
     store = ObjectStore(settings)
-    release_dir = settings.release_dir
-    final_dir = release_dir / params.name
-    tmp_dir = release_dir / f".tmp-{params.name}-{os.getpid()}"
+    final_dir = settings.release_dir / params.name
+    tmp_dir = settings.release_dir / f".tmp-{params.name}-{os.getpid()}"
     s3_prefix = f"exports/{params.name}/"
     with session_scope(settings.database_url) as session:
         stmt = insert(Export).values(name=params.name, params=params.as_json(), status="writing",
@@ -161,18 +596,25 @@ def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | No
             stmt.on_conflict_do_update(
                 index_elements=["name"],
                 set_={"params": stmt.excluded.params, "status": "writing", "dag_id": dag_id, "run_id": run_id,
-                      "qc_run_id": qc_run_id, "published_at": None},
+                      "qc_run_id": qc_run_id, "published_at": None, "n_samples": 0,
+                      "files": text("'{}'::jsonb")},
             ).returning(Export.id)
         ).scalar_one()
         session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+        counts = _select_into_export_items(session.connection(), params, export_id)
     try:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
-        counts, files = _write_files(settings, params, store, tmp_dir, export_id)
-        # Publish: objects first, manifest last; then the local folder appears in one rename.
+        files, _ = _write_files(settings, params, store, tmp_dir, export_id, counts)
+        # Publish: objects first, manifest last; then the local folder appears in one rename. With tar
+        # shards the loose image folder stays local: the shards carry the same files in few objects.
         if store.list_keys(s3_prefix):
             store.remove_prefix(s3_prefix)
-        for rel in sorted(files):
+        uploads = sorted(files)
+        if params.image_layout == "folder":
+            uploads += sorted(p.relative_to(tmp_dir).as_posix() for p in (tmp_dir / "images").rglob("*")
+                              if p.is_file())
+        for rel in uploads:
             store.put_file(s3_prefix + rel, tmp_dir / rel, _content_type(rel))
         store.put_file(s3_prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
         if final_dir.exists():
@@ -181,6 +623,8 @@ def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | No
     except BaseException as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         with session_scope(settings.database_url) as session:
+            # A failed release holds nothing: "which release contains X" must never name it.
+            session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
             session.execute(update(Export).where(Export.id == export_id).values(status="failed"))
         if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ExportError):
             raise ExportError(f"release {params.name!r} failed and was not published: {exc}") from exc
@@ -192,95 +636,6 @@ def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | No
                 status="published", n_samples=n_samples, files=files, s3_prefix=s3_prefix,
                 local_path=str(final_dir), published_at=func.now())
         )
+    log.info("release %s: %d samples %s at %s and s3 %s", params.name, n_samples, dict(counts), final_dir,
+             s3_prefix)
     return ReleaseResult(params.name, export_id, n_samples, dict(counts), final_dir, s3_prefix, files)
-
-
-def _content_type(rel: str) -> str:
-    if rel.endswith(".json"):
-        return "application/json"
-    if rel.endswith(".jsonl"):
-        return "application/x-ndjson"
-    if rel.endswith(".md"):
-        return "text/markdown; charset=utf-8"
-    if rel.endswith(".png"):
-        return "image/png"
-    if rel.endswith(".jpg"):
-        return "image/jpeg"
-    return "application/octet-stream"
-
-
-def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int
-                 ) -> tuple[Counter[str], dict[str, dict[str, Any]]]:
-    lang = "_".join(params.languages)
-    all_writer = _JsonArrayWriter(out / "all.json.part")
-    task_writers = {t: _JsonArrayWriter(out / f"{t}.json.part") for t in params.task_types}
-    jsonl = open(out / "all.jsonl.part", "w", encoding="utf-8")  # noqa: SIM115
-    counts: Counter[str] = Counter()
-    items: list[dict[str, Any]] = []
-    image_files: list[str] = []
-    engine = get_engine(settings.database_url)
-
-    def flush() -> None:
-        if items:
-            with engine.begin() as conn:
-                conn.execute(insert(ExportItem), items)
-            items.clear()
-
-    try:
-        for position, row in enumerate(_iter_rows(settings, params)):
-            path = image_path(row.sha256, row.model_mime)
-            record = {"id": row.id, "image": path, "conversations": row.conversations}
-            line = json.dumps(record, ensure_ascii=False, sort_keys=True)
-            all_writer.write(line)
-            task_writers[row.task_type].write(line)
-            jsonl.write(line + "\n")
-            counts[row.task_type] += 1
-            items.append({"export_id": export_id, "sample_id": row.id, "image_id": row.image_id,
-                          "position": position, "file": row.task_type, "image_path": path})
-            if params.include_images:
-                target = out / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(store.get_bytes(row.model_key))
-                image_files.append(path)
-            if len(items) >= 5000:
-                flush()
-        flush()
-    finally:
-        all_writer.close()
-        for w in task_writers.values():
-            w.close()
-        jsonl.close()
-
-    n = sum(counts.values())
-    names = {"all.json.part": f"llava_instruct_{lang}_{size_label(n)}.json",
-             "all.jsonl.part": f"llava_instruct_{lang}_{size_label(n)}.jsonl"}
-    for t in params.task_types:
-        names[f"{t}.json.part"] = f"{TASK_FILE_STEM[t]}_{size_label(counts[t])}.json"
-    for part, final in names.items():
-        (out / part).rename(out / final)
-    (out / "dataset_info.json").write_text(_llamafactory_info(params.name, names["all.json.part"]), encoding="utf-8")
-    files: dict[str, dict[str, Any]] = {}
-    for rel in sorted([*names.values(), "dataset_info.json", *image_files]):
-        p = out / rel
-        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    manifest = {
-        "release": params.name, "params": params.as_json(), "samples": n,
-        "samples_by_task": {t: counts[t] for t in params.task_types},
-        "files": files,
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
-                                encoding="utf-8")
-    return counts, files
-
-
-def _llamafactory_info(name: str, json_file: str) -> str:
-    """LLaMA-Factory's dataset_info.json entry for this release (sharegpt format, LLaVA roles)."""
-    entry = {
-        name: {
-            "file_name": json_file,
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "images": "image"},
-            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
-        }
-    }
-    return json.dumps(entry, ensure_ascii=False, indent=2, sort_keys=True) + "\n"

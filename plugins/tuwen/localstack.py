@@ -47,7 +47,10 @@ class LocalStack:
             found.append(s3_service(int(port or 80), self.run_dir))
         vlm = urllib.parse.urlparse(self.settings.vlm_base_url)
         if vlm.hostname in LOCAL_HOSTS:
-            found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir))
+            # With OCR on, the stand-in reads the text in each image too, so its answers quote what is
+            # written there and the QC grounding check has something real to compare.
+            extra = ["--ocr"] if self.settings.ocr_enabled else []
+            found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir, extra))
         found.append(fixture_site_service(self.run_dir / "fixture-site", self.fixture_site_port, self.run_dir))
         return found
 

@@ -3,45 +3,61 @@
 Per-sample verdicts come from `tuwen.quality.checks` (plus cross-sample near-duplicate answers);
 the batch decision is a Great Expectations suite (`tuwen.quality.gate`). Verdicts are written back
 to `sample` in bulk (COPY into a temp table, one UPDATE), so re-running the gate with other
-thresholds re-labels samples without regenerating anything.
+thresholds re-labels samples without regenerating anything. Every run also renders the QC report
+(`tuwen.qc_report`) to qc/<qc_run>/report/ in the bucket, pass or fail: a failed gate is exactly
+when people need to look.
+
+Sized for a seed-sized release (641,868 samples, see docs/BENCHMARKS.md): rows stream from a
+server-side cursor with only the columns the checks read; per sample only its id, task code, rounds
+and a bitmask of failed checks stay in memory (numpy arrays), the verdict rows go to a temporary file
+for COPY, and the answers feed the MinHash pass as they stream by instead of being collected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import mimetypes
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+import numpy as np
+from sqlalchemy import insert, update
 
 from tuwen.config import TASK_TYPES, Settings
-from tuwen.db.models import Generation, Image, QCRun, Sample
+from tuwen.db.models import QCRun
 from tuwen.db.session import get_engine, session_scope
 from tuwen.export import ReleaseParams
 from tuwen.quality.checks import (
+    CHECKS,
     QC_CHECKS_VERSION,
     QCConfig,
     SampleForQC,
-    SampleVerdict,
     describe_checks,
     run_checks,
 )
 from tuwen.quality.near_duplicates import find_near_duplicate_answers
 from tuwen.storage import ObjectStore
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
 SUITE_NAME = "tuwen_samples"
 NEAR_DUPLICATE_REASON = "near_duplicate_answer"
+# Bit i of a sample's failure mask is REASONS[i]: the per-sample checks in registry order, then the
+# cross-sample near-duplicate rule. A mask of 0 is a pass.
+REASONS: tuple[str, ...] = (*CHECKS, NEAR_DUPLICATE_REASON)
+_BIT = {name: 1 << i for i, name in enumerate(REASONS)}
+_FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
 
 
 class QualityGateFailed(RuntimeError):
@@ -112,56 +128,150 @@ class GateOutcome:
     failed_reasons: dict[str, int]
     data_docs_key: str | None
     elapsed_s: float
+    report_key: str | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _scope_query(scope: ReleaseScope) -> Any:
-    query = (
-        select(Sample.id, Sample.task_type, Sample.language, Sample.conversations, Sample.rounds,
-               Generation.finish_reason, Image.ocr_text)
-        .join(Image, Image.id == Sample.image_id)
-        .join(Generation, Generation.id == Sample.generation_id)
-        .where(Image.status == "accepted", Sample.task_type.in_(scope.task_types),
-               Sample.language.in_(scope.languages), Sample.qc_status != "taken_down")
-        .order_by(Sample.id)
-    )
+@dataclass
+class _Verdicts:
+    """The gate's per-sample memory: parallel arrays, ~20 bytes a sample plus the id string."""
+
+    ids: list[str]
+    task_codes: np.ndarray  # int8, index into TASK_TYPES
+    rounds: np.ndarray  # int16
+    masks: np.ndarray  # int64, bit i = REASONS[i] failed
+
+    @property
+    def passed(self) -> np.ndarray:
+        return self.masks == 0
+
+    def reason_counts(self) -> dict[str, int]:
+        counts = {name: int(np.count_nonzero(self.masks & bit)) for name, bit in _BIT.items()}
+        return {name: n for name, n in counts.items() if n}
+
+
+def _scope_sql(scope: ReleaseScope) -> tuple[str, dict[str, Any]]:
+    """Only the columns the checks read; no ORDER BY (the near-duplicate pass orders by id itself)."""
+    sql = ("SELECT s.id, s.task_type, s.language, s.conversations, g.finish_reason, i.ocr_text "
+           "FROM sample s JOIN image i ON i.id = s.image_id JOIN generation g ON g.id = s.generation_id "
+           "WHERE i.status = 'accepted' AND s.qc_status <> 'taken_down' "
+           "AND s.task_type = ANY(%(task_types)s) AND s.language = ANY(%(languages)s)")
+    params: dict[str, Any] = {"task_types": list(scope.task_types), "languages": list(scope.languages)}
     if scope.date_from:
-        query = query.where(Image.crawl_date >= scope.date_from)
+        sql += " AND i.crawl_date >= %(date_from)s"
+        params["date_from"] = scope.date_from
     if scope.date_to:
-        query = query.where(Image.crawl_date <= scope.date_to)
-    return query
+        sql += " AND i.crawl_date <= %(date_to)s"
+        params["date_to"] = scope.date_to
+    return sql, params
 
 
-def _iter_scope(settings: Settings, scope: ReleaseScope) -> Iterator[Any]:
-    with get_engine(settings.database_url).connect() as conn:
-        yield from conn.execution_options(stream_results=True, yield_per=5000).execute(_scope_query(scope))
+def _iter_scope(settings: Settings, scope: ReleaseScope) -> Iterator[tuple[Any, ...]]:
+    """Rows of the scope from a psycopg2 named (server-side) cursor: constant client memory."""
+    sql, params = _scope_sql(scope)
+    raw = get_engine(settings.database_url).raw_connection()
+    try:
+        with raw.cursor(name=f"qc_scope_{uuid.uuid4().hex[:8]}") as cur:
+            cur.itersize = _FETCH_ROWS
+            cur.execute(sql, params)
+            yield from cur
+        raw.commit()
+    finally:
+        raw.close()
 
 
-def _write_verdicts(settings: Settings, qc_run_id: int, rows: list[tuple[str, str, list[str], dict]]) -> None:
-    """COPY verdicts into a temp table and apply them with one UPDATE (fast at 600k samples)."""
-    if not rows:
-        return
-    buffer = io.StringIO()
-    for sample_id, status, reasons, metrics in rows:
-        buffer.write("\t".join((sample_id, status, _copy_escape(json.dumps(reasons, ensure_ascii=False)),
-                                _copy_escape(json.dumps(metrics)))) + "\n")
-    buffer.seek(0)
+def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig,
+                 out: IO[str]) -> tuple[_Verdicts, dict[str, str]]:
+    """Run the checks over the scope, writing one COPY line per sample to `out`, and find
+    near-duplicate answers among the samples that passed them, in the same pass: the generator below
+    feeds the MinHash pass the answer text of each row as it streams by, so no answer is kept after
+    its signature is taken."""
+    ids: list[str] = []
+    task_codes: list[int] = []
+    rounds: list[int] = []
+    masks: list[int] = []
+    task_index = {task: i for i, task in enumerate(TASK_TYPES)}
+    bits = _BIT
+    dumps = json.dumps
+
+    def answers() -> Iterator[tuple[str, str]]:
+        for sample_id, task_type, language, conversations, finish_reason, ocr_text in _iter_scope(settings, scope):
+            verdict = run_checks(SampleForQC(task_type, language, conversations, finish_reason, ocr_text), config)
+            mask = 0
+            for reason in verdict.reasons:
+                mask |= bits[reason]
+            ids.append(sample_id)
+            task_codes.append(task_index[task_type])
+            rounds.append(int(verdict.metrics.get("rounds", 0)))
+            masks.append(mask)
+            out.write(f"{sample_id}\t{_copy_escape(dumps(verdict.reasons, ensure_ascii=False))}\t"
+                      f"{_copy_escape(dumps(verdict.metrics))}\n")
+            # Only samples that passed their own checks compete for an answer: were a refusal with the
+            # smaller id the kept one of a pair, its good near-copy would be dropped along with it.
+            if not mask:
+                yield sample_id, "\n".join(t["value"] for t in conversations if t["from"] == "gpt")
+
+    near_dups = find_near_duplicate_answers(answers())
+    verdicts = _Verdicts(ids, np.array(task_codes, dtype=np.int8), np.array(rounds, dtype=np.int16),
+                         np.array(masks, dtype=np.int64))
+    if near_dups:
+        dup_rows = [row for row, sample_id in enumerate(ids) if sample_id in near_dups]
+        verdicts.masks[dup_rows] |= _BIT[NEAR_DUPLICATE_REASON]
+    return verdicts, near_dups
+
+
+def _write_verdicts(settings: Settings, qc_run_id: int, copy_file: IO[str], near_dups: dict[str, str]) -> None:
+    """COPY the verdicts into a temp table, mark near-duplicates there, apply everything with one
+    UPDATE. Taken-down samples keep their status even if a takedown landed while the gate ran."""
+    copy_file.seek(0)
     raw = get_engine(settings.database_url).raw_connection()
     try:
         with raw.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE qc_verdict (id text, status text, reasons jsonb, metrics jsonb) "
+            cur.execute("CREATE TEMP TABLE qc_verdict (id text PRIMARY KEY, reasons jsonb, metrics jsonb) "
                         "ON COMMIT DROP")
-            cur.copy_expert("COPY qc_verdict FROM STDIN", buffer)
+            cur.copy_expert("COPY qc_verdict (id, reasons, metrics) FROM STDIN", copy_file, size=1 << 20)
+            if near_dups:
+                cur.execute(
+                    "UPDATE qc_verdict v SET reasons = v.reasons || %(reason)s::jsonb, "
+                    "metrics = v.metrics || jsonb_build_object('near_duplicate_of', d.kept) "
+                    "FROM unnest(%(ids)s::text[], %(kept)s::text[]) AS d(id, kept) WHERE v.id = d.id",
+                    {"reason": json.dumps([NEAR_DUPLICATE_REASON]), "ids": list(near_dups),
+                     "kept": list(near_dups.values())})
+            cur.execute("ANALYZE qc_verdict")
             cur.execute(
-                "UPDATE sample s SET qc_status = v.status, qc_reasons = v.reasons, qc_metrics = v.metrics, "
-                "qc_run_id = %s FROM qc_verdict v WHERE s.id = v.id AND s.qc_status <> 'taken_down'",
+                "UPDATE sample s SET qc_status = CASE WHEN v.reasons = '[]'::jsonb THEN 'passed' ELSE 'failed' END, "
+                "qc_reasons = v.reasons, qc_metrics = v.metrics, qc_run_id = %s "
+                "FROM qc_verdict v WHERE s.id = v.id AND s.qc_status <> 'taken_down'",
                 (qc_run_id,),
             )
         raw.commit()
     finally:
         raw.close()
+
+
+def gate_frame(verdicts: _Verdicts) -> pd.DataFrame:
+    """The gate frame `tuwen.quality.gate.build_gate_frame` would build, from the arrays directly
+    (building it from 641,868 SampleVerdict objects is what the arrays avoid)."""
+    import pandas as pd
+
+    from tuwen.quality.gate import check_column
+
+    def ok(name: str) -> np.ndarray:
+        return (verdicts.masks & _BIT[name]) == 0
+
+    columns: dict[str, Any] = {
+        "sample_id": verdicts.ids,
+        "task_type": np.array(TASK_TYPES, dtype=object)[verdicts.task_codes],
+        "rounds": verdicts.rounds.astype(np.int64),
+        "roles_ok": ok("structure.roles"),
+        "has_single_image_in_first_turn": ok("structure.image_placeholder"),
+        "passed": verdicts.passed,
+    }
+    columns.update({check_column(name): ok(name) for name in CHECKS})
+    return pd.DataFrame(columns)
 
 
 def _publish_data_docs(settings: Settings, qc_run_id: int, docs_dir: Path) -> str | None:
@@ -182,11 +292,17 @@ def _copy_escape(value: str) -> str:
 
 
 def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfig | None = None,
-                     dag_id: str | None = None, run_id: str | None = None) -> GateOutcome:
-    """Judge every sample in scope, record the qc_run, and raise QualityGateFailed below the bar."""
-    from tuwen.quality.gate import GateConfig, build_gate_frame, run_gate  # GX is slow to import
+                     dag_id: str | None = None, run_id: str | None = None,
+                     report_dir: Path | None = None, report: bool = True) -> GateOutcome:
+    """Judge every sample in scope, record the qc_run, render the QC report, and raise
+    QualityGateFailed below the bar.
+
+    The report goes to qc/<qc_run_id>/report/ in the bucket and, with `report_dir`, stays there on
+    disk too; its index key is GateOutcome.report_key and qc_run.results["report_key"]."""
+    from tuwen.quality.gate import GateConfig, run_gate  # GX is slow to import
 
     started = time.perf_counter()
+    timings: dict[str, float] = {}
     config = config or QCConfig()
     min_pass_rate = scope.min_pass_rate if scope.min_pass_rate is not None else settings.qc_min_pass_rate
     with session_scope(settings.database_url) as session:
@@ -197,53 +313,53 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
                                  dag_id=dag_id, run_id=run_id).returning(QCRun.id)
         ).scalar_one()
 
-    records: list[tuple[str, str, SampleVerdict]] = []
-    answers: list[tuple[str, str]] = []
-    for row in _iter_scope(settings, scope):
-        verdict = run_checks(SampleForQC(row.task_type, row.language, row.conversations, row.finish_reason,
-                                         row.ocr_text), config)
-        records.append((row.id, row.task_type, verdict))
-        answers.append((row.id, "\n".join(t["value"] for t in row.conversations if t.get("from") == "gpt")))
-    near_dups = find_near_duplicate_answers(answers) if answers else {}
-    del answers
-    for sample_id, _, verdict in records:
-        if sample_id in near_dups:
-            verdict.passed = False
-            verdict.reasons.append(NEAR_DUPLICATE_REASON)
-            verdict.metrics["near_duplicate_of"] = near_dups[sample_id]
-    _write_verdicts(settings, qc_run_id, [
-        (sample_id, "passed" if v.passed else "failed", v.reasons, v.metrics) for sample_id, _, v in records])
+    # The COPY lines (~250 bytes a sample) go to disk, not memory: 160 MB at seed size.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as copy_file:
+        verdicts, near_dups = _judge_scope(settings, scope, config, copy_file)
+        timings["read_check_minhash_s"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        _write_verdicts(settings, qc_run_id, copy_file, near_dups)
+        timings["write_verdicts_s"] = time.perf_counter() - mark
 
-    n = len(records)
-    n_passed = sum(1 for _, _, v in records if v.passed)
-    failed_reasons: dict[str, int] = {}
-    for _, _, verdict in records:
-        for reason in verdict.reasons:
-            failed_reasons[reason] = failed_reasons.get(reason, 0) + 1
-    frame = build_gate_frame(records)
-    del records
+    n = len(verdicts.ids)
+    n_passed = int(np.count_nonzero(verdicts.passed))
+    failed_reasons = verdicts.reason_counts()
+    mark = time.perf_counter()
+    frame = gate_frame(verdicts)
+    del verdicts
     with tempfile.TemporaryDirectory() as docs_dir:
         gate = run_gate(frame, GateConfig(min_pass_rate=min_pass_rate, task_mix=settings.task_mix),
                         partition=scope.label, data_docs_dir=docs_dir)
+        del frame
         data_docs_key = _publish_data_docs(settings, qc_run_id, Path(docs_dir))
+    timings["gx_s"] = time.perf_counter() - mark
     pass_rate = n_passed / n if n else 0.0
     success = bool(gate.success) and n > 0
+    results = {"failed_reasons": failed_reasons, "check_pass_rates": gate.check_pass_rates,
+               "task_mix": gate.task_mix, "failed_expectations": gate.failed_expectations,
+               "skipped": gate.skipped, "gx": gate.validation_result}
     with session_scope(settings.database_url) as session:
         session.execute(update(QCRun).where(QCRun.id == qc_run_id).values(
             n_samples=n, n_passed=n_passed, n_failed=n - n_passed, pass_rate=pass_rate, success=success,
-            data_docs_key=data_docs_key,
-            results={"failed_reasons": failed_reasons, "check_pass_rates": gate.check_pass_rates,
-                     "task_mix": gate.task_mix, "failed_expectations": gate.failed_expectations,
-                     "skipped": gate.skipped, "gx": gate.validation_result},
+            data_docs_key=data_docs_key, results=results,
         ))
+    report_key = None
+    if report:
+        from tuwen.qc_report import write_qc_report
+
+        mark = time.perf_counter()
+        report_key = write_qc_report(settings, qc_run_id, report_dir)
+        timings["report_s"] = time.perf_counter() - mark
     outcome = GateOutcome(qc_run_id, n, n_passed, pass_rate, success, failed_reasons, data_docs_key,
-                          time.perf_counter() - started)
-    log.info("quality gate qc_run %d: %d/%d passed (%.1f%%), minimum %.1f%%: %s", qc_run_id, n_passed, n,
-             100 * pass_rate, 100 * min_pass_rate, "PASS" if success else "FAIL")
+                          time.perf_counter() - started, report_key, timings)
+    log.info("quality gate qc_run %d: %d/%d passed (%.1f%%), minimum %.1f%%: %s; report %s; %s", qc_run_id,
+             n_passed, n, 100 * pass_rate, 100 * min_pass_rate, "PASS" if success else "FAIL", report_key,
+             {k: round(v, 1) for k, v in timings.items()})
     if not success:
         why = ("no samples in scope" if n == 0 else
                f"pass rate {pass_rate:.1%} (minimum {min_pass_rate:.0%}); failed expectations: "
                f"{', '.join(gate.failed_expectations) or 'none'}")
         raise QualityGateFailed(f"quality gate failed for qc_run {qc_run_id}: {why}; top reasons: "
-                                f"{sorted(failed_reasons.items(), key=lambda kv: -kv[1])[:5]}")
+                                f"{sorted(failed_reasons.items(), key=lambda kv: -kv[1])[:5]}; "
+                                f"report: s3 {report_key}")
     return outcome

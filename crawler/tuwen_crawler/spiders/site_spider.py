@@ -76,7 +76,7 @@ class SiteSpider(Spider):
                                    unique=True)
         self.seen_images: set[str] = set()
         self.known_image_urls: set[str] = set()  # filled by the pipeline for a resumed job
-        self.pages_scheduled = 0
+        self.scheduled_pages: set[str] = set()  # max_pages counts distinct pages, not links to them
         self.images_requested = 0
         self.page_counts: Counter[str] = Counter()
         self.resumed_after_crash = False
@@ -107,7 +107,7 @@ class SiteSpider(Spider):
     # -- start -----------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
         for url in self.site.start_urls:
-            self.pages_scheduled += 1
+            self.scheduled_pages.add(url)
             yield Request(url, callback=self.parse_page, errback=self.page_failed, cb_kwargs={"depth": 0},
                           dont_filter=True)
         for url in self.site.sitemaps:
@@ -131,7 +131,9 @@ class SiteSpider(Spider):
 
     # -- pages -----------------------------------------------------------------------------
     def _page_request(self, url: str, depth: int) -> Request | None:
-        if depth > self.site.max_depth or self.pages_scheduled >= self.site.max_pages:
+        if url in self.scheduled_pages:
+            return None  # already on its way; Scrapy's dupefilter would drop it anyway
+        if depth > self.site.max_depth or len(self.scheduled_pages) >= self.site.max_pages:
             self.page_counts["skipped_by_limits"] += 1
             return None
         if not host_allowed(urlsplit(url).hostname, self.allowed_domains):
@@ -140,7 +142,7 @@ class SiteSpider(Spider):
             return None
         if any(p.search(url) for p in self.deny):
             return None
-        self.pages_scheduled += 1
+        self.scheduled_pages.add(url)
         return Request(url, callback=self.parse_page, errback=self.page_failed, cb_kwargs={"depth": depth})
 
     def page_failed(self, failure: Failure) -> None:

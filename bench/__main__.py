@@ -1,0 +1,40 @@
+"""`make bench` / `python -m bench [name ...]`: run tuwen's benchmarks and print their numbers.
+
+Each benchmark starts the services it needs (a throwaway database, an S3 server, the stand-in) and
+removes them afterwards. Record results with command, machine and date in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import sys
+import time
+
+from bench.common import machine
+
+BENCHMARKS = {
+    "crawl": "bench.bench_crawl",  # issue: crawler — images/s into S3 + PostgreSQL, OCR images/s/core
+    "synthesis": "bench.bench_synthesis",  # issue: synthesis — Little's-law fraction, client CPU ms/sample
+    "qc": "bench.bench_qc",  # issue: quality gate — 641,868 samples, time and peak memory
+    "export": "bench.bench_export",  # issue: releases — 641,868 samples, time, memory, slowest query
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    print(f"tuwen benchmarks on {machine()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    for name in names:
+        started = time.perf_counter()
+        print(f"\n##### {name} ({BENCHMARKS[name]})", flush=True)
+        importlib.import_module(BENCHMARKS[name]).main()
+        print(f"##### {name} took {time.perf_counter() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -7,7 +7,9 @@ reasons, and **fails the run** when the pass rate is below the minimum, so a bad
 model blocks the export instead of shipping. `export_release` then writes the LLaVA JSON (all tasks
 and one file per task), a JSONL copy, the images, a manifest of SHA-256 per file and a dataset card
 to `exports/<release>/` in the bucket (manifest last) and to the local release folder, and records
-`export` / `export_item` rows.
+`export` / `export_item` rows. The QC report (plots, top rejection reasons with examples, a page
+of passed samples with their images) is published by the gate to `qc/<qc_run>/report/` and copied
+into the release folder's `qc_report/`.
 
 **Params**: `release` (name; default `tuwen-<date>`), `date_from`/`date_to` (crawl dates; empty:
 all), `languages`, `task_types`, `max_samples`, `include_images`, `min_pass_rate` (empty: config).
@@ -50,6 +52,8 @@ def tuwen_export() -> None:
         from tuwen.qc import ReleaseScope, run_quality_gate
 
         context = get_current_context()
+        # Raises QualityGateFailed below the bar (export_release is then skipped as upstream_failed);
+        # the QC report is published to qc/<qc_run>/report/ either way.
         result = run_quality_gate(Settings.from_env(), ReleaseScope.from_params(context["params"]),
                                   dag_id=context["dag"].dag_id, run_id=context["run_id"])
         return result.as_dict()
@@ -59,17 +63,21 @@ def tuwen_export() -> None:
         from tuwen.config import Settings
         from tuwen.export import write_release
         from tuwen.qc import ReleaseScope
+        from tuwen.qc_report import fetch_qc_report
 
         context = get_current_context()
         params = context["params"]
         scope = ReleaseScope.from_params(params)
         name = params.get("release") or f"tuwen-{context['ds']}"
-        result = write_release(Settings.from_env(), scope.release_params(name, params), dag_id=context["dag"].dag_id,
+        settings = Settings.from_env()
+        result = write_release(settings, scope.release_params(name, params), dag_id=context["dag"].dag_id,
                                run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
+        # The report the gate decided on travels with the release folder (copied, not re-rendered).
+        report = fetch_qc_report(settings, gate["qc_run_id"], result.local_path / "qc_report")
         print(f"release {result.name}: {result.n_samples} samples {result.counts_by_task} "
-              f"at {result.local_path} and s3 {result.s3_prefix}")
+              f"at {result.local_path} and s3 {result.s3_prefix}; QC report {report}")
         return {"release": result.name, "samples": result.n_samples, "local_path": str(result.local_path),
-                "s3_prefix": result.s3_prefix}
+                "s3_prefix": result.s3_prefix, "qc_report": str(report)}
 
     export_release(quality_gate())
 

@@ -416,10 +416,15 @@ class AirflowStack:
             name = pid_file.stem
             if name not in known:
                 services.append(BackgroundService(name=name, argv=[], health_url="", run_dir=self.run_dir))
-        order = [s for s in services if s.name.startswith("airflow-celery-worker-")]
-        order += [s for s in reversed(services) if not s.name.startswith("airflow-celery-worker-")]
-        for service in order:
-            messages.append(service.stop())
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = [s for s in services if s.name.startswith("airflow-celery-worker-")]
+        core = [s for s in services if s not in workers and s.name != "redis"]
+        last = [s for s in services if s.name == "redis"]
+        # Each stop waits up to 5 s for a graceful exit; in parallel, a stack stops in seconds, not a minute.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for group in (workers, core, last):
+                messages += list(pool.map(lambda s: s.stop(), group))
         return messages
 
     def client(self) -> AirflowAPI:

@@ -54,82 +54,92 @@ def _rows(conn: Connection, sql: str, export_id: int) -> list[Any]:
 
 def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], manifest: Mapping[str, Any],
                   prompts_dir: Any) -> CardFacts:
+    """Everything the card says about the samples in `export_item` for this export: four queries, one
+    pass each over the release (they were ten, and took as long as writing the files)."""
     facts = CardFacts(release=str(params["name"]), params=dict(params), manifest=dict(manifest))
-    facts.tasks = [
-        {"task_type": r.task_type, "samples": int(r.n), "avg_rounds": float(r.avg_rounds or 0)}
-        for r in _rows(conn, """
-            SELECT s.task_type, count(*) AS n, avg(s.rounds) AS avg_rounds
-            FROM export_item ei JOIN sample s ON s.id = ei.sample_id
-            WHERE ei.export_id = :e GROUP BY 1""", export_id)
-    ]
-    facts.tasks.sort(key=lambda t: TASK_TYPES.index(t["task_type"]))
+    conn.execute(text("SET LOCAL work_mem = '256MB'"))  # hash aggregates in memory; ends with the transaction
     try:
         known = load_prompts(prompts_dir)
     except PromptError:
         known = {}
-    gen = _rows(conn, """
-        SELECT g.prompt_id, g.prompt_version, g.prompt_sha256, g.task_type, g.language, g.model,
-               g.sampling::text AS sampling, g.finish_reason, count(*) AS n,
+    rows = _rows(conn, """
+        SELECT s.task_type, g.prompt_id, g.prompt_version, g.prompt_sha256, g.language, g.model,
+               g.sampling::text AS sampling, g.finish_reason, count(*) AS n, sum(s.rounds) AS rounds,
                sum(g.prompt_tokens) AS prompt_tokens, sum(g.completion_tokens) AS completion_tokens,
                sum(g.latency_ms) AS latency_ms, min(g.completed_at)::date AS first_day,
-               max(g.completed_at)::date AS last_day
+               max(g.completed_at)::date AS last_day,
+               count(*) FILTER (WHERE i.has_zh_text) AS zh_text,
+               count(*) FILTER (WHERE NOT i.has_zh_text) AS no_zh_text,
+               sum(i.ocr_char_count) AS ocr_chars, count(i.ocr_char_count) AS ocr_measured,
+               sum(i.model_width) AS width, sum(i.model_height) AS height,
+               min(i.crawl_date) AS first_crawl, max(i.crawl_date) AS last_crawl
         FROM export_item ei JOIN sample s ON s.id = ei.sample_id JOIN generation g ON g.id = s.generation_id
+             JOIN image i ON i.id = ei.image_id
         WHERE ei.export_id = :e
-        GROUP BY g.prompt_id, g.prompt_version, g.prompt_sha256, g.task_type, g.language, g.model,
+        GROUP BY s.task_type, g.prompt_id, g.prompt_version, g.prompt_sha256, g.language, g.model,
                  g.sampling::text, g.finish_reason""", export_id)
+    tasks: dict[str, dict[str, Any]] = {}
     prompts: dict[tuple, dict[str, Any]] = {}
     models: dict[tuple, dict[str, Any]] = {}
     finish: dict[str, int] = {}
-    days = [d for r in gen for d in (r.first_day, r.last_day) if d is not None]
-    for r in gen:
-        key = (r.prompt_id, r.prompt_version, r.prompt_sha256)
+    totals = {"n": 0, "zh_text": 0, "no_zh_text": 0, "ocr_chars": 0, "ocr_measured": 0, "width": 0, "height": 0}
+    for r in rows:
+        n = int(r.n)
+        t = tasks.setdefault(r.task_type, {"task_type": r.task_type, "samples": 0, "rounds": 0})
+        t["samples"] += n
+        t["rounds"] += int(r.rounds or 0)
         prompt = known.get(r.prompt_id)
-        entry = prompts.setdefault(key, {
+        entry = prompts.setdefault((r.prompt_id, r.prompt_version, r.prompt_sha256), {
             "id": r.prompt_id, "version": r.prompt_version, "sha256": r.prompt_sha256, "task_type": r.task_type,
             "language": r.language, "samples": 0,
             "text": prompt.text if prompt is not None and prompt.sha256 == r.prompt_sha256 else None})
-        entry["samples"] += int(r.n)
+        entry["samples"] += n
         m = models.setdefault((r.model, r.sampling, r.task_type), {
             "model": r.model, "sampling": json.loads(r.sampling), "task_type": r.task_type, "samples": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0})
-        m["samples"] += int(r.n)
+        m["samples"] += n
         m["prompt_tokens"] += int(r.prompt_tokens or 0)
         m["completion_tokens"] += int(r.completion_tokens or 0)
         m["latency_ms"] += float(r.latency_ms or 0)
-        finish[r.finish_reason or "unknown"] = finish.get(r.finish_reason or "unknown", 0) + int(r.n)
+        finish[r.finish_reason or "unknown"] = finish.get(r.finish_reason or "unknown", 0) + n
+        totals["n"] += n
+        for key in ("zh_text", "no_zh_text", "ocr_chars", "ocr_measured", "width", "height"):
+            totals[key] += int(getattr(r, key) or 0)
+    facts.tasks = [{"task_type": t["task_type"], "samples": t["samples"],
+                    "avg_rounds": t["rounds"] / t["samples"] if t["samples"] else 0.0}
+                   for t in sorted(tasks.values(), key=lambda t: TASK_TYPES.index(t["task_type"]))]
     facts.prompts = sorted(prompts.values(), key=lambda p: (TASK_TYPES.index(p["task_type"]), p["language"],
                                                             p["version"], p["sha256"]))
     facts.models = sorted(models.values(), key=lambda m: (m["model"], TASK_TYPES.index(m["task_type"]),
                                                           json.dumps(m["sampling"], sort_keys=True)))
     facts.finish_reasons = sorted(finish.items(), key=lambda kv: (-kv[1], kv[0]))
-    facts.sites = [(r.site, int(r.n)) for r in _rows(conn, """
-        SELECT src.site, count(DISTINCT ei.image_id) AS n
-        FROM export_item ei JOIN image_source src ON src.image_id = ei.image_id
-        WHERE ei.export_id = :e GROUP BY 1 ORDER BY 2 DESC, 1""", export_id)]
-    src = _rows(conn, """
-        SELECT count(DISTINCT src.page_url) AS pages, count(DISTINCT src.url) AS urls,
-               count(DISTINCT src.crawl_run_id) AS crawl_runs
-        FROM export_item ei JOIN image_source src ON src.image_id = ei.image_id
-        WHERE ei.export_id = :e""", export_id)[0]
-    facts.sources = {"pages": int(src.pages), "urls": int(src.urls), "crawl_runs": int(src.crawl_runs)}
-    img = _rows(conn, """
-        SELECT min(i.crawl_date) AS first_crawl, max(i.crawl_date) AS last_crawl,
-               count(*) FILTER (WHERE i.has_zh_text) AS zh_text,
-               count(*) FILTER (WHERE i.has_zh_text = false) AS no_zh_text,
-               count(*) FILTER (WHERE i.has_zh_text IS NULL) AS zh_unknown,
-               avg(i.ocr_char_count) AS ocr_avg,
-               percentile_disc(0.5) WITHIN GROUP (ORDER BY i.ocr_char_count) AS ocr_p50,
-               percentile_disc(0.9) WITHIN GROUP (ORDER BY i.ocr_char_count) AS ocr_p90,
-               count(i.ocr_char_count) AS ocr_measured,
-               avg(i.model_width) AS width, avg(i.model_height) AS height
-        FROM export_item ei JOIN image i ON i.id = ei.image_id WHERE ei.export_id = :e""", export_id)[0]
-    facts.dates = {"crawl": (img.first_crawl, img.last_crawl),
+    days = [d for r in rows for d in (r.first_day, r.last_day) if d is not None]
+    crawl = [d for r in rows for d in (r.first_crawl, r.last_crawl) if d is not None]
+    facts.dates = {"crawl": (min(crawl), max(crawl)) if crawl else (None, None),
                    "generation": (min(days), max(days)) if days else (None, None)}
-    facts.ocr = {"zh_text": int(img.zh_text), "no_zh_text": int(img.no_zh_text),
-                 "unknown": int(img.zh_unknown), "measured": int(img.ocr_measured),
-                 "avg": float(img.ocr_avg) if img.ocr_avg is not None else None,
-                 "p50": img.ocr_p50, "p90": img.ocr_p90}
-    facts.images = {"avg_width": float(img.width or 0), "avg_height": float(img.height or 0)}
+    p50, p90 = _rows(conn, """
+        SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY i.ocr_char_count) AS p50,
+               percentile_disc(0.9) WITHIN GROUP (ORDER BY i.ocr_char_count) AS p90
+        FROM export_item ei JOIN image i ON i.id = ei.image_id WHERE ei.export_id = :e""", export_id)[0]
+    n = totals["n"]
+    facts.ocr = {"zh_text": totals["zh_text"], "no_zh_text": totals["no_zh_text"],
+                 "unknown": n - totals["zh_text"] - totals["no_zh_text"], "measured": totals["ocr_measured"],
+                 "avg": totals["ocr_chars"] / totals["ocr_measured"] if totals["ocr_measured"] else None,
+                 "p50": p50, "p90": p90}
+    facts.images = {"avg_width": totals["width"] / n if n else 0.0, "avg_height": totals["height"] / n if n else 0.0}
+    # DISTINCT in subqueries hashes; count(DISTINCT ...) would sort 600k URLs.
+    src = _rows(conn, """
+        WITH src AS MATERIALIZED (
+            SELECT src.image_id, src.site, src.url, src.page_url, src.crawl_run_id
+            FROM export_item ei JOIN image_source src ON src.image_id = ei.image_id WHERE ei.export_id = :e)
+        SELECT 'site' AS kind, site AS key, count(*) AS n FROM (SELECT DISTINCT site, image_id FROM src) AS d
+        GROUP BY site
+        UNION ALL SELECT 'pages', NULL, count(*) FROM (SELECT DISTINCT page_url FROM src) AS p
+        UNION ALL SELECT 'urls', NULL, count(*) FROM (SELECT DISTINCT url FROM src) AS u
+        UNION ALL SELECT 'crawl_runs', NULL, count(*) FROM (SELECT DISTINCT crawl_run_id FROM src) AS c""",
+                export_id)
+    facts.sites = sorted(((r.key, int(r.n)) for r in src if r.kind == "site"), key=lambda kv: (-kv[1], kv[0]))
+    facts.sources = {r.kind: int(r.n) for r in src if r.kind != "site"}
     qc_ids = [r.qc_run_id for r in _rows(conn, """
         SELECT qc_run_id FROM export WHERE id = :e AND qc_run_id IS NOT NULL
         UNION SELECT DISTINCT s.qc_run_id FROM export_item ei JOIN sample s ON s.id = ei.sample_id
@@ -147,7 +157,7 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
 
 def build_card(settings: Settings, export_id: int, params: Any, manifest: Mapping[str, Any]) -> str:
     """The card for an export whose `export_item` rows are written."""
-    with get_engine(settings.database_url).connect() as conn:
+    with get_engine(settings.database_url).begin() as conn:
         facts = collect_facts(conn, export_id, params.as_json(), manifest, settings.prompts_dir)
     return render_card(facts)
 
@@ -295,7 +305,8 @@ def render_card(f: CardFacts) -> str:
         for check in q["checks"]:
             dropped = int(reasons.pop(check["name"], 0))
             thresholds = json.dumps(check.get("thresholds") or {}, sort_keys=True, ensure_ascii=False)
-            out.append(f"| `{check['name']}` v{check.get('version', '?')} | {check.get('description', '')} | "
+            description = str(check.get("description", "")).replace("<", "&lt;").replace("|", "\\|")
+            out.append(f"| `{check['name']}` v{check.get('version', '?')} | {description} | "
                        f"`{thresholds}` | {_n(dropped)} | {_pct(dropped, q['n_samples'])} |")
         for name, dropped in sorted(reasons.items()):
             out.append(f"| `{name}` | – | – | {_n(int(dropped))} | {_pct(int(dropped), q['n_samples'])} |")

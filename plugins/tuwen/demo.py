@@ -63,8 +63,8 @@ def print_summary(settings: Settings, summary: PipelineSummary) -> None:
 
     print("\n================ tuwen demo: what the pipeline made ================")
     print(f"images (distinct):      {fmt(summary.images_by_status)}")
-    print(f"image URLs seen:        {fmt(summary.sources_by_outcome)}")
-    print(f"rejection reasons:      {fmt(summary.rejection_reasons)}")
+    print(f"image mentions (URL on a page): {fmt(summary.sources_by_outcome)}")
+    print(f"mentions by reason:     {fmt(summary.rejection_reasons)}")
     print(f"generations (paid):     {fmt(summary.generations_by_status)}")
     print(f"samples per task:       {fmt(summary.samples_by_task)}")
     if summary.qc_pass_rate is not None:

@@ -74,15 +74,23 @@ class SampleView:
 
 def _excerpt(conversations: Any, max_turns: int = EXCERPT_TURNS, max_chars: int = EXCERPT_CHARS
              ) -> list[tuple[str, str]]:
-    turns: list[tuple[str, str]] = []
-    for turn in (conversations if isinstance(conversations, list) else [])[:max_turns]:
+    """The first and the last turns (a truncation or a refusal usually sits at the end), each cut."""
+    turns = conversations if isinstance(conversations, list) else []
+    if len(turns) > max_turns:
+        head, tail = max_turns // 2, max_turns - max_turns // 2
+        picked: list[Any] = [*turns[:head], None, *turns[-tail:]]
+    else:
+        picked = list(turns)
+    shown: list[tuple[str, str]] = []
+    for turn in picked:
+        if turn is None:
+            shown.append(("…", f"{len(turns) - max_turns} turns not shown"))
+            continue
         role = str(turn.get("from", "?")) if isinstance(turn, dict) else "?"
         value = turn.get("value") if isinstance(turn, dict) else None
         value = value if isinstance(value, str) else repr(value)
-        turns.append((role, value if len(value) <= max_chars else value[:max_chars] + "…"))
-    if isinstance(conversations, list) and len(conversations) > max_turns:
-        turns.append(("…", f"{len(conversations) - max_turns} more turns"))
-    return turns
+        shown.append((role, value if len(value) <= max_chars else value[:max_chars] + "…"))
+    return shown
 
 
 def _image_file(sha256: str, mime: str | None) -> str:
@@ -277,7 +285,7 @@ font-size:12px}.meta{color:#666;font-size:12px}
 
 _INDEX = """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>QC report — qc_run {{ run.id }}</title>
-<style>{{ css }}</style></head><body>
+<style>{{ css|safe }}</style></head><body>
 <h1>QC report — qc_run {{ run.id }}
  <span class="{{ 'pass' if run.success else 'fail' }}">{{ 'PASSED' if run.success else 'FAILED' }}</span></h1>
 <table class="summary">
@@ -312,7 +320,7 @@ _INDEX = """<!doctype html>
 <div><div><b>{{ reason }}</b> — {{ count }} samples. {{ descriptions.get(reason, '') }}</div>
 {% if ex %}<div class="meta">example {{ ex.id }} ({{ ex.task_type }}); all its reasons:
 {% for r in ex.reasons %}<span class="reason">{{ r }}</span>{% endfor %}
-{% if ex.metrics.near_duplicate_of %}; near-duplicate of {{ ex.metrics.near_duplicate_of }}{% endif %}</div>
+{% if 'near_duplicate_of' in ex.metrics %}; near-duplicate of {{ ex.metrics['near_duplicate_of'] }}{% endif %}</div>
 {% for role, value in ex.turns %}<div class="turn"><span class="role">{{ role }}</span>{{ value }}</div>{% endfor %}
 {% endif %}</div></div>{% endfor %}
 </body></html>
@@ -320,15 +328,15 @@ _INDEX = """<!doctype html>
 
 _SAMPLES = """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>Passed samples — qc_run {{ run.id }}</title>
-<style>{{ css }}</style></head><body>
+<style>{{ css|safe }}</style></head><body>
 <h1>Passed samples — qc_run {{ run.id }}</h1>
 <p>{{ samples|length }} passed samples drawn at random (seed {{ seed }}, same draw on every render) from
 {{ run.n_passed }}. <a href="index.html">← report</a></p>
 {% for s in samples %}<div class="card passed-sample" id="sample-{{ s.id }}">
 {% if s.image %}<img class="sample-image" src="{{ s.image }}" alt="image of {{ s.id }}">{% endif %}
-<div><div class="meta">{{ s.id }} — {{ s.task_type }}; {{ s.metrics.answer_chars|int }} answer characters,
-{{ s.metrics.rounds|int }} rounds{% if s.metrics.ocr_coverage is defined %},
- OCR coverage {{ '%.2f'|format(s.metrics.ocr_coverage) }}{% endif %}</div>
+<div><div class="meta">{{ s.id }} — {{ s.task_type }}; {{ s.metrics.get('answer_chars', 0)|int }} answer characters,
+{{ s.metrics.get('rounds', 0)|int }} rounds{% if 'ocr_coverage' in s.metrics %},
+ OCR coverage {{ '%.2f'|format(s.metrics['ocr_coverage']) }}{% endif %}</div>
 {% for role, value in s.turns %}<div class="turn"><span class="role">{{ role }}</span>{{ value }}</div>{% endfor %}
 </div></div>{% else %}<p>No sample passed.</p>{% endfor %}
 </body></html>

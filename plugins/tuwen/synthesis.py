@@ -30,6 +30,7 @@ from tuwen.db.models import Generation, Image, Sample
 from tuwen.db.session import get_engine, session_scope
 from tuwen.parsing import parse_answer
 from tuwen.partition import Partition
+from tuwen.progress import Progress
 from tuwen.prompts import Prompt, description_instruction, get_prompt
 from tuwen.storage import ObjectStore
 from tuwen.task_assignment import assign_task_types
@@ -288,8 +289,16 @@ class _ResultWriter:
         self.jobs = jobs
         self.ids = ids
         self.result = result
+        where = f"map {ids.map_index}" if ids.map_index is not None else "batch"
+        self.progress = Progress(f"synthesis {where}", total=len(jobs), log=log, unit="completions")
 
     def write(self, res: VLMResult) -> None:
+        self._store(res)
+        # Counted after the commit: the line reports answers that are safely stored.
+        self.progress.advance(completion_tokens=res.completion_tokens or 0,
+                              **({f"error_{res.error_type or 'unknown'}": 1} if not res.ok else {}))
+
+    def _store(self, res: VLMResult) -> None:
         job = self.jobs[res.key]
         values: dict[str, Any] = {
             "attempts": Generation.attempts + res.attempts,
@@ -392,7 +401,10 @@ def run_batch(settings: Settings, image_ids: Sequence[int], params: RunParams, i
     result.requested = len(jobs)
     if jobs:
         writer = _ResultWriter(settings, {j.key: j for j in jobs}, ids, result)
-        asyncio.run(_run_batch_async(settings, jobs, writer))
+        try:
+            asyncio.run(_run_batch_async(settings, jobs, writer))
+        finally:
+            writer.progress.finish()
     result.elapsed_s = time.perf_counter() - started
     log.info(
         "batch done: %d requested, %d skipped (already stored), %d ok, %d unparseable, %d failed %s, "

@@ -28,20 +28,6 @@ DAY = dt.date(2026, 11, 20)  # the run's logical date (midnight)
 PARTITION = dt.date(2026, 11, 18)
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "TUWEN_DATABASE_URL": settings.database_url,
-        "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
-        "TUWEN_S3_BUCKET": settings.s3_bucket,
-        "TUWEN_VLM_BASE_URL": settings.vlm_base_url,
-        "TUWEN_VLM_MODEL": settings.vlm_model,
-        "TUWEN_SITES_FILE": str(settings.sites_file),
-        "TUWEN_RELEASE_DIR": str(settings.release_dir),
-        "TUWEN_OCR_ENABLED": "false",
-        "TUWEN_BATCH_SIZE": "40",
-    }
-
-
 def _counts(engine, sql: str) -> dict:
     with engine.connect() as conn:
         return dict(conn.execute(text(sql)).all())
@@ -56,7 +42,7 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
     airflow_url = _db_url(f"airflow_test_{uuid.uuid4().hex[:10]}")
     ensure_database(airflow_url)
     try:
-        env = airflow_env(airflow_url, tmp_path / "airflow", extra=_env(settings))
+        env = airflow_env(airflow_url, tmp_path / "airflow", extra=dataclasses.replace(settings, batch_size=40).to_env())
         logs = tmp_path / "logs"
         migrate_metadata(env, logs)
         ensure_pool(env, logs, slots=2)

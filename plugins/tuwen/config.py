@@ -142,3 +142,43 @@ class Settings:
             min_image_side=_int("TUWEN_MIN_IMAGE_SIDE", d.min_image_side),
             qc_min_pass_rate=_float("TUWEN_QC_MIN_PASS_RATE", d.qc_min_pass_rate),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The TUWEN_* variables that rebuild these settings with `from_env()` in another process
+        (Airflow tasks, the spider subprocess)."""
+
+        def flag(value: bool) -> str:
+            return "true" if value else "false"
+
+        return {
+            "TUWEN_DATABASE_URL": self.database_url,
+            "TUWEN_S3_ENDPOINT": self.s3_endpoint,
+            "TUWEN_S3_ACCESS_KEY": self.s3_access_key,
+            "TUWEN_S3_SECRET_KEY": self.s3_secret_key,
+            "TUWEN_S3_SECURE": flag(self.s3_secure),
+            "TUWEN_S3_REGION": self.s3_region,
+            "TUWEN_S3_BUCKET": self.s3_bucket,
+            "TUWEN_VLM_BASE_URL": self.vlm_base_url,
+            "TUWEN_VLM_MODEL": self.vlm_model,
+            "TUWEN_VLM_API_KEY": self.vlm_api_key,
+            "TUWEN_VLM_TIMEOUT_S": str(self.vlm_timeout_s),
+            "TUWEN_VLM_MAX_RETRIES": str(self.vlm_max_retries),
+            "TUWEN_VLM_MAX_IN_FLIGHT": str(self.vlm_max_in_flight),
+            "TUWEN_VLM_IMAGE_MODE": self.vlm_image_mode,
+            "TUWEN_TEMPERATURE": str(self.temperature),
+            "TUWEN_TOP_P": str(self.top_p),
+            "TUWEN_SEED": str(self.seed),
+            "TUWEN_MAX_TOKENS_CONVERSATION": str(self.max_tokens["conversation"]),
+            "TUWEN_MAX_TOKENS_COMPLEX_REASONING": str(self.max_tokens["complex_reasoning"]),
+            "TUWEN_MAX_TOKENS_DETAIL": str(self.max_tokens["detail"]),
+            "TUWEN_TASK_MIX": ":".join(str(self.task_mix[t]) for t in TASK_TYPES),
+            "TUWEN_MAX_PIXELS": str(self.max_pixels),
+            "TUWEN_MIN_PIXELS": str(self.min_pixels),
+            "TUWEN_BATCH_SIZE": str(self.batch_size),
+            "TUWEN_SITES_FILE": str(self.sites_file),
+            "TUWEN_RELEASE_DIR": str(self.release_dir),
+            "TUWEN_PROMPTS_DIR": str(self.prompts_dir),
+            "TUWEN_OCR_ENABLED": flag(self.ocr_enabled),
+            "TUWEN_MIN_IMAGE_SIDE": str(self.min_image_side),
+            "TUWEN_QC_MIN_PASS_RATE": str(self.qc_min_pass_rate),
+        }

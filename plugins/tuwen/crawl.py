@@ -64,24 +64,6 @@ class CrawlSummary:
         return data
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The TUWEN_* variables that hand `settings` to the spider process."""
-    return {
-        "TUWEN_DATABASE_URL": settings.database_url,
-        "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
-        "TUWEN_S3_ACCESS_KEY": settings.s3_access_key,
-        "TUWEN_S3_SECRET_KEY": settings.s3_secret_key,
-        "TUWEN_S3_SECURE": "true" if settings.s3_secure else "false",
-        "TUWEN_S3_REGION": settings.s3_region,
-        "TUWEN_S3_BUCKET": settings.s3_bucket,
-        "TUWEN_SITES_FILE": str(settings.sites_file),
-        "TUWEN_MAX_PIXELS": str(settings.max_pixels),
-        "TUWEN_MIN_PIXELS": str(settings.min_pixels),
-        "TUWEN_MIN_IMAGE_SIDE": str(settings.min_image_side),
-        "TUWEN_OCR_ENABLED": "true" if settings.ocr_enabled else "false",
-    }
-
-
 def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
     try:
         with open(path, "rb") as log:
@@ -141,7 +123,7 @@ def start_crawl(settings: Settings, site_name: str, partition_date: dt.date, *, 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = crawl_command(site_name, partition_date, crawl_key=crawl_key, dag_id=dag_id, run_id=run_id,
                          jobdir=jobdir, sites_file=settings.sites_file, extra_settings=extra_settings)
-    env = {**os.environ, **settings_env(settings), **(extra_env or {})}
+    env = {**os.environ, **settings.to_env(), **(extra_env or {})}
     with open(log_path, "ab") as log:
         return subprocess.Popen(argv, cwd=CRAWLER_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps demo test lint bench services services-down lock clean
+.PHONY: venv system-deps demo test test-ops lint bench services services-down up down lock clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,14 @@ demo: venv system-deps
 	@$(BIN)/tuwen demo
 
 ## make test: lint, unit tests, integration tests on real services, and Airflow end-to-end runs.
+# Three xdist workers, one test file each at a time: most tests wait on real services, not the CPU.
 test: venv system-deps lint
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -n 3 --dist loadfile -m "not ops" --durations=15 $(PYTEST_ARGS)
+
+## make test-ops: the slow operations tests: a running Airflow (backfills over REST, Celery workers, UI in
+## headless Chromium) and injected faults. Needs redis-server and chromium + chromium-driver (system-deps).
+test-ops: venv system-deps
+	@$(BIN)/python -m pytest -m ops --durations=0 $(PYTEST_ARGS)
 
 lint: venv
 	@$(BIN)/ruff check .
@@ -44,9 +50,18 @@ services: venv system-deps
 services-down: venv
 	@$(BIN)/tuwen services down
 
+## make up: local services + a running Airflow (UI at http://127.0.0.1:8080). TUWEN_AIRFLOW_EXECUTOR=celery
+## TUWEN_AIRFLOW_WORKERS=N for Celery workers; TUWEN_AIRFLOW_USER / TUWEN_AIRFLOW_PASSWORD for the login.
+up: venv system-deps
+	@$(BIN)/tuwen up
+
+## make down: stop exactly what `make up` started.
+down: venv
+	@$(BIN)/tuwen down
+
 lock:
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --no-header
 
 clean:
-	-@test -x $(BIN)/tuwen && $(BIN)/tuwen services down
+	-@test -x $(BIN)/tuwen && $(BIN)/tuwen down
 	rm -rf $(VENV) .run releases

@@ -12,7 +12,11 @@ of passed samples with their images) is published by the gate to `qc/<qc_run>/re
 into the release folder's `qc_report/`.
 
 **Params**: `release` (name; default `tuwen-<date>`), `date_from`/`date_to` (crawl dates; empty:
-all), `languages`, `task_types`, `max_samples`, `include_images`, `min_pass_rate` (empty: config).
+all), `languages`, `task_types`, `qc_statuses`, `max_samples`, `mix` (task weights, e.g.
+`{"conversation": 5, "complex_reasoning": 4, "detail": 4}`), `images` (`folder`, `tar` shards, `both`,
+`none`), `shard_max_files`, `jsonl`, `english_json` (an English LLaVA-Instruct JSON to interleave),
+`include_images`, `min_pass_rate` (empty: config). Same params over the same lineage give
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -37,7 +41,16 @@ TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
         "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
         "languages": Param(["zh"], type="array", description="sample languages to include"),
         "task_types": Param(TASK_TYPES, type="array", description="task types to include"),
+        "qc_statuses": Param(["passed"], type="array", description="QC verdicts to ship (never taken_down)"),
         "max_samples": Param(None, type=["null", "integer"], minimum=1, description="size cap"),
+        "mix": Param(None, type=["null", "object"],
+                     description='task weights, e.g. {"conversation": 5, "complex_reasoning": 4, "detail": 4}'),
+        "images": Param("folder", enum=["folder", "tar", "both", "none"],
+                        description="images as a folder, tar shards (images-00000.tar...), both, or none"),
+        "shard_max_files": Param(10000, type="integer", minimum=1, description="images per tar shard"),
+        "jsonl": Param(True, type="boolean", description="also write the JSONL variant"),
+        "english_json": Param(None, type=["null", "string"],
+                              description="path of an English LLaVA-Instruct JSON to interleave into one more file"),
         "include_images": Param(True, type="boolean", description="copy the images into the release"),
         "min_pass_rate": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                description="QC gate minimum; empty = TUWEN_QC_MIN_PASS_RATE"),
@@ -61,16 +74,16 @@ def tuwen_export() -> None:
     @task
     def export_release(gate: dict) -> dict:
         from tuwen.config import Settings
-        from tuwen.export import write_release
-        from tuwen.qc import ReleaseScope
+        from tuwen.export import ReleaseParams, write_release
         from tuwen.qc_report import fetch_qc_report
 
         context = get_current_context()
         params = context["params"]
-        scope = ReleaseScope.from_params(params)
         name = params.get("release") or f"tuwen-{context['ds']}"
         settings = Settings.from_env()
-        result = write_release(settings, scope.release_params(name, params), dag_id=context["dag"].dag_id,
+        # ReleaseParams.from_params reads every export param (mix, images, english_json, ...), not only the
+        # gate's scope.
+        result = write_release(settings, ReleaseParams.from_params(name, params), dag_id=context["dag"].dag_id,
                                run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
         # The report the gate decided on travels with the release folder (copied, not re-rendered).
         report = fetch_qc_report(settings, gate["qc_run_id"], result.local_path / "qc_report")

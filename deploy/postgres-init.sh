@@ -4,7 +4,9 @@
 #
 #   airflow        owns database airflow (Airflow metadata + Celery results)
 #   tuwen          owns database tuwen (lineage; schema by `tuwen db upgrade`)
-#   tuwen_analyst  read-only login for analysts' psql: SELECT on whatever tuwen creates
+#   tuwen_analyst  read-only login for analysts' psql. Only the login is made here: what it may read
+#                  (SELECT on the v_* views, nothing on base tables) is granted by the lineage
+#                  migrations (sql/analyst_role.sql, migration 0004), the single source of truth.
 #
 # Passwords come from the container's environment (docker-compose.yaml, from .env); psql quotes
 # them as literals with :'var', so no password is ever part of the SQL text.
@@ -28,11 +30,4 @@ REVOKE ALL ON DATABASE tuwen FROM PUBLIC;
 
 CREATE ROLE tuwen_analyst LOGIN PASSWORD :'analyst_password';
 ALTER ROLE tuwen_analyst SET default_transaction_read_only = on;
-GRANT CONNECT ON DATABASE tuwen TO tuwen_analyst;
-
-\connect tuwen
--- Tables, views and schemas that role tuwen creates later (the migrations) are readable by analysts.
-GRANT USAGE ON SCHEMA public TO tuwen_analyst;
-ALTER DEFAULT PRIVILEGES FOR ROLE tuwen GRANT USAGE ON SCHEMAS TO tuwen_analyst;
-ALTER DEFAULT PRIVILEGES FOR ROLE tuwen GRANT SELECT ON TABLES TO tuwen_analyst;
 SQL

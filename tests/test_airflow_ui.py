@@ -109,7 +109,7 @@ def test_tuwen_up_prints_where_and_who_but_not_the_password(up_stack: UpStack) -
     assert passwords.stat().st_mode & 0o077 == 0  # readable by its owner only
 
 
-def test_api_refuses_anonymous_and_wrong_password_and_has_the_pool(up_stack: UpStack) -> None:
+def test_api_refuses_anonymous_and_wrong_password_has_the_pool_and_dag_docs(up_stack: UpStack) -> None:
     assert httpx.get(f"{up_stack.base_url}/api/v2/dags").status_code == 401
     wrong = httpx.post(f"{up_stack.base_url}/auth/token", json={"username": up_stack.user, "password": "admin"})
     assert wrong.status_code == 401
@@ -118,6 +118,10 @@ def test_api_refuses_anonymous_and_wrong_password_and_has_the_pool(up_stack: UpS
     api = _api(up_stack)
     try:
         assert api.get("/pools/vlm")["slots"] == 4
+        _wait_for_dags(api)
+        for dag_id in DAGS:  # the docs the UI shows under "Dag Docs": what the DAG is for and its params
+            doc = api.get(f"/dags/{dag_id}/details")["doc_md"]
+            assert f"### {dag_id}" in doc and "**Params**" in doc, dag_id
     finally:
         api.close()
 
@@ -191,4 +195,7 @@ def test_browser_signs_in_and_sees_each_dag_graph(up_stack: UpStack, browser: ob
         # A real render is tens of kilobytes; a blank page compresses to a few hundred bytes.
         assert png.stat().st_size > 20_000, png
         print(f"screenshot: {png} ({png.stat().st_size} bytes)")
+        if os.environ.get("TUWEN_SCREENSHOT_DIR"):  # keep them past pytest's tmp retention, to look at
+            Path(os.environ["TUWEN_SCREENSHOT_DIR"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(png, os.environ["TUWEN_SCREENSHOT_DIR"])
     print(f"UI test: {time.monotonic() - started:.0f}s")

@@ -76,8 +76,9 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
             seed = {"conversation": 247431, "complex_reasoning": 194646, "detail": 199791}
             for task, weight in seed.items():
                 assert abs(tasks[task] - expected_accepted * weight / sum(seed.values())) <= 2
-            qc = conn.execute(text("SELECT n_samples, n_passed, success FROM qc_run ORDER BY id DESC")).first()
+            qc = conn.execute(text("SELECT n_samples, n_passed, success, results FROM qc_run ORDER BY id DESC")).first()
             assert qc.n_samples == n_samples and qc.success
+            qc_results = qc.results
             export = conn.execute(text("SELECT id, status, n_samples, local_path FROM export "
                                        "WHERE name = 'e2e'")).first()
             assert export.status == "published"
@@ -103,6 +104,11 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
             assert (release / record["image"]).is_file()
         store = ObjectStore(settings)
         assert store.exists("exports/e2e/manifest.json")
+        # The QC report the gate published travels with the release.
+        report_key = qc_results["report_key"]
+        assert store.exists(report_key)
+        assert (release / "qc_report" / "index.html").read_bytes() == store.get_bytes(report_key)
+        assert (release / "qc_report" / "plots" / "distributions.png").is_file()
         assert store.exists(f"exports/e2e/{all_file.name}")
 
         # A second synthesis run pays for nothing: no new generations, no request reaches the server.

@@ -417,6 +417,7 @@ def test_vlm_down_for_the_whole_run_ends_quickly_and_marks_nothing_done(settings
     day, n = dt.date(2026, 10, 4), 40
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     down = dataclasses.replace(settings, vlm_base_url=dead, batch_size=n)
+    ObjectStore(settings).ensure_bucket()
     _seed(down, day, n)
     plan = plan_partition(down, Partition(day, day + dt.timedelta(days=1)), RunParams())
     [batch] = plan.batches

@@ -165,3 +165,24 @@ def test_taken_down_samples_keep_their_status(settings: Settings, labelled: dict
         row = conn.execute(text("SELECT qc_status, qc_run_id FROM sample WHERE id = 'good-conv-menu'")).one()
     assert row == ("taken_down", None)
     engine.dispose()
+
+
+def test_worker_processes_give_the_same_verdicts(settings: Settings, labelled: dict[str, dict],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """At seed size the checks run in spawned worker processes over id ranges; the verdicts (and the
+    near-duplicate found across two ranges) must be those of the in-process path."""
+    import tuwen.qc
+
+    def stored() -> dict[str, tuple]:
+        with create_engine(settings.database_url).connect() as conn:
+            return {r.id: (r.qc_status, r.qc_reasons, r.qc_metrics)
+                    for r in conn.execute(text("SELECT id, qc_status, qc_reasons, qc_metrics FROM sample"))}
+
+    with pytest.raises(QualityGateFailed):  # 37% pass rate against the default 80% minimum
+        run_quality_gate(settings, ReleaseScope(languages=("zh", "en", "ja")), report=False, workers=0)
+    in_process = stored()
+    monkeypatch.setattr(tuwen.qc, "_CHUNK_ROWS", 7)  # ranges are cut in this process, workers just read
+    second = run_quality_gate(settings, SCOPE, report=False, workers=2)
+    assert stored() == in_process
+    assert in_process[COPY_ID][1] == [NEAR_DUPLICATE_REASON]
+    assert second.n_samples == len(labelled) + 1

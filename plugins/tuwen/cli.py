@@ -1,4 +1,4 @@
-"""The `tuwen` command: local services, the lineage schema, the demo, status."""
+"""The `tuwen` command: local services, the lineage schema, the demo, releases and takedowns."""
 
 from __future__ import annotations
 
@@ -79,6 +79,63 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _takedown(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.takedown import TakedownError, add_takedown, releases_with_takedowns
+
+    if args.action == "add":
+        kind, value = next((k, v) for k, v in (("url", args.url), ("domain", args.domain),
+                                               ("image_sha256", args.image_sha256)) if v)
+        try:
+            result = add_takedown(settings, kind, value, args.reason)
+        except TakedownError as exc:
+            print(f"tuwen: {exc}", file=sys.stderr)
+            return 2
+        print(f"takedown {result.takedown_id} ({result.kind} {result.value}): {result.images} images, "
+              f"{result.samples} samples taken down; excluded from every later release")
+        if result.releases:
+            print(f"already shipped in: {', '.join(result.releases)} (see `tuwen takedown releases`)")
+        return 0
+    hits = releases_with_takedowns(settings)
+    for hit in hits:
+        print(f"{hit.release}\tpublished {hit.published_at:%Y-%m-%d %H:%M}\ttakedown {hit.takedown_id} "
+              f"{hit.kind} {hit.value}\t{hit.samples} samples")
+    if not hits:
+        print("no published release contains taken-down items")
+    return 0
+
+
+def _releases(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import text
+
+    from tuwen.db.session import get_engine
+
+    where, binds = "", {}
+    if args.sample:
+        where, binds = "WHERE ei.sample_id = :v", {"v": args.sample}
+    elif args.image_sha256:
+        where, binds = "WHERE i.sha256 = :v", {"v": args.image_sha256.lower()}
+    elif args.url:
+        where = ("WHERE ei.image_id IN (SELECT image_id FROM image_source WHERE url = :v OR page_url = :v)")
+        binds = {"v": args.url}
+    with get_engine(settings.database_url).connect() as conn:
+        if where:
+            rows = conn.execute(text(f"""
+                SELECT e.name, e.status, e.published_at, ei.sample_id, ei.file, ei.position
+                FROM export_item ei JOIN export e ON e.id = ei.export_id JOIN image i ON i.id = ei.image_id
+                {where} ORDER BY e.name, ei.position"""), binds).all()
+            for row in rows:
+                print(f"{row.name}\t{row.status}\t{row.sample_id}\t{row.file}\t#{row.position}")
+        else:
+            rows = conn.execute(text("SELECT name, status, n_samples, published_at, local_path FROM export "
+                                     "ORDER BY created_at DESC, name")).all()
+            for row in rows:
+                print(f"{row.name}\t{row.status}\t{row.n_samples} samples\t{row.published_at or '-'}\t"
+                      f"{row.local_path or '-'}")
+    if not rows:
+        print("no matching release")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuwen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run crawl -> synthesize -> check -> export through Airflow on local services")
     p.add_argument("--release", default="tuwen-demo")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("takedown", help="remove a URL, domain or image from later releases; list affected releases")
+    takedown = p.add_subparsers(dest="action", required=True)
+    add = takedown.add_parser("add", help="record a takedown and apply it now")
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="an image URL or a page URL")
+    what.add_argument("--domain", help="a host; its subdomains are included")
+    what.add_argument("--image-sha256", help="SHA-256 of the image's original bytes")
+    add.add_argument("--reason", help="why (kept with the takedown)")
+    takedown.add_parser("releases", help="published releases that contain taken-down items")
+    p.set_defaults(func=_takedown)
+    p = sub.add_parser("releases", help="list releases, or those containing a sample, image or URL")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--sample")
+    which.add_argument("--image-sha256")
+    which.add_argument("--url")
+    p.set_defaults(func=_releases)
     p = sub.add_parser("up", help="start the local services and a running Airflow (api-server, scheduler, "
                                   "dag-processor, triggerer; LocalExecutor or Celery workers)")
     p.add_argument("--executor", choices=["local", "celery"], help="default: TUWEN_AIRFLOW_EXECUTOR or local")

@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -48,6 +49,7 @@ from sqlalchemy.dialects.postgresql import insert
 from tuwen.config import TASK_TYPES, Settings
 from tuwen.db.models import Export, ExportItem
 from tuwen.db.session import get_engine, session_scope
+from tuwen.progress import progress_iter
 from tuwen.storage import ObjectStore
 from tuwen.trainer_formats import check_record, iter_json_array
 
@@ -381,7 +383,8 @@ def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, expo
     written: collections.Counter[str] = collections.Counter()
     all_writer, jsonl = writers["all"], writers.get("jsonl")
     try:
-        for row in _iter_items(settings, export_id):
+        for row in progress_iter(_iter_items(settings, export_id), f"export {params.name}", log,
+                                 total=sum(counts.values()), unit="samples"):
             conversations = row.conversations
             if not _looks_loadable(conversations):
                 record = {"id": row.sample_id, "image": row.image_path, "conversations": json.loads(conversations)}
@@ -403,26 +406,25 @@ def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, expo
     return names, files
 
 
-_ROLES = ("human", "gpt")
+# PostgreSQL prints a stored turn as {"from": "...", "value": "..."} (jsonb orders keys by length). A bare
+# `{"` cannot occur inside a JSON string (quotes there are escaped), so these patterns only ever match
+# structure, and the check needs no JSON parse: 2 µs instead of 20 per sample at 600k samples.
+_TURN_RE = re.compile(r'\{"from": "([a-z]+)", "value": "')
+_BLANK_VALUE_RE = re.compile(r'"value": "(?:\s|\\[nrt])*"\}')
+_ALTERNATING = {n: ["human", "gpt"] * (n // 2) for n in range(2, 202, 2)}
 
 
 def _looks_loadable(conversations: str) -> bool:
-    """The fast path of `check_record` for one stored conversation (JSON text): strict human/gpt
-    alternation of {from, value} turns ending on gpt, one `<image>` in all, and it in the first turn.
-    Anything else goes through `check_record` for the message."""
-    if conversations.count("<image>") != 1:
+    """The fast path of `check_record` for one stored conversation as PostgreSQL prints it: only
+    {from, value} turns, strictly human/gpt alternating and ending on gpt, no blank turn, exactly one
+    `<image>` and it in the first turn. False sends the sample through `check_record` (parsed)."""
+    roles = _TURN_RE.findall(conversations)
+    if (not conversations.startswith('[{"from": "') or not conversations.endswith('"}]')
+            or conversations.count('{"') != len(roles) or _ALTERNATING.get(len(roles)) != roles
+            or conversations.count("<image>") != 1 or _BLANK_VALUE_RE.search(conversations)):
         return False
-    try:
-        turns = json.loads(conversations)
-    except ValueError:
-        return False
-    if not isinstance(turns, list) or not turns or len(turns) % 2:
-        return False
-    for k, turn in enumerate(turns):
-        if (not isinstance(turn, dict) or len(turn) != 2 or turn.get("from") != _ROLES[k & 1]
-                or not isinstance(turn.get("value"), str) or not turn["value"].strip()):
-            return False
-    return "<image>" in turns[0]["value"]
+    first_turn_end = conversations.find('"}, {"from": ')
+    return conversations.find("<image>") < first_turn_end
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:

@@ -7,10 +7,11 @@ thresholds re-labels samples without regenerating anything. Every run also rende
 (`tuwen.qc_report`) to qc/<qc_run>/report/ in the bucket, pass or fail: a failed gate is exactly
 when people need to look.
 
-Sized for a seed-sized release (641,868 samples, see docs/BENCHMARKS.md): rows stream from a
-server-side cursor with only the columns the checks read; per sample only its id, task code, rounds
-and a bitmask of failed checks stay in memory (numpy arrays), the verdict rows go to a temporary file
-for COPY, and the answers feed the MinHash pass as they stream by instead of being collected.
+Sized for a seed-sized release (641,868 samples, see docs/BENCHMARKS.md): the scope is read in id
+ranges with only the columns the checks read, judged by worker processes while this one computes
+MinHash signatures; per sample only its id, task code, rounds and a bitmask of failed checks stay in
+memory (numpy arrays), the verdict rows go to a temporary file for COPY, and answers are dropped as
+soon as their signature is taken.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import datetime as dt
 import json
 import logging
 import mimetypes
+import multiprocessing
+import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -57,7 +60,9 @@ NEAR_DUPLICATE_REASON = "near_duplicate_answer"
 # cross-sample near-duplicate rule. A mask of 0 is a pass.
 REASONS: tuple[str, ...] = (*CHECKS, NEAR_DUPLICATE_REASON)
 _BIT = {name: 1 << i for i, name in enumerate(REASONS)}
-_FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
+# Samples per unit of work: ~25 MB of rows, a few seconds of checks; 40 units at seed size.
+_CHUNK_ROWS = 16_384
+_MAX_WORKERS = 4
 
 
 class QualityGateFailed(RuntimeError):
@@ -169,54 +174,109 @@ def _scope_sql(scope: ReleaseScope) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def _iter_scope(settings: Settings, scope: ReleaseScope) -> Iterator[tuple[Any, ...]]:
-    """Rows of the scope from a psycopg2 named (server-side) cursor: constant client memory."""
+def _chunk_bounds(settings: Settings, scope: ReleaseScope, chunk_rows: int) -> list[tuple[str, str]]:
+    """(first id, last id) of consecutive id ranges of about chunk_rows samples of the scope. Only the
+    ids are read here (~1 s at seed size); each chunk's rows are then read by whoever judges it."""
     sql, params = _scope_sql(scope)
     raw = get_engine(settings.database_url).raw_connection()
     try:
-        with raw.cursor(name=f"qc_scope_{uuid.uuid4().hex[:8]}") as cur:
-            cur.itersize = _FETCH_ROWS
-            cur.execute(sql, params)
-            yield from cur
+        with raw.cursor() as cur:
+            cur.execute("SELECT s.id " + sql[sql.index("FROM "):] + " ORDER BY s.id", params)
+            ids = [row[0] for row in cur.fetchall()]
         raw.commit()
     finally:
         raw.close()
+    return [(ids[i], ids[min(i + chunk_rows, len(ids)) - 1]) for i in range(0, len(ids), chunk_rows)]
 
 
-def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig,
-                 out: IO[str]) -> tuple[_Verdicts, dict[str, str]]:
-    """Run the checks over the scope, writing one COPY line per sample to `out`, and find
-    near-duplicate answers among the samples that passed them, in the same pass: the generator below
-    feeds the MinHash pass the answer text of each row as it streams by, so no answer is kept after
-    its signature is taken."""
+@dataclass
+class _ChunkVerdicts:
+    """One chunk's verdicts, compact enough to pickle between processes."""
+
+    ids: list[str]
+    task_codes: bytes  # int8
+    rounds: bytes  # int16
+    masks: bytes  # int64
+    copy_text: str  # COPY lines: id, reasons, metrics
+    answers: list[tuple[str, str]]  # (id, answer text) of the samples that passed their checks
+
+
+def _judge_chunk(database_url: str, scope: ReleaseScope, config: QCConfig, bounds: tuple[str, str]) -> _ChunkVerdicts:
+    """Read one id range of the scope and run the checks on it (in a worker process at seed size)."""
+    sql, params = _scope_sql(scope)
+    raw = get_engine(database_url).raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute(sql + " AND s.id BETWEEN %(lo)s AND %(hi)s", {**params, "lo": bounds[0], "hi": bounds[1]})
+            rows = cur.fetchall()
+        raw.commit()
+    finally:
+        raw.close()
     ids: list[str] = []
     task_codes: list[int] = []
     rounds: list[int] = []
     masks: list[int] = []
+    lines: list[str] = []
+    answers: list[tuple[str, str]] = []
     task_index = {task: i for i, task in enumerate(TASK_TYPES)}
     bits = _BIT
     dumps = json.dumps
+    for sample_id, task_type, language, conversations, finish_reason, ocr_text in rows:
+        verdict = run_checks(SampleForQC(task_type, language, conversations, finish_reason, ocr_text), config)
+        mask = 0
+        for reason in verdict.reasons:
+            mask |= bits[reason]
+        ids.append(sample_id)
+        task_codes.append(task_index[task_type])
+        rounds.append(int(verdict.metrics.get("rounds", 0)))
+        masks.append(mask)
+        lines.append(f"{sample_id}\t{_copy_escape(dumps(verdict.reasons, ensure_ascii=False))}\t"
+                     f"{_copy_escape(dumps(verdict.metrics))}\n")
+        # Only samples that passed their own checks compete for an answer: were a refusal with the
+        # smaller id the kept one of a pair, its good near-copy would be dropped along with it.
+        if not mask:
+            answers.append((sample_id, "\n".join(t["value"] for t in conversations if t["from"] == "gpt")))
+    return _ChunkVerdicts(ids, np.array(task_codes, dtype=np.int8).tobytes(),
+                          np.array(rounds, dtype=np.int16).tobytes(), np.array(masks, dtype=np.int64).tobytes(),
+                          "".join(lines), answers)
+
+
+def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig, out: IO[str],
+                 workers: int | None = None) -> tuple[_Verdicts, dict[str, str]]:
+    """Run the checks over the scope, writing the COPY lines to `out`, and find near-duplicate
+    answers among the samples that passed them.
+
+    The scope is cut into id ranges; worker processes (spawned: no inherited connections or threads)
+    read and judge ranges while this process feeds each finished range's answers to the MinHash pass
+    and drops them, so checks and MinHash run on different cores and no answer outlives its signature.
+    Small scopes are judged in-process: starting workers costs more than it saves."""
+    bounds = _chunk_bounds(settings, scope, _CHUNK_ROWS)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, _MAX_WORKERS) if len(bounds) > 2 else 0
+    ids: list[str] = []
+    parts: dict[str, list[bytes]] = {"task_codes": [], "rounds": [], "masks": []}
+
+    def chunks() -> Iterator[_ChunkVerdicts]:
+        jobs = ((settings.database_url, scope, config, b) for b in bounds)
+        if not workers:
+            yield from (_judge_chunk(*job) for job in jobs)
+            return
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # map() submits every range up front; results come back in order, one range at a time.
+            yield from pool.map(_judge_chunk, *zip(*jobs, strict=True))
 
     def answers() -> Iterator[tuple[str, str]]:
-        for sample_id, task_type, language, conversations, finish_reason, ocr_text in _iter_scope(settings, scope):
-            verdict = run_checks(SampleForQC(task_type, language, conversations, finish_reason, ocr_text), config)
-            mask = 0
-            for reason in verdict.reasons:
-                mask |= bits[reason]
-            ids.append(sample_id)
-            task_codes.append(task_index[task_type])
-            rounds.append(int(verdict.metrics.get("rounds", 0)))
-            masks.append(mask)
-            out.write(f"{sample_id}\t{_copy_escape(dumps(verdict.reasons, ensure_ascii=False))}\t"
-                      f"{_copy_escape(dumps(verdict.metrics))}\n")
-            # Only samples that passed their own checks compete for an answer: were a refusal with the
-            # smaller id the kept one of a pair, its good near-copy would be dropped along with it.
-            if not mask:
-                yield sample_id, "\n".join(t["value"] for t in conversations if t["from"] == "gpt")
+        for chunk in chunks():
+            ids.extend(chunk.ids)
+            for name in parts:
+                parts[name].append(getattr(chunk, name))
+            out.write(chunk.copy_text)
+            yield from chunk.answers
 
     near_dups = find_near_duplicate_answers(answers())
-    verdicts = _Verdicts(ids, np.array(task_codes, dtype=np.int8), np.array(rounds, dtype=np.int16),
-                         np.array(masks, dtype=np.int64))
+    verdicts = _Verdicts(ids, np.frombuffer(b"".join(parts["task_codes"]), dtype=np.int8),
+                         np.frombuffer(b"".join(parts["rounds"]), dtype=np.int16),
+                         np.frombuffer(b"".join(parts["masks"]), dtype=np.int64).copy())
     if near_dups:
         dup_rows = [row for row, sample_id in enumerate(ids) if sample_id in near_dups]
         verdicts.masks[dup_rows] |= _BIT[NEAR_DUPLICATE_REASON]
@@ -230,7 +290,7 @@ def _write_verdicts(settings: Settings, qc_run_id: int, copy_file: IO[str], near
     raw = get_engine(settings.database_url).raw_connection()
     try:
         with raw.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE qc_verdict (id text PRIMARY KEY, reasons jsonb, metrics jsonb) "
+            cur.execute("CREATE TEMP TABLE qc_verdict (id text, reasons jsonb, metrics jsonb) "
                         "ON COMMIT DROP")
             cur.copy_expert("COPY qc_verdict (id, reasons, metrics) FROM STDIN", copy_file, size=1 << 20)
             if near_dups:
@@ -293,12 +353,14 @@ def _copy_escape(value: str) -> str:
 
 def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfig | None = None,
                      dag_id: str | None = None, run_id: str | None = None,
-                     report_dir: Path | None = None, report: bool = True) -> GateOutcome:
+                     report_dir: Path | None = None, report: bool = True,
+                     workers: int | None = None) -> GateOutcome:
     """Judge every sample in scope, record the qc_run, render the QC report, and raise
     QualityGateFailed below the bar.
 
     The report goes to qc/<qc_run_id>/report/ in the bucket and, with `report_dir`, stays there on
-    disk too; its index key is GateOutcome.report_key and qc_run.results["report_key"]."""
+    disk too; its index key is GateOutcome.report_key and qc_run.results["report_key"]. `workers`:
+    processes running the checks (None: one per core, up to 4, when the scope is large; 0: in-process)."""
     from tuwen.quality.gate import GateConfig, run_gate  # GX is slow to import
 
     started = time.perf_counter()
@@ -315,7 +377,7 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
 
     # The COPY lines (~250 bytes a sample) go to disk, not memory: 160 MB at seed size.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as copy_file:
-        verdicts, near_dups = _judge_scope(settings, scope, config, copy_file)
+        verdicts, near_dups = _judge_scope(settings, scope, config, copy_file, workers)
         timings["read_check_minhash_s"] = time.perf_counter() - started
         mark = time.perf_counter()
         _write_verdicts(settings, qc_run_id, copy_file, near_dups)

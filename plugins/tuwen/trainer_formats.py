@@ -120,7 +120,12 @@ def load_llava(data_path: Path | str, image_folder: Path | str, image_exists: Im
             if "image" in record and not exists(record["image"]):
                 raise FileNotFoundError(f"{record['image']} not under image_folder")
             turns = [dict(t) for t in record["conversations"]]
-            for turn in turns:  # preprocess_multimodal
+            for index, turn in enumerate(turns):  # preprocess_multimodal
+                placeholders = turn["value"].count(DEFAULT_IMAGE_TOKEN)
+                if placeholders > 1:  # replace-all then prepend one: the text silently changes
+                    raise ValueError(f"mis-read: {placeholders} <image> in turn {index} collapse into one")
+                if placeholders and index != 0:  # the image features would land in a later turn
+                    raise ValueError(f"mis-aligned: <image> in turn {index}, not the first human turn")
                 if DEFAULT_IMAGE_TOKEN in turn["value"]:
                     turn["value"] = DEFAULT_IMAGE_TOKEN + "\n" + turn["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
                     turn["value"] = turn["value"].strip()

@@ -144,6 +144,7 @@ class ImageSource(Base):
         UniqueConstraint("url", "page_url", name="uq_image_source_url_page"),
         Index("ix_image_source_image_id", "image_id"),
         Index("ix_image_source_site", "site"),
+        Index("ix_image_source_page_url", "page_url"),  # lineage and takedowns by page URL (migration 0004)
     )
 
 

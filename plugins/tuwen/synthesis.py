@@ -22,12 +22,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg2
+from psycopg2.extras import Json
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import make_url
 
 from tuwen.config import TASK_TYPES, Settings
-from tuwen.db.models import Generation, Image, Sample
-from tuwen.db.session import get_engine, session_scope
+from tuwen.db.models import Generation, Image
+from tuwen.db.session import session_scope
 from tuwen.parsing import parse_answer
 from tuwen.partition import Partition
 from tuwen.progress import Progress
@@ -278,6 +281,11 @@ def _prepare_jobs(settings: Settings, image_ids: Sequence[int], params: RunParam
     return jobs
 
 
+def _libpq_dsn(database_url: str) -> str:
+    """The SQLAlchemy URL as a libpq connection string for psycopg2."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 class _ResultWriter:
     """Stores each answer as it arrives, one transaction per answer, on one DB thread.
 
@@ -285,7 +293,8 @@ class _ResultWriter:
     """
 
     def __init__(self, settings: Settings, jobs: dict[str, _Job], ids: AirflowIds, result: BatchResult) -> None:
-        self.engine = get_engine(settings.database_url)
+        self.dsn = _libpq_dsn(settings.database_url)
+        self._conn: Any = None
         self.jobs = jobs
         self.ids = ids
         self.result = result
@@ -301,11 +310,9 @@ class _ResultWriter:
     def _store(self, res: VLMResult) -> None:
         job = self.jobs[res.key]
         values: dict[str, Any] = {
-            "attempts": Generation.attempts + res.attempts,
             "latency_ms": res.latency_ms,
             "dag_id": self.ids.dag_id, "run_id": self.ids.run_id, "task_id": self.ids.task_id,
             "map_index": self.ids.map_index,
-            "completed_at": func.now(),
         }
         sample_row = None
         if not res.ok:
@@ -319,7 +326,7 @@ class _ResultWriter:
             instruction = description_instruction(job.image_sha256, job.language)
             parsed = parse_answer(job.task_type, job.language, res.text or "", instruction)
             values |= {
-                "raw_text": res.text, "response": res.response, "finish_reason": res.finish_reason,
+                "raw_text": res.text, "response": Json(res.response), "finish_reason": res.finish_reason,
                 "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
                 "status": "succeeded" if parsed.ok else "unparseable",
                 "error_type": None if parsed.ok else "unparseable",
@@ -329,28 +336,70 @@ class _ResultWriter:
                 self.result.succeeded += 1
                 sample_row = {
                     "id": sample_id(job.key), "generation_id": job.generation_id, "image_id": job.image_id,
-                    "task_type": job.task_type, "language": job.language, "conversations": parsed.conversations,
-                    "rounds": parsed.rounds, "parse_notes": list(parsed.notes), "qc_status": "pending",
+                    "task_type": job.task_type, "language": job.language,
+                    "conversations": Json(parsed.conversations), "rounds": parsed.rounds,
+                    "parse_notes": Json(list(parsed.notes)),
                 }
             else:
                 self.result.unparseable += 1
-        with self.engine.begin() as conn:
-            stored = update(Generation).where(Generation.id == job.generation_id)
-            if not res.ok:
-                # A failed forced regeneration must not overwrite an answer already paid for.
-                stored = stored.where(Generation.status.notin_(DONE_STATUSES))
-            if conn.execute(stored.values(**values)).rowcount == 0:
-                conn.execute(update(Generation).where(Generation.id == job.generation_id)
-                             .values(attempts=Generation.attempts + res.attempts))
-            if sample_row is not None:
-                stmt = insert(Sample).values(**sample_row)
-                # A forced regeneration replaces the sample's text and sends it back through QC.
-                conn.execute(stmt.on_conflict_do_update(
-                    index_elements=["generation_id"],
-                    set_={"conversations": stmt.excluded.conversations, "rounds": stmt.excluded.rounds,
-                          "parse_notes": stmt.excluded.parse_notes, "qc_status": "pending",
-                          "qc_reasons": text("'[]'::jsonb")},
-                ))
+        self._execute(job.generation_id, res, values, sample_row)
+
+    def _execute(self, generation_id: int, res: VLMResult, values: dict[str, Any],
+                 sample_row: dict[str, Any] | None) -> None:
+        """One transaction per answer, in plain SQL on one connection: this runs for every completion,
+        so it must cost well under a millisecond of CPU (SQLAlchemy's statement building did not)."""
+        params = {**values, "id": generation_id, "attempts": res.attempts}
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    if res.ok:
+                        cur.execute(_STORE_ANSWER, params)
+                    else:
+                        # A failed forced regeneration must not overwrite an answer already paid for.
+                        cur.execute(_STORE_FAILURE, params)
+                        if cur.rowcount == 0:
+                            cur.execute(_COUNT_ATTEMPTS, params)
+                    if sample_row is not None:
+                        cur.execute(_UPSERT_SAMPLE, sample_row)
+                conn.commit()
+                return
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                # The server restarted or the connection dropped: reconnect once, then give up loudly.
+                self._conn = None
+                if attempt == 2:
+                    raise
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.dsn)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+
+
+_STORE_ANSWER = """
+UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
+  run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
+  raw_text = %(raw_text)s, response = %(response)s, finish_reason = %(finish_reason)s,
+  prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s, status = %(status)s,
+  error_type = %(error_type)s, error = %(error)s
+WHERE id = %(id)s"""
+_STORE_FAILURE = """
+UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
+  run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
+  status = 'failed', error_type = %(error_type)s, error = %(error)s
+WHERE id = %(id)s AND status NOT IN ('succeeded', 'unparseable')"""
+_COUNT_ATTEMPTS = "UPDATE generation SET attempts = attempts + %(attempts)s WHERE id = %(id)s"
+# A forced regeneration replaces the sample's text and sends it back through QC.
+_UPSERT_SAMPLE = """
+INSERT INTO sample (id, generation_id, image_id, task_type, language, conversations, rounds, parse_notes, qc_status)
+VALUES (%(id)s, %(generation_id)s, %(image_id)s, %(task_type)s, %(language)s, %(conversations)s, %(rounds)s,
+        %(parse_notes)s, 'pending')
+ON CONFLICT (generation_id) DO UPDATE SET conversations = EXCLUDED.conversations, rounds = EXCLUDED.rounds,
+  parse_notes = EXCLUDED.parse_notes, qc_status = 'pending', qc_reasons = '[]'::jsonb"""
 
 
 async def _run_batch_async(settings: Settings, jobs: list[_Job], writer: _ResultWriter,
@@ -389,6 +438,7 @@ async def _run_batch_async(settings: Settings, jobs: list[_Job], writer: _Result
             await client.aclose()
         io_pool.shutdown(wait=False, cancel_futures=True)
         db_pool.shutdown(wait=True)
+        writer.close()
 
 
 def run_batch(settings: Settings, image_ids: Sequence[int], params: RunParams, ids: AirflowIds | None = None

@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import multiprocessing
+import os
 import random
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -241,12 +243,19 @@ def seed_lineage(settings: Any, n: int) -> dict[str, int]:
     return kinds
 
 
+def _cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _record(row: dict[str, Any]) -> None:
     """Append this run under the "Quality gate" heading of docs/BENCHMARKS.md (other sections untouched)."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
     entry = (f"\n- {row['date']} — `{row['command']}` on {row['machine']}: {row['n']:,} samples, gate "
-             f"{row['wall_s']:.1f} s wall ({row['timings']}), peak RSS {row['rss_mb']:.0f} MB, "
+             f"{row['wall_s']:.1f} s wall ({row['timings']}), {row['cpu_s']:.0f} s CPU in the gate process and "
+             f"its check workers (PostgreSQL not counted), load average before/after {row['load']} on this shared "
+             f"machine, peak RSS {row['rss_mb']:.0f} MB, "
              f"{row['n_passed']:,} passed ({row['pass_rate']:.2%}), gate {'PASS' if row['success'] else 'FAIL'}; "
              f"seeding (not timed) {row['seed_s']:.0f} s. Targets: <= 180 s, <= 2048 MB: "
              f"{'met' if row['wall_s'] <= 180 and row['rss_mb'] <= 2048 else 'NOT met'}.\n")
@@ -270,6 +279,8 @@ def main(n: int = N_SAMPLES) -> dict[str, Any]:
         seed_s = time.perf_counter() - t0
         print(f"seeded {n:,} images + generations + samples with COPY in {seed_s:.0f}s; planted defects {kinds}")
         rss_before = peak_rss_mb()
+        load_before = os.getloadavg()[0]
+        cpu0 = _cpu_s()
         t0 = time.perf_counter()
         try:
             outcome = run_quality_gate(settings, ReleaseScope(), report_dir=Path(tmp) / "report")
@@ -279,6 +290,10 @@ def main(n: int = N_SAMPLES) -> dict[str, Any]:
             success = False
             outcome = None
         wall = time.perf_counter() - t0
+        # CPU of this process and its check workers (not PostgreSQL's): on a shared machine the wall
+        # time depends on the neighbours, this does not.
+        cpu = _cpu_s() - cpu0
+        load_after = os.getloadavg()[0]
         with get_engine(settings.database_url).connect() as conn:
             run = conn.execute(text("SELECT * FROM qc_run ORDER BY id DESC LIMIT 1")).one()
         timings = outcome.timings if outcome else {}
@@ -288,9 +303,11 @@ def main(n: int = N_SAMPLES) -> dict[str, Any]:
             "success": success and bool(run.success), "wall_s": wall, "rss_mb": peak_rss_mb(),
             "rss_before_gate_mb": rss_before, "seed_s": seed_s,
             "timings": ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timings.items()),
-            "failed_reasons": run.results.get("failed_reasons"),
+            "failed_reasons": run.results.get("failed_reasons"), "cpu_s": cpu,
+            "load": f"{load_before:.1f} / {load_after:.1f}",
         }
-    print(f"gate: {row['n']:,} samples in {wall:.1f}s ({row['timings']}); peak RSS {row['rss_mb']:.0f} MB "
+    print(f"gate: {row['n']:,} samples in {wall:.1f}s ({row['timings']}); CPU {cpu:.0f} s (gate process + "
+          f"workers, excluding PostgreSQL); load average before/after {row['load']}; peak RSS {row['rss_mb']:.0f} MB "
           f"(before the gate {rss_before:.0f} MB); passed {row['n_passed']:,} ({row['pass_rate']:.2%}); "
           f"reasons {row['failed_reasons']}")
     if n == N_SAMPLES:

@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 command -v pg_ctlcluster >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
+# Redis: the Celery broker of `make up --executor celery` and the Celery tests.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Headless Chromium + ChromeDriver: the browser checks of the QC report and the Airflow UI.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -75,6 +75,7 @@ class LineagePipeline:
         self.pending: dict[str, list[Mention]] = defaultdict(list)  # mentions waiting for their verdict
         self.resumed_known = 0  # URLs whose verdict came from an earlier run of the job
         self.error: str | None = None
+        self._closing: asyncio.Future[None] | None = None  # the close started by an infrastructure failure
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -160,7 +161,11 @@ class LineagePipeline:
             self.error = self.error or f"{type(exc).__name__}: {exc}"
             logger.error("stopping the crawl: %s\n%s", exc, traceback.format_exc())
             self.crawler.stats.inc_value("tuwen/pipeline_errors")
-            await self.crawler.engine.close_spider_async(reason="pipeline_error")
+            if self._closing is None:
+                # Not awaited: closing waits for the items in progress, this one included, so awaiting
+                # it here would deadlock the crawl in "Closing spider" until the task's timeout.
+                self._closing = asyncio.ensure_future(
+                    self.crawler.engine.close_spider_async(reason="pipeline_error"))
         return item
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:

@@ -102,39 +102,8 @@ def worker_hostname() -> str:
 
 
 def settings_env(settings: Any) -> dict[str, str]:
-    """Every TUWEN_* variable that reproduces `settings` in another process (tasks, spiders)."""
-    return {
-        "TUWEN_DATABASE_URL": settings.database_url,
-        "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
-        "TUWEN_S3_ACCESS_KEY": settings.s3_access_key,
-        "TUWEN_S3_SECRET_KEY": settings.s3_secret_key,
-        "TUWEN_S3_SECURE": "true" if settings.s3_secure else "false",
-        "TUWEN_S3_REGION": settings.s3_region,
-        "TUWEN_S3_BUCKET": settings.s3_bucket,
-        "TUWEN_VLM_BASE_URL": settings.vlm_base_url,
-        "TUWEN_VLM_MODEL": settings.vlm_model,
-        "TUWEN_VLM_API_KEY": settings.vlm_api_key,
-        "TUWEN_VLM_TIMEOUT_S": str(settings.vlm_timeout_s),
-        "TUWEN_VLM_MAX_RETRIES": str(settings.vlm_max_retries),
-        "TUWEN_VLM_MAX_IN_FLIGHT": str(settings.vlm_max_in_flight),
-        "TUWEN_VLM_IMAGE_MODE": settings.vlm_image_mode,
-        "TUWEN_TEMPERATURE": str(settings.temperature),
-        "TUWEN_TOP_P": str(settings.top_p),
-        "TUWEN_SEED": str(settings.seed),
-        "TUWEN_MAX_TOKENS_CONVERSATION": str(settings.max_tokens["conversation"]),
-        "TUWEN_MAX_TOKENS_COMPLEX_REASONING": str(settings.max_tokens["complex_reasoning"]),
-        "TUWEN_MAX_TOKENS_DETAIL": str(settings.max_tokens["detail"]),
-        "TUWEN_TASK_MIX": ":".join(str(settings.task_mix[t]) for t in settings.task_mix),
-        "TUWEN_MAX_PIXELS": str(settings.max_pixels),
-        "TUWEN_MIN_PIXELS": str(settings.min_pixels),
-        "TUWEN_BATCH_SIZE": str(settings.batch_size),
-        "TUWEN_SITES_FILE": str(settings.sites_file),
-        "TUWEN_RELEASE_DIR": str(settings.release_dir),
-        "TUWEN_PROMPTS_DIR": str(settings.prompts_dir),
-        "TUWEN_OCR_ENABLED": "true" if settings.ocr_enabled else "false",
-        "TUWEN_MIN_IMAGE_SIDE": str(settings.min_image_side),
-        "TUWEN_QC_MIN_PASS_RATE": str(settings.qc_min_pass_rate),
-    }
+    """The TUWEN_* variables for `settings` (kept for callers; `Settings.to_env` is the one definition)."""
+    return settings.to_env()
 
 
 def connections_env(settings: Any) -> dict[str, str]:
@@ -310,7 +279,7 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
-            **(settings_env(self.settings) if self.settings is not None else {}),
+            **(self.settings.to_env() if self.settings is not None else {}),
             **(connections_env(self.settings) if self.settings is not None else {}),
         }
         if self.executor == "celery":

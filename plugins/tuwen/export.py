@@ -322,7 +322,8 @@ def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id
     # Sorting 600k rows in memory instead of on disk; SET LOCAL ends with the transaction.
     conn.execute(text("SET LOCAL work_mem = '256MB'"))
     # One sample per image (the database enforces it per release): the newest one passing the filters.
-    # Ids order with COLLATE "C" so the order never depends on the database's locale.
+    # Ids order with COLLATE "C" so the order never depends on the database's locale. (Streaming in the
+    # sample_id index's order instead of sorting by position was slower at 624k: random heap reads.)
     conn.execute(text(f"""
         CREATE TEMP TABLE release_pick ON COMMIT DROP AS
         SELECT DISTINCT ON (s.image_id) s.id COLLATE "C" AS sample_id, s.task_type, s.image_id,
@@ -366,7 +367,7 @@ def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id
 def _iter_items(settings: Settings, export_id: int) -> Iterator[Any]:
     # conversations::text: PostgreSQL's own rendering of the stored JSONB, passed through unchanged.
     query = text("""
-        SELECT ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
+        SELECT ei.position, ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
         FROM export_item ei JOIN sample s ON s.id = ei.sample_id
         WHERE ei.export_id = :e ORDER BY ei.position""")
     with get_engine(settings.database_url).connect() as conn:
@@ -383,8 +384,10 @@ def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, expo
     written: collections.Counter[str] = collections.Counter()
     all_writer, jsonl = writers["all"], writers.get("jsonl")
     try:
-        for row in progress_iter(_iter_items(settings, export_id), f"export {params.name}", log,
-                                 total=sum(counts.values()), unit="samples"):
+        for expected, row in enumerate(progress_iter(_iter_items(settings, export_id), f"export {params.name}",
+                                                     log, total=sum(counts.values()), unit="samples")):
+            if row.position != expected:  # a gap would mean export_item and the files disagree
+                raise ExportError(f"export_item has no position {expected} (found {row.position})")
             conversations = row.conversations
             if not _looks_loadable(conversations):
                 record = {"id": row.sample_id, "image": row.image_path, "conversations": json.loads(conversations)}
@@ -682,9 +685,15 @@ def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | No
                               if p.is_file())
         # A few uploads at once: one stream to the object store does not fill the link (or the CPU).
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [pool.submit(store.put_file, s3_prefix + rel, tmp_dir / rel, _content_type(rel))
-                           for rel in uploads]:
-                future.result()
+            futures = [pool.submit(store.put_file, s3_prefix + rel, tmp_dir / rel, _content_type(rel))
+                       for rel in uploads]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # One failed upload fails the release: do not spend retries on the queued rest.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         store.put_file(s3_prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
         if final_dir.exists():
             shutil.rmtree(final_dir)

@@ -1,7 +1,7 @@
 """lineage schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-21 23:20:59.785269
 """
 

@@ -114,10 +114,10 @@ def ocr_bench(work: Path, count: int) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=4, help="image-processing threads in the crawler")
+    parser.add_argument("--workers", type=int, default=6, help="image-processing threads in the crawler")
     parser.add_argument("--concurrency", type=int, default=32, help="CONCURRENT_REQUESTS (and per domain)")
     parser.add_argument("--ocr-images", type=int, default=50, help="0 skips the OCR measurement")
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)  # `python -m bench crawl` passes none
     with tempfile.TemporaryDirectory(prefix="tuwen-bench-") as tmp:
         result = crawl_bench(Path(tmp), args.images, args.workers, args.concurrency)
         if args.ocr_images:
@@ -127,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -185,6 +185,9 @@ class Generation(Base):
         CheckConstraint(_in("task_type", TASK_TYPES), name="task_type"),
         Index("ix_generation_image_id", "image_id"),
         Index("ix_generation_status", "status"),
+        # Covering index for per-model / per-prompt statistics (migration 0005): no wide-row reads.
+        Index("ix_generation_stats", "model", "prompt_id", "prompt_version", "status",
+              postgresql_include=["attempts", "prompt_tokens", "completion_tokens", "latency_ms"]),
     )
 
 
@@ -230,6 +233,8 @@ class Sample(Base):
         CheckConstraint(_in("qc_status", QC_STATUSES), name="qc_status"),
         CheckConstraint(_in("task_type", TASK_TYPES), name="task_type"),
         Index("ix_sample_image_id", "image_id"),
+        # Covering index for the per-day / per-site / per-language counts (migration 0005).
+        Index("ix_sample_image_task_language_qc", "image_id", "task_type", "language", "qc_status"),
         Index("ix_sample_qc_status_task", "qc_status", "task_type"),
     )
 

@@ -47,16 +47,20 @@ FROM sample s, jsonb_array_elements_text(s.qc_reasons) AS r(reason)
 WHERE s.qc_status = 'failed'
 GROUP BY r.reason, s.task_type;
 
+-- Both percentiles come from one sort per group (an array of fractions), not one sort each.
 CREATE OR REPLACE VIEW v_generation_stats AS
-SELECT model, prompt_id, prompt_version, status,
-       count(*)                                                   AS generations,
-       sum(attempts)                                              AS attempts,
-       avg(prompt_tokens)::numeric(10, 1)                         AS avg_prompt_tokens,
-       avg(completion_tokens)::numeric(10, 1)                     AS avg_completion_tokens,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)    AS p50_latency_ms,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)   AS p95_latency_ms
-FROM generation
-GROUP BY model, prompt_id, prompt_version, status;
+SELECT model, prompt_id, prompt_version, status, generations, attempts, avg_prompt_tokens,
+       avg_completion_tokens, latency[1] AS p50_latency_ms, latency[2] AS p95_latency_ms
+FROM (
+    SELECT model, prompt_id, prompt_version, status,
+           count(*)                                                                 AS generations,
+           sum(attempts)                                                            AS attempts,
+           avg(prompt_tokens)::numeric(10, 1)                                       AS avg_prompt_tokens,
+           avg(completion_tokens)::numeric(10, 1)                                   AS avg_completion_tokens,
+           percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms)     AS latency
+    FROM generation
+    GROUP BY model, prompt_id, prompt_version, status
+) AS per_group;
 
 CREATE OR REPLACE VIEW v_sample_lineage AS
 SELECT s.id              AS sample_id,

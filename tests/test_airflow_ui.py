@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import _db_url
+from tests.live_airflow import live_group_members
 from tuwen.airflow_local import AirflowAPI
 from tuwen.services import drop_database, free_port
 
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.ops
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DAGS = {"tuwen_crawl": 3, "tuwen_synthesize": 3, "tuwen_export": 2}  # DAG -> number of tasks
-
-
-def _live_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members
 
 
 class UpStack:
@@ -89,7 +78,7 @@ def up_stack(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         print(down.stdout, down.stderr[-2000:])
         drop_database(lineage)
         drop_database(metadata)
-        left = [member for pid in pids for member in _live_members(pid)]
+        left = [member for pid in pids for member in live_group_members(pid)]
         assert down.returncode == 0 and not left, f"tuwen down left processes running: {left}"
         assert not list(run_dir.glob("*.pid"))
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -209,12 +210,18 @@ def ensure_postgres(database_url: str) -> str:
     raise ServiceError(f"PostgreSQL cluster {', '.join(started)} started but {where} does not answer")
 
 
-def ensure_database(database_url: str) -> bool:
-    """Create the database named in `database_url` if missing; True when it was created."""
-    params = _pg_params(database_url)
+def _admin_connection(params: dict[str, object]) -> Any:
+    """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE need one)."""
     conn = psycopg2.connect(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], dbname="postgres", connect_timeout=5)
     conn.autocommit = True
+    return conn
+
+
+def ensure_database(database_url: str) -> bool:
+    """Create the database named in `database_url` if missing; True when it was created."""
+    params = _pg_params(database_url)
+    conn = _admin_connection(params)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (params["dbname"],))
@@ -228,9 +235,7 @@ def ensure_database(database_url: str) -> bool:
 
 def drop_database(database_url: str) -> None:
     params = _pg_params(database_url)
-    conn = psycopg2.connect(host=params["host"], port=params["port"], user=params["user"],
-                            password=params["password"], dbname="postgres", connect_timeout=5)
-    conn.autocommit = True
+    conn = _admin_connection(params)
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(params["dbname"]))))

@@ -179,3 +179,19 @@ def test_rerun_adds_no_images_and_reports_the_same_verdicts(first_crawl: Any, se
     assert rows(settings, "SELECT DISTINCT crawl_date FROM image")[0].crawl_date == PARTITION
     last_runs = {r.last_crawl_run_id for r in rows(settings, "SELECT last_crawl_run_id FROM image_source")}
     assert last_runs == {second.crawl_run_id}
+
+
+def test_a_recrawl_restores_objects_the_store_lost(first_crawl: Any, settings: Settings) -> None:
+    """PostgreSQL kept the rows but the object store lost objects (a restarted local S3 server, a
+    bucket restored from an older backup): seeing the same bytes again puts them back."""
+    from tuwen.storage import ObjectStore
+
+    store = ObjectStore(settings)
+    accepted = rows(settings, "SELECT original_key, model_key FROM image WHERE status = 'accepted'")
+    lost = accepted[: len(accepted) // 2]
+    for row in lost:
+        store.client.remove_object(store.bucket, row.model_key)
+        store.client.remove_object(store.bucket, row.original_key)
+    assert not any(store.exists(r.model_key) for r in lost)
+    run_crawl(settings, "fixture", PARTITION + dt.timedelta(days=2), timeout_s=600)
+    assert all(store.exists(r.model_key) and store.exists(r.original_key) for r in accepted)

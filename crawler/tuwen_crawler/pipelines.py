@@ -208,12 +208,16 @@ class LineagePipeline:
         decision = inspect_and_normalize(item.body, item.content_type, self.limits)
         if not decision.accepted:
             return lineage.record_rejected_image(self.engine, decision, sighting, crawl_date=spider.partition_date)
-        known = lineage.verdict_for_known_bytes(self.engine, decision.sha256, sighting)
-        if known is not None:
-            return known
         assert decision.model is not None and decision.phash is not None
         okey = raw_key(decision.sha256, decision.original_ext)
         mkey = model_key(decision.sha256, decision.model.ext)
+        known = lineage.verdict_for_known_bytes(self.engine, decision.sha256, sighting)
+        if known is not None:
+            if known.outcome == "accepted":
+                # Seen again with the same bytes: make sure its objects are still in the store (one HEAD),
+                # so a recrawl repairs a bucket that lost objects instead of leaving rows without them.
+                self._upload(item.body, decision, okey, mkey)
+            return known
         uploaded = False
         if not lineage.near_duplicate_exists(self.engine, decision.phash, self.near_distance):
             # Upload before the insert so a row with keys always has its objects.

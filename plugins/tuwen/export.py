@@ -587,22 +587,15 @@ def _llamafactory_info(name: str, names: Mapping[str, str], extra: Mapping[str, 
     return json.dumps(datasets, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
 
+_CONTENT_TYPES = {
+    ".json": "application/json", ".jsonl": "application/x-ndjson", ".md": "text/markdown; charset=utf-8",
+    ".tar": "application/x-tar", ".png": "image/png", ".jpg": "image/jpeg",
+    ".sha256": "text/plain; charset=utf-8",
+}
+
+
 def _content_type(rel: str) -> str:
-    if rel.endswith(".json"):
-        return "application/json"
-    if rel.endswith(".jsonl"):
-        return "application/x-ndjson"
-    if rel.endswith(".md"):
-        return "text/markdown; charset=utf-8"
-    if rel.endswith(".tar"):
-        return "application/x-tar"
-    if rel.endswith(".png"):
-        return "image/png"
-    if rel.endswith(".jpg"):
-        return "image/jpeg"
-    if rel.endswith(".sha256"):
-        return "text/plain; charset=utf-8"
-    return "application/octet-stream"
+    return _CONTENT_TYPES.get(Path(rel).suffix, "application/octet-stream")
 
 
 def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int,

@@ -37,7 +37,6 @@ from sqlalchemy import insert, update
 from tuwen.config import TASK_TYPES, Settings
 from tuwen.db.models import QCRun
 from tuwen.db.session import get_engine, session_scope
-from tuwen.export import ReleaseParams
 from tuwen.quality.checks import (
     CHECKS,
     QC_CHECKS_VERSION,
@@ -101,14 +100,6 @@ class ReleaseScope:
             languages=tuple(params.get("languages") or ("zh",)),
             task_types=task_types,
             min_pass_rate=float(rate) if rate is not None else None,
-        )
-
-    def release_params(self, name: str, params: dict[str, Any]) -> ReleaseParams:
-        cap = params.get("max_samples")
-        return ReleaseParams(
-            name=name, date_from=self.date_from, date_to=self.date_to, languages=self.languages,
-            task_types=self.task_types, max_samples=int(cap) if cap else None,
-            include_images=bool(params.get("include_images", True)),
         )
 
     @property

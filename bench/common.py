@@ -71,15 +71,17 @@ def machine() -> str:
     return f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, height: int = 448) -> list[int]:
+def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, height: int = 448, *,
+                rng_seed: int = 1, spider: str = "bench") -> list[int]:
     """n distinct JPEGs (~100 KB at the default size: noise plus a per-image stripe) stored as model-ready
-    copies in the bucket, with accepted `image` rows for crawl date `day`; returns the image ids."""
-    rng = np.random.default_rng(1)
+    copies in the bucket, with accepted `image` rows for crawl date `day`; returns the image ids.
+    Calls with different `rng_seed` make different images (e.g. one seed per day)."""
+    rng = np.random.default_rng(rng_seed)
     base = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
     store = ObjectStore(settings)
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
-        run_id = conn.execute(insert(CrawlRun).values(spider="bench", partition_date=day)
+        run_id = conn.execute(insert(CrawlRun).values(spider=spider, partition_date=day)
                               .returning(CrawlRun.id)).scalar_one()
     rows = []
     for i in range(n):

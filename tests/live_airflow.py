@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import io
 import secrets
 import time
 import uuid
@@ -25,19 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image as PILImage
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, text
 
+from bench.common import seed_images
 from tests.conftest import STANDIN_MODEL, _db_url
 from tuwen.airflow_local import AirflowAPI, AirflowRunError, AirflowStack
 from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
-from tuwen.db.models import CrawlRun, Image
 from tuwen.db.session import get_engine
 from tuwen.services import drop_database, ensure_database, free_port, standin_vlm_service
-from tuwen.storage import ObjectStore, model_key
+from tuwen.storage import ObjectStore
 
 SYNTH = "tuwen_synthesize"
 BATCH_SIZE = 4  # small batches: a 32-image partition maps into 8 tasks
@@ -110,27 +106,7 @@ class LiveAirflow:
 
 def seed_small_images(settings: Settings, day: dt.date, n: int) -> list[int]:
     """n distinct small JPEGs (unique per day) stored as model-ready copies, accepted for crawl date `day`."""
-    rng = np.random.default_rng(day.toordinal())
-    store = ObjectStore(settings)
-    engine = get_engine(settings.database_url)
-    with engine.begin() as conn:
-        run_id = conn.execute(insert(CrawlRun).values(spider="ops-test", partition_date=day)
-                              .returning(CrawlRun.id)).scalar_one()
-    rows = []
-    for _ in range(n):
-        pixels = rng.integers(0, 255, size=(252, 336, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        PILImage.fromarray(pixels).save(buffer, "JPEG", quality=70)
-        data = buffer.getvalue()
-        sha = hashlib.sha256(data).hexdigest()
-        key = model_key(sha, "jpg")
-        store.put_bytes(key, data, "image/jpeg")
-        rows.append({"sha256": sha, "width": 336, "height": 252, "format": "JPEG", "n_bytes": len(data),
-                     "original_key": key, "model_key": key, "model_width": 336, "model_height": 252,
-                     "model_mime": "image/jpeg", "status": "accepted", "crawl_date": day,
-                     "first_crawl_run_id": run_id})
-    with engine.begin() as conn:
-        return list(conn.execute(insert(Image).returning(Image.id), rows).scalars())
+    return seed_images(settings, n, day, width=336, height=252, rng_seed=day.toordinal(), spider="ops-test")
 
 
 def _stack_pids(run_dir: Path) -> list[int]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 import pytest
@@ -142,6 +143,38 @@ def test_timeouts_and_connection_errors_retry_and_count_toward_the_breaker() -> 
         True,
     )
     assert "Connection refused" in connection.message
+
+
+def _chained(*exceptions: BaseException) -> BaseException:
+    """Raise each exception from the next, outermost first, as the SDK's aiohttp transport does."""
+    for outer, inner in zip(exceptions, exceptions[1:], strict=False):
+        outer.__cause__ = inner
+    return exceptions[0]
+
+
+def test_resets_and_refusals_that_the_aiohttp_transport_calls_timeouts_are_connection_errors() -> None:
+    # What the transport raises for a reset connection: APITimeoutError <- ConnectTimeout <- ClientOSError.
+    reset = classify_error(_chained(
+        openai.APITimeoutError(request=_REQUEST),
+        httpx2.ConnectTimeout("[Errno 104] Connection reset by peer"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ))
+    assert (reset.error_type, reset.retryable, reset.endpoint_down) == ("connection", True, True)
+    assert "reset by peer" in reset.message
+    refused = classify_error(_chained(
+        openai.APITimeoutError(request=_REQUEST),
+        httpx2.ConnectTimeout("Cannot connect to host"),
+        ConnectionRefusedError(111, "Connect call failed"),
+    ))
+    assert refused.error_type == "connection"
+    # A read that really timed out stays a timeout.
+    timed_out = classify_error(_chained(
+        openai.APITimeoutError(request=_REQUEST),
+        httpx2.ReadTimeout("Timeout on reading data from socket"),
+        aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+    ))
+    assert timed_out.error_type == "timeout"
 
 
 def test_rate_limit_retries_after_the_servers_delay_but_is_no_outage() -> None:
@@ -300,7 +333,7 @@ def test_run_stops_quickly_when_nothing_listens() -> None:
     assert "127.0.0.1" in message
     assert "looks down" in message
     assert "8 connection-level failures" in message
-    assert "connection" in message
+    assert "last error: connection:" in message  # refused, not mistaken for a timeout
     # Nothing was finished, so nothing is reported; the unpulled rest is simply left to do.
     assert delivered == []
     assert pulled <= 16 + 1
@@ -580,7 +613,7 @@ def test_the_breaker_trips_when_every_connection_is_reset(vlm: StandinProcess) -
 
     assert elapsed < 5.0
     assert vlm.base_url in str(raised.value)
-    assert "connection" in str(raised.value)
+    assert "last error: connection:" in str(raised.value)  # a reset, not mistaken for a timeout
     assert delivered == []
     server = vlm.stats()
     # It stopped after about breaker_failures attempts, not 200 requests x 5 attempts.

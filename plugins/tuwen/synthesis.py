@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -402,29 +402,50 @@ ON CONFLICT (generation_id) DO UPDATE SET conversations = EXCLUDED.conversations
   parse_notes = EXCLUDED.parse_notes, qc_status = 'pending', qc_reasons = '[]'::jsonb"""
 
 
+# Images read (and base64-encoded) ahead of the client's pulls, on _IO_THREADS threads.
+_IO_THREADS = 8
+_READ_AHEAD = 2 * _IO_THREADS
+
+
 async def _run_batch_async(settings: Settings, jobs: list[_Job], writer: _ResultWriter,
                            client: VLMClient | None = None) -> None:
     store = ObjectStore(settings)
     loop = asyncio.get_running_loop()
-    io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="tuwen-s3")
+    io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="tuwen-s3")
     db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-db")
 
+    def image_url(job: _Job) -> str:
+        if settings.vlm_image_mode == "presigned_url":
+            return store.presigned_get(job.model_key, expires_s=int(settings.vlm_timeout_s * 4))
+        return data_url(store.get_bytes(job.model_key), job.model_mime)
+
     async def requests() -> AsyncIterator[VLMRequest]:
-        for job in jobs:
-            if settings.vlm_image_mode == "presigned_url":
-                url = store.presigned_get(job.model_key, expires_s=int(settings.vlm_timeout_s * 4))
-            else:
-                url = data_url(await loop.run_in_executor(io_pool, store.get_bytes, job.model_key), job.model_mime)
-            yield VLMRequest(
-                key=job.key,
-                messages=build_messages(job.prompt.text, url),
-                max_tokens=job.sampling["max_tokens"],
-                temperature=job.sampling["temperature"],
-                top_p=job.sampling["top_p"],
-                seed=job.sampling["seed"],
-                extra_body={"mm_processor_kwargs": {"max_pixels": job.sampling["max_pixels"],
-                                                    "min_pixels": job.sampling["min_pixels"]}},
-            )
+        # The client pulls one request at a time, so reading images one by one would put a serial S3
+        # round trip in front of every request: a read-ahead window keeps the io_pool's reads in
+        # parallel (and bounds the encoded images held in memory to the window).
+        window: deque[tuple[_Job, asyncio.Future[str]]] = deque()
+        upcoming = iter(jobs)
+        try:
+            while True:
+                while len(window) < _READ_AHEAD and (job := next(upcoming, None)) is not None:
+                    window.append((job, loop.run_in_executor(io_pool, image_url, job)))
+                if not window:
+                    return
+                job, future = window.popleft()
+                url = await future
+                yield VLMRequest(
+                    key=job.key,
+                    messages=build_messages(job.prompt.text, url),
+                    max_tokens=job.sampling["max_tokens"],
+                    temperature=job.sampling["temperature"],
+                    top_p=job.sampling["top_p"],
+                    seed=job.sampling["seed"],
+                    extra_body={"mm_processor_kwargs": {"max_pixels": job.sampling["max_pixels"],
+                                                        "min_pixels": job.sampling["min_pixels"]}},
+                )
+        finally:
+            for _, future in window:
+                future.cancel()
 
     async def on_result(res: VLMResult) -> None:
         await loop.run_in_executor(db_pool, writer.write, res)

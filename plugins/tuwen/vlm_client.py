@@ -26,6 +26,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx2
 import openai
 
@@ -128,11 +129,32 @@ def parse_retry_after(headers: Any) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _connection_failure_under(exc: BaseException) -> BaseException | None:
+    """A refused or reset connection underneath an SDK timeout error, if that is what it really was.
+
+    The SDK's aiohttp transport reports every aiohttp connection error as httpx2.ConnectTimeout, so a
+    refused or reset connection arrives as APITimeoutError; the exception chain still says which.
+    """
+    cause = exc.__cause__ or exc.__context__
+    found = None
+    while cause is not None:
+        if isinstance(cause, TimeoutError):  # builtin and aiohttp timeouts: it did time out
+            return None
+        if isinstance(cause, (ConnectionError, aiohttp.ClientConnectionError)):
+            found = cause
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
 def classify_error(exc: BaseException) -> Failure:
     """Decide retry and breaker treatment for one failed attempt from the SDK's exception."""
     # APITimeoutError subclasses APIConnectionError, so it is tested first.
     if isinstance(exc, openai.APITimeoutError):
-        return Failure("timeout", "request timed out", retryable=True, endpoint_down=True)
+        refused_or_reset = _connection_failure_under(exc)
+        if refused_or_reset is None:
+            return Failure("timeout", "request timed out", retryable=True, endpoint_down=True)
+        detail = f"{type(refused_or_reset).__name__}: {refused_or_reset}"
+        return Failure("connection", f"Connection error: {detail}", retryable=True, endpoint_down=True)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         detail = f"{exc.message}: {type(cause).__name__}: {cause}" if cause else exc.message
@@ -295,11 +317,13 @@ class VLMClient:
         self.breaker_failures = breaker_failures
         self.breaker_window_s = breaker_window_s
         self._rng = random.Random(rng_seed)
-        # openai 3.x speaks httpx2 natively. The pool is sized to the workers: one kept-alive
-        # connection each (no request pays a new handshake; the SDK's default keeps only 100 alive)
-        # and never more connections than requests we allow in flight.
+        # The SDK's aiohttp transport (openai.DefaultAioHttpClient, the SDK's documented choice for
+        # high concurrency): with 128 requests in flight httpx2's own pool spent a third of this
+        # process's CPU scanning its connections; aiohttp's is a deque. Measured in bench synthesis:
+        # 5.6 -> 4.4 ms CPU per sample. The pool is sized to the workers: one kept-alive connection
+        # each (no request pays a new handshake) and never more connections than requests in flight.
         # A short connect timeout: a host that does not accept within 10 s is down, not busy.
-        self._http = httpx2.AsyncClient(
+        self._http = openai.DefaultAioHttpClient(
             limits=httpx2.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
             timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         )

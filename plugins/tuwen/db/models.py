@@ -142,7 +142,8 @@ class ImageSource(Base):
 
     __table_args__ = (
         UniqueConstraint("url", "page_url", name="uq_image_source_url_page"),
-        Index("ix_image_source_image_id", "image_id"),
+        # (image_id, site): lookups by image and samples per site as an index-only scan (migration 0007)
+        Index("ix_image_source_image_site", "image_id", "site"),
         Index("ix_image_source_site", "site"),
         Index("ix_image_source_page_url", "page_url"),  # lineage and takedowns by page URL (migration 0004)
     )

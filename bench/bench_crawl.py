@@ -67,7 +67,9 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int) -> dict
             cpu_samples = []
             while process.poll() is None:
                 try:
-                    peak_rss = max(peak_rss, watched.memory_info().rss)
+                    # The crawl process and its image worker processes together.
+                    family = [watched, *watched.children(recursive=True)]
+                    peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family))
                     cpu_samples.append(watched.cpu_percent(interval=None))
                 except psutil.NoSuchProcess:
                     break

@@ -15,10 +15,15 @@ the run failed: losing lineage silently is worse than stopping.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import multiprocessing
+import threading
 import traceback
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Self
 
 from scrapy import signals
@@ -38,6 +43,58 @@ from tuwen_crawler.outcomes import OUTCOMES
 logger = logging.getLogger(__name__)
 
 NOAI_TOKENS = ("noai", "noimageai")
+
+
+class ImageProcessPool:
+    """inspect_and_normalize in worker processes, called from the pipeline's threads.
+
+    Decoding, hashing and resizing release the GIL only in parts; with the reactor, the S3 client and
+    the database driver all in one interpreter the crawl process topped out at one core. Worker
+    processes take the image work off the GIL (the bytes travel by pickle, ~0.2 ms per photo), and a
+    decoder that blows up on hostile bytes takes down a worker, not the crawl. `processes=0` keeps the
+    work in the calling thread.
+    """
+
+    def __init__(self, processes: int, work: Callable[..., ImageDecision] = inspect_and_normalize) -> None:
+        self.processes = processes
+        self.work = work  # a module-level function (spawned workers import it); tests swap in their own
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: forking a process that runs threads (reactor, pools) can deadlock.
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def inspect(self, data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+        if self.processes <= 0:
+            return self.work(data, content_type, limits)
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                return pool.submit(self.work, data, content_type, limits).result()
+            except BrokenProcessPool:
+                # A worker died (killed for memory, or a decoder crash): every image it held fails with
+                # this; start a new pool and try each once more, then call the bytes corrupt.
+                self._replace_broken(pool)
+                if attempt == 2:
+                    logger.warning("image worker died twice on the same bytes; rejected as corrupt")
+        return ImageDecision(accepted=False, reason="corrupt", sha256=hashlib.sha256(data).hexdigest(),
+                             n_bytes=len(data))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
 
 def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:
@@ -67,6 +124,7 @@ class LineagePipeline:
         self.near_distance = scrapy_settings.getint("TUWEN_NEAR_DUP_DISTANCE")
         self.workers = ThreadPoolExecutor(max_workers=scrapy_settings.getint("TUWEN_CRAWL_WORKERS"),
                                           thread_name_prefix="tuwen-image")
+        self.image_processes = ImageProcessPool(scrapy_settings.getint("TUWEN_CRAWL_IMAGE_PROCESSES"))
         self.engine = get_engine(self.settings.database_url)
         self.store = ObjectStore(self.settings)
         self.crawl_run_id: int | None = None
@@ -125,6 +183,7 @@ class LineagePipeline:
         except SQLAlchemyError as exc:
             self.error = self.error or f"recording leftover mentions failed: {exc}"
         self.workers.shutdown(wait=True)
+        self.image_processes.shutdown()
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         self.crawler.stats.inc_value("tuwen/spider_errors")
@@ -205,7 +264,7 @@ class LineagePipeline:
         tags = " ".join(item.x_robots_tag).lower()
         if any(token in tags for token in NOAI_TOKENS):
             return lineage.record_unstored_rejection(self.engine, "noai", sighting)
-        decision = inspect_and_normalize(item.body, item.content_type, self.limits)
+        decision = self.image_processes.inspect(item.body, item.content_type, self.limits)
         if not decision.accepted:
             return lineage.record_rejected_image(self.engine, decision, sighting, crawl_date=spider.partition_date)
         assert decision.model is not None and decision.phash is not None
@@ -220,8 +279,10 @@ class LineagePipeline:
             return known
         uploaded = False
         if not lineage.near_duplicate_exists(self.engine, decision.phash, self.near_distance):
-            # Upload before the insert so a row with keys always has its objects.
-            self._upload(item.body, decision, okey, mkey)
+            # Upload before the insert so a row with keys always has its objects. Bytes the database
+            # has never seen are put without asking the store first (at most a crashed run's
+            # leftover gets the same bytes again).
+            self._upload(item.body, decision, okey, mkey, check_store=False)
             uploaded = True
         verdict, referenced = lineage.record_accepted_image(
             self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
@@ -229,7 +290,7 @@ class LineagePipeline:
         )
         if referenced and not uploaded:
             # The near duplicate seen before taking the lock was gone once we held it (taken down meanwhile).
-            self._upload(item.body, decision, okey, mkey)
+            self._upload(item.body, decision, okey, mkey, check_store=False)
         if uploaded and verdict.outcome == "near_duplicate":
             # Lost a race to a near-identical image accepted meanwhile: this sha's row has no keys, so the
             # objects are unreferenced and go; the bucket holds exactly the accepted images. (For an exact
@@ -239,15 +300,14 @@ class LineagePipeline:
             self.crawler.stats.inc_value("tuwen/orphan_uploads_removed")
         return verdict
 
-    def _upload(self, original: bytes, decision: ImageDecision, okey: str, mkey: str) -> None:
-        """Put the original, then the model copy; skipped when the model copy (written last) exists.
-
-        One existence check instead of two: each S3 round trip is a large share of the per-image cost
-        (moto's server manages ~250 HEADs/s), and the model key only exists once both are stored.
-        """
+    def _upload(self, original: bytes, decision: ImageDecision, okey: str, mkey: str, *,
+                check_store: bool = True) -> None:
+        """Put the original, then the model copy; with `check_store`, skipped when the model copy
+        (written last, so it only exists once both are stored) is already there: one HEAD instead of
+        two PUTs for bytes seen before."""
         assert decision.model is not None
         stats = self.crawler.stats
-        if self.store.exists(mkey):
+        if check_store and self.store.exists(mkey):
             stats.inc_value("tuwen/s3/skipped_existing")
             return
         self.store.put_bytes(okey, original, content_type=decision.original_mime)

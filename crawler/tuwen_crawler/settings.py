@@ -57,7 +57,10 @@ REMOTE_CONTROL_ENABLED = False
 MEMUSAGE_LIMIT_MB = _int("TUWEN_CRAWL_MEMORY_LIMIT_MB", 2048)
 # The pipeline runs CPU-heavy image work in its own thread pool; DNS keeps the reactor's pool.
 REACTOR_THREADPOOL_MAXSIZE = 10
-CONCURRENT_ITEMS = 64
+# Items of one response processed at once. An image response yields one item and a page a few dozen
+# mentions; Scrapy starts this many worker tasks per response whatever it yields, which at 64 was a
+# measurable share of the crawler's CPU. Image concurrency comes from responses in parallel.
+CONCURRENT_ITEMS = 8
 
 DEFAULT_REQUEST_HEADERS = {
     "Accept": "text/html,application/xhtml+xml,image/avif,image/webp,image/*;q=0.9,*/*;q=0.8",
@@ -80,5 +83,8 @@ TUWEN_NEAR_DUP_DISTANCE = _int("TUWEN_NEAR_DUP_DISTANCE", 6)
 # Threads for decode/hash/resize + S3 + DB per image: Pillow releases the GIL while decoding and encoding,
 # and the rest is waiting on I/O, so a few more threads than cores keeps both cores busy.
 TUWEN_CRAWL_WORKERS = _int("TUWEN_CRAWL_WORKERS", 6)
+# Processes for the image work itself (decode, checks, hashes, model-ready copy), fed by those threads;
+# 0 runs it in the threads. One per core: the work is CPU.
+TUWEN_CRAWL_IMAGE_PROCESSES = _int("TUWEN_CRAWL_IMAGE_PROCESSES", os.cpu_count() or 1)
 TUWEN_MAX_SOURCE_PIXELS = _int("TUWEN_MAX_SOURCE_PIXELS", 30_000_000)
 TUWEN_MAX_ASPECT_RATIO = _float("TUWEN_MAX_ASPECT_RATIO", 8.0)

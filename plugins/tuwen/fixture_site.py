@@ -43,6 +43,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tuwen.images import perceptual_hash
+
 CJK_FONT_PATH = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 MANIFEST_NAME = "manifest.json"
 WEB_ROOT_NAME = "www"
@@ -56,7 +58,7 @@ MAX_ASPECT_RATIO = 8.0
 # Pillow refuses to open images above twice its MAX_IMAGE_PIXELS (DecompressionBombError).
 DECOMPRESSION_BOMB_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
-# Perceptual-hash (imagehash.phash, 64 bits) margins the fixture guarantees: different pictures are at
+# Perceptual-hash (tuwen.images.perceptual_hash, the crawler's own, 64 bits) margins the fixture guarantees: different pictures are at
 # least DISTINCT apart, near duplicates at most NEAR from their original.
 DISTINCT_MIN_PHASH_DISTANCE = 18
 # Among 2000 random bench photos about a third fall within 18 of another one (redrawing them all is
@@ -130,7 +132,7 @@ class ExpectedImage:
     content_type: str | None = None  # what the server sends
     duplicate_of: str | None = None  # URL of the kept original, for duplicates and near duplicates
     variant: str | None = None  # near duplicates: requality | resize90 | crop2; srcset: 480w ...
-    phash_distance: int | None = None  # near duplicates: imagehash.phash distance to duplicate_of
+    phash_distance: int | None = None  # near duplicates: perceptual_hash distance to duplicate_of
     final_url: str | None = None  # where a redirect lands
 
     @property
@@ -458,7 +460,7 @@ class _SiteBuilder:
     def distinct(self, img: Image.Image) -> bool:
         """Keep only pictures perceptually far from every kept one, so that an ideal crawler's
         near-duplicate check can never confuse two different fixture images."""
-        fingerprint = imagehash.phash(img)
+        fingerprint = perceptual_hash(img)
         if any(fingerprint - seen < DISTINCT_MIN_PHASH_DISTANCE for seen in self.fingerprints):
             return False
         self.fingerprints.append(fingerprint)
@@ -555,11 +557,11 @@ def _near_duplicate_variants(original_file: Path) -> dict[str, tuple[bytes, int]
         "resize90": _encode(src.resize((int(w * 0.9), int(h * 0.9)), Image.Resampling.LANCZOS), "JPEG"),
         "crop2": _encode(src.crop((dx, dy, w - dx, h - dy)), "JPEG"),
     }
-    reference = imagehash.phash(src)
+    reference = perceptual_hash(src)
     variants = {}
     for name, data in encoded.items():
         with Image.open(io.BytesIO(data)) as decoded:
-            distance = int(imagehash.phash(decoded) - reference)
+            distance = int(perceptual_hash(decoded) - reference)
         if distance > NEAR_DUPLICATE_MAX_PHASH_DISTANCE:
             return None
         variants[name] = (data, distance)
@@ -819,7 +821,7 @@ def _bench_image(seed: int, index: int, attempt: int = 0) -> tuple[bytes, np.nda
     nrng = np.random.default_rng([seed, index, attempt])
     width = int(nrng.integers(700, 1000))
     img = _photo_image(nrng, width, width * 3 // 4, noise=24)
-    return _encode(img, "JPEG", quality=88), imagehash.phash(img).hash.flatten()
+    return _encode(img, "JPEG", quality=88), perceptual_hash(img).hash.flatten()
 
 
 def _bench_images(seed: int, count: int) -> Iterator[bytes]:

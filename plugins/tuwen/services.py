@@ -117,15 +117,10 @@ class BackgroundService:
         return f"{self.name}: killed (pid {pid})"
 
 
-def _venv_bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def s3_service(port: int, run_dir: Path = RUN_DIR) -> BackgroundService:
     return BackgroundService(
         name="s3-server",
-        argv=[_venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        argv=[sys.executable, "-m", "tuwen.moto_s3", "--host", "127.0.0.1", "--port", str(port)],
         health_url=f"http://127.0.0.1:{port}/moto-api/",
         run_dir=run_dir,
     )

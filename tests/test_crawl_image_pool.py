@@ -1,0 +1,57 @@
+"""The crawler's image worker processes: results equal in-thread work, and a dying worker loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+
+from PIL import Image
+
+from tuwen.config import REPO_ROOT
+from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize
+
+sys.path.insert(0, str(REPO_ROOT / "crawler"))  # the Scrapy project is not an installed package
+
+from tuwen_crawler.pipelines import ImageProcessPool
+
+CRASH = b"bytes that kill the decoder"
+
+
+def die_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+    """Stands in for a decoder that crashes the process (a segfault in a codec, an OOM kill)."""
+    if data == CRASH:
+        os._exit(3)
+    return inspect_and_normalize(data, content_type, limits)
+
+
+def photo_bytes(seed: int) -> bytes:
+    image = Image.effect_noise((640, 480), 40 + seed).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def test_worker_processes_decide_exactly_what_the_thread_would() -> None:
+    pool = ImageProcessPool(2)
+    try:
+        for seed in range(3):
+            data = photo_bytes(seed)
+            assert pool.inspect(data, "image/jpeg", ImageLimits()) == inspect_and_normalize(data, "image/jpeg")
+    finally:
+        pool.shutdown()
+
+
+def test_a_worker_that_dies_rejects_only_its_image_and_the_pool_recovers() -> None:
+    pool = ImageProcessPool(1, work=die_on_crash_bytes)
+    try:
+        crashed = pool.inspect(CRASH, "image/jpeg", ImageLimits())
+        assert (crashed.accepted, crashed.reason) == (False, "corrupt")
+        assert crashed.sha256 == hashlib.sha256(CRASH).hexdigest()
+        assert crashed.n_bytes == len(CRASH)
+        # The next image gets a fresh worker and a normal verdict.
+        after = pool.inspect(photo_bytes(7), "image/jpeg", ImageLimits())
+        assert after.accepted and after.model is not None
+    finally:
+        pool.shutdown()

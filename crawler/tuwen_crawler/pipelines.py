@@ -124,6 +124,7 @@ class LineagePipeline:
         self.near_distance = scrapy_settings.getint("TUWEN_NEAR_DUP_DISTANCE")
         self.workers = ThreadPoolExecutor(max_workers=scrapy_settings.getint("TUWEN_CRAWL_WORKERS"),
                                           thread_name_prefix="tuwen-image")
+        self.accepted_hashes = lineage.AcceptedHashes()  # loaded on the first look, then topped up
         self.image_processes = ImageProcessPool(scrapy_settings.getint("TUWEN_CRAWL_IMAGE_PROCESSES"))
         self.engine = get_engine(self.settings.database_url)
         self.store = ObjectStore(self.settings)
@@ -278,7 +279,7 @@ class LineagePipeline:
                 self._upload(item.body, decision, okey, mkey)
             return known
         uploaded = False
-        if not lineage.near_duplicate_exists(self.engine, decision.phash, self.near_distance):
+        if not lineage.near_duplicate_exists(self.engine, self.accepted_hashes, decision.phash, self.near_distance):
             # Upload before the insert so a row with keys always has its objects. Bytes the database
             # has never seen are put without asking the store first (at most a crashed run's
             # leftover gets the same bytes again).
@@ -286,7 +287,7 @@ class LineagePipeline:
             uploaded = True
         verdict, referenced = lineage.record_accepted_image(
             self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
-            near_distance=self.near_distance,
+            near_distance=self.near_distance, index=self.accepted_hashes,
         )
         if referenced and not uploaded:
             # The near duplicate seen before taking the lock was gone once we held it (taken down meanwhile).

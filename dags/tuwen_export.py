@@ -9,7 +9,7 @@ and one file per task), a JSONL copy, the images, a manifest of SHA-256 per file
 to `exports/<release>/` in the bucket (manifest last) and to the local release folder, and records
 `export` / `export_item` rows. The QC report (plots, top rejection reasons with examples, a page
 of passed samples with their images) is published by the gate to `qc/<qc_run>/report/` and copied
-into the release folder's `qc_report/`.
+into the release as `qc_report/`, listed in its manifest.
 
 **Params**: `release` (name; default `tuwen-<date>`), `date_from`/`date_to` (crawl dates; empty:
 all), `languages`, `task_types`, `qc_statuses`, `max_samples`, `mix` (task weights, e.g.
@@ -75,7 +75,6 @@ def tuwen_export() -> None:
     def export_release(gate: dict) -> dict:
         from tuwen.config import Settings
         from tuwen.export import ReleaseParams, write_release
-        from tuwen.qc_report import fetch_qc_report
 
         context = get_current_context()
         params = context["params"]
@@ -85,8 +84,8 @@ def tuwen_export() -> None:
         # gate's scope.
         result = write_release(settings, ReleaseParams.from_params(name, params), dag_id=context["dag"].dag_id,
                                run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
-        # The report the gate decided on travels with the release folder (copied, not re-rendered).
-        report = fetch_qc_report(settings, gate["qc_run_id"], result.local_path / "qc_report")
+        # The report the gate decided on is part of the release (qc_report/, listed in the manifest).
+        report = result.local_path / "qc_report" / "index.html"
         print(f"release {result.name}: {result.n_samples} samples {result.counts_by_task} "
               f"at {result.local_path} and s3 {result.s3_prefix}; QC report {report}")
         return {"release": result.name, "samples": result.n_samples, "local_path": str(result.local_path),

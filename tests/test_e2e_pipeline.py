@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -109,6 +110,12 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
         assert store.exists(report_key)
         assert (release / "qc_report" / "index.html").read_bytes() == store.get_bytes(report_key)
         assert (release / "qc_report" / "plots" / "distributions.png").is_file()
+        # ... listed in the manifest with its checksum, and published with the release.
+        manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["qc_report"] == "qc_report/index.html"
+        listed = manifest["files"]["qc_report/index.html"]
+        assert listed["sha256"] == hashlib.sha256(store.get_bytes(report_key)).hexdigest()
+        assert store.get_bytes("exports/e2e/qc_report/index.html") == store.get_bytes(report_key)
         assert store.exists(f"exports/e2e/{all_file.name}")
 
         # A second synthesis run pays for nothing: no new generations, no request reaches the server.

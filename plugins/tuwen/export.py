@@ -60,6 +60,7 @@ TASK_FILE_STEM = {"conversation": "conversation", "complex_reasoning": "complex_
 MANIFEST = "manifest.json"
 CARD = "README.md"
 DATASET_INFO = "dataset_info.json"
+QC_REPORT_DIR = "qc_report"
 IMAGE_CHECKSUMS = "images.sha256"
 IMAGE_LAYOUTS = ("folder", "tar", "both", "none")
 # A shard closes at whichever comes first: small enough to download and retry, few enough objects.
@@ -598,8 +599,25 @@ def _content_type(rel: str) -> str:
     return _CONTENT_TYPES.get(Path(rel).suffix, "application/octet-stream")
 
 
+def _copy_qc_report(settings: Settings, qc_run_id: int | None, out: Path) -> dict[str, dict[str, Any]]:
+    """The QC report the gate decided on, copied from the bucket (not re-rendered) into `qc_report/`, so
+    it is listed, checksummed and uploaded like every other file of the release; none when the QC run
+    published no report."""
+    if qc_run_id is None:
+        return {}
+    with get_engine(settings.database_url).connect() as conn:
+        key = conn.execute(text("SELECT results->>'report_key' FROM qc_run WHERE id = :id"), {"id": qc_run_id}).scalar()
+    if not key:
+        return {}
+    from tuwen.qc_report import fetch_qc_report
+
+    fetch_qc_report(settings, qc_run_id, out / QC_REPORT_DIR)
+    return {path.relative_to(out).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted((out / QC_REPORT_DIR).rglob("*")) if path.is_file()}
+
+
 def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int,
-                 counts: Mapping[str, int], timings: dict[str, float]
+                 counts: Mapping[str, int], timings: dict[str, float], qc_run_id: int | None = None,
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     from tuwen.dataset_card import build_card  # the card reads lineage; imported here to keep imports light
 
@@ -616,12 +634,15 @@ def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, 
     if params.english_json:
         extra["with_en"], mix_files, mix_summary = _interleave_english(params, out, names["all"], sum(counts.values()))
         files |= mix_files
+    report_files = _copy_qc_report(settings, qc_run_id, out)
+    files |= report_files
     (out / DATASET_INFO).write_text(_llamafactory_info(params.name, names, extra), encoding="utf-8")
     files[DATASET_INFO] = {"sha256": sha256_file(out / DATASET_INFO), "bytes": (out / DATASET_INFO).stat().st_size}
     manifest: dict[str, Any] = {
         "release": params.name, "params": params.as_json(), "samples": sum(counts.values()),
         "samples_by_task": {t: counts[t] for t in params.task_types},
         "data_files": names, "images": image_summary, "english_mix": mix_summary,
+        "qc_report": f"{QC_REPORT_DIR}/index.html" if report_files else None,
     }
     timings["english_mix"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -666,7 +687,7 @@ def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | No
     try:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
-        files, _ = _write_files(settings, params, store, tmp_dir, export_id, counts, timings)
+        files, _ = _write_files(settings, params, store, tmp_dir, export_id, counts, timings, qc_run_id)
         started = time.perf_counter()
         # Publish: objects first, manifest last; then the local folder appears in one rename. With tar
         # shards the loose image folder stays local: the shards carry the same files in few objects.

@@ -235,19 +235,18 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
                 image.load()
                 # In place: without an Orientation tag this is free, where a returned copy cost 1 ms.
                 ImageOps.exif_transpose(image, in_place=True)
-                oriented = image
         except Image.DecompressionBombError:
             return _reject("decompression_bomb", sha, n_bytes, **meta)
         except (OSError, SyntaxError, ValueError, EOFError):
             return _reject("corrupt", sha, n_bytes, **meta)
         # Display size after EXIF rotation is what a reader (and the model) sees.
-        width, height = oriented.size
+        width, height = image.size
         meta = {"width": width, "height": height, "format": fmt}
         if min(width, height) < limits.min_side:
             return _reject("too_small", sha, n_bytes, **meta)
         if max(width, height) / min(width, height) > limits.max_aspect:
             return _reject("extreme_aspect", sha, n_bytes, **meta)
-        rgb = _to_rgb(oriented)
+        rgb = _to_rgb(image)
         return ImageDecision(
             accepted=True, reason=None, sha256=sha, n_bytes=n_bytes, width=width, height=height, format=fmt,
             phash=phash_int64(rgb), model=make_model_copy(rgb, limits),

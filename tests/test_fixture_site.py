@@ -374,8 +374,28 @@ def test_chinese_file_names(served: FixtureSiteProcess, manifest: SiteManifest) 
         reply = b""
         while chunk := raw.recv(65536):
             reply += chunk
-    assert reply.startswith(b"HTTP/1.0 200")
+    assert reply.split(b"\r\n", 1)[0].split()[1] == b"200"
     assert hashlib.sha256(reply.split(b"\r\n\r\n", 1)[1]).hexdigest() == manifest.images["/商品/保温杯-特价.jpg"].sha256
+
+
+def test_connections_are_kept_alive(served: FixtureSiteProcess, manifest: SiteManifest) -> None:
+    """Real sites keep connections open between requests, and the crawl's cost per image depends on it."""
+    parts = urllib.parse.urlsplit(served.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        paths = ["/index.html", "/图片/菜单.jpg", "/no-such-page.html", "/index.html"]
+        sockets = []
+        for path in paths:
+            connection.request("GET", urllib.parse.quote(path))
+            response = connection.getresponse()
+            response.read()
+            sockets.append(connection.sock)
+            assert response.status == (404 if "no-such" in path else 200)
+        assert sockets[0] is not None and sockets[1] is sockets[0]  # page, then image: one connection
+        # An error closes its connection (http.server's send_error says so); the next request reconnects.
+        assert sockets[2] is None and sockets[3] is not None
+    finally:
+        connection.close()
 
 
 def test_large_file_announces_its_length(served: FixtureSiteProcess, manifest: SiteManifest) -> None:

@@ -56,6 +56,57 @@ class Sighting:
         return Verdict(outcome, reason, image_id, self.http_status, self.content_type)
 
 
+_UPSERT_SOURCE_SQL = """
+INSERT INTO image_source (image_id, crawl_run_id, last_crawl_run_id, site, url, page_url, page_title, alt_text,
+                          context_text, found_in, outcome, reason, http_status, content_type)
+VALUES (:image_id, :run, :run, :site, :url, :page_url, :page_title, :alt_text, :context_text, :found_in,
+        :outcome, :reason, :http_status, :content_type)
+ON CONFLICT (url, page_url) DO UPDATE SET
+    last_crawl_run_id = EXCLUDED.last_crawl_run_id,
+    last_seen_at = now(),
+    page_title = COALESCE(EXCLUDED.page_title, image_source.page_title),
+    alt_text = COALESCE(EXCLUDED.alt_text, image_source.alt_text),
+    context_text = COALESCE(EXCLUDED.context_text, image_source.context_text),
+    -- Same bytes as before: the first verdict stands. Anything else (content changed, a 404 that now
+    -- serves an image, a new refusal) is today's truth.
+    image_id = EXCLUDED.image_id,
+    outcome = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.outcome
+                   ELSE EXCLUDED.outcome END,
+    reason = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.reason
+                  ELSE EXCLUDED.reason END,
+    http_status = COALESCE(EXCLUDED.http_status, image_source.http_status),
+    content_type = COALESCE(EXCLUDED.content_type, image_source.content_type)
+"""
+UPSERT_SOURCE = text(_UPSERT_SOURCE_SQL)
+
+# The statements of the per-image hot path, built once: a TextClause parses its SQL for bind
+# parameters on construction, which showed up in the crawler's profile when done per image.
+FIND_EXACT = text("SELECT id, status, reason FROM image WHERE sha256 = :sha")
+SOURCE_VERDICT = text("SELECT outcome, reason FROM image_source WHERE url = :url AND image_id = :id LIMIT 1")
+TAKE_DECISION_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+EXACT_AND_NEWLY_ACCEPTED = text("""
+SELECT id, phash, status, reason, true AS exact FROM image WHERE sha256 = :sha
+UNION ALL
+(SELECT id, phash, status, reason, false FROM image
+ WHERE id > :last AND status = 'accepted' AND phash IS NOT NULL ORDER BY id)""")
+
+
+def _with_first_source(insert_image: str) -> Any:
+    """INSERT an image row and upsert its first source row with the new id, in one statement."""
+    return text(f"WITH new_image AS ({insert_image} RETURNING id) "
+                + _UPSERT_SOURCE_SQL.replace(":image_id", "(SELECT id FROM new_image)") + " RETURNING image_id")
+
+
+INSERT_ACCEPTED = _with_first_source("""
+    INSERT INTO image (sha256, phash, width, height, format, n_bytes, original_key, model_key, model_width,
+                       model_height, model_mime, status, crawl_date, first_crawl_run_id)
+    VALUES (:sha, :phash, :w, :h, :fmt, :n, :okey, :mkey, :mw, :mh, :mime, 'accepted', :crawl_date, :run)""")
+INSERT_NEAR_DUPLICATE = _with_first_source("""
+    INSERT INTO image (sha256, phash, width, height, format, n_bytes, status, reason, duplicate_of, crawl_date,
+                       first_crawl_run_id)
+    VALUES (:sha, :phash, :w, :h, :fmt, :n, 'near_duplicate', 'near_duplicate', :dup, :crawl_date, :run)""")
+
+
 def create_crawl_run(engine: Engine, *, spider: str, site: str, seeds: list[str], settings: dict[str, Any],
                      partition_date: dt.date, dag_id: str | None, run_id: str | None) -> int:
     with engine.begin() as conn:
@@ -81,10 +132,7 @@ def close_crawl_run(engine: Engine, crawl_run_id: int, *, status: str, stats: di
 
 def _existing_verdict(conn: Connection, url: str, row: Any) -> tuple[str, str | None]:
     """The verdict for a URL whose bytes match an image row we already have."""
-    seen = conn.execute(
-        text("SELECT outcome, reason FROM image_source WHERE url = :url AND image_id = :id LIMIT 1"),
-        {"url": url, "id": row.id},
-    ).first()
+    seen = conn.execute(SOURCE_VERDICT, {"url": url, "id": row.id}).first()
     if seen is not None:
         # The same URL served the same bytes before (a rerun, a resumed job, a second concurrent crawl):
         # its first verdict stands, so reruns report the same counts and add nothing.
@@ -97,7 +145,7 @@ def _existing_verdict(conn: Connection, url: str, row: Any) -> tuple[str, str | 
 
 
 def find_exact(conn: Connection, sha256: str) -> Any:
-    return conn.execute(text("SELECT id, status, reason FROM image WHERE sha256 = :sha"), {"sha": sha256}).first()
+    return conn.execute(FIND_EXACT, {"sha": sha256}).first()
 
 
 @dataclass(frozen=True)
@@ -114,10 +162,11 @@ class AcceptedHashes:
     under the decision lock, which would cap every crawl at a few images a second. Here it is a
     vectorised XOR and popcount over a numpy array (about 2 ms at that size, 10 MB of memory).
 
-    Each look first reads the accepted rows newer than the last one seen, so images other crawls
-    accepted meanwhile count. Under IMAGE_DECISION_LOCK that read is complete: accepted rows are only
-    inserted while holding the lock, so their ids grow in commit order. A match is confirmed against the
-    database before it is used; an image no longer accepted (taken down) leaves the index instead.
+    A look under IMAGE_DECISION_LOCK first reads the accepted rows newer than the last one seen, so
+    images other crawls accepted meanwhile count; that read is complete because accepted rows are only
+    inserted while holding the lock, so their ids grow in commit order. A match is confirmed against
+    the database before it is used; an image no longer accepted (taken down) leaves the index instead.
+    `probably_near` answers from memory alone, for the hint before an upload.
     """
 
     def __init__(self) -> None:
@@ -140,38 +189,57 @@ class AcceptedHashes:
         self._hashes[self._n:need] = np.array(hashes, dtype=np.int64).view(np.uint64)
         self._n = need
 
-    def _refresh(self, conn: Connection) -> None:
-        rows = conn.execute(
-            text("""SELECT id, phash FROM image WHERE id > :last AND status = 'accepted' AND phash IS NOT NULL
-                    ORDER BY id"""),
-            {"last": self._last_id},
-        ).all()
-        if rows:
-            self._append([r.id for r in rows], [r.phash for r in rows])
-            self._last_id = rows[-1].id
+    def top_up(self, conn: Connection, sha256: str | None = None) -> Any:
+        """Load the accepted rows added since the last look; returns the image row with `sha256`, if any.
 
-    def nearest(self, conn: Connection, phash: int, max_distance: int) -> NearMatch | None:
-        """The closest accepted image within `max_distance` bits (ties: the oldest), or None."""
+        The exact-duplicate lookup rides in the same statement: under the decision lock every round
+        trip is paid by every crawl waiting for it.
+        """
+        rows = conn.execute(EXACT_AND_NEWLY_ACCEPTED, {"sha": sha256, "last": self._last_id}).all()
+        exact = next((r for r in rows if r.exact), None)
+        added = [r for r in rows if not r.exact]
         with self._lock:
-            self._refresh(conn)
+            added = [r for r in added if r.id > self._last_id]  # a concurrent top-up may have had them
+            if added:
+                self._append([r.id for r in added], [r.phash for r in added])
+                self._last_id = added[-1].id
+        return exact
+
+    def _candidates(self, phash: int, max_distance: int) -> list[tuple[int, int, int]]:
+        """(distance, image id, position) of indexed images within `max_distance`, closest (then oldest) first."""
+        with self._lock:
             n = self._n
             if n == 0:
-                return None
+                return []
             probe = np.array([phash], dtype=np.int64).view(np.uint64)[0]
             distances = np.bitwise_count(self._hashes[:n] ^ probe)
             hits = np.flatnonzero((distances <= max_distance) & (self._ids[:n] != 0))
-            if hits.size == 0:
-                return None
-            ranked = sorted((int(distances[i]), int(self._ids[i]), int(i)) for i in hits)
-            accepted = set(conn.execute(
-                text("SELECT id FROM image WHERE id = ANY(:ids) AND status = 'accepted'"),
-                {"ids": [image_id for _, image_id, _ in ranked]},
-            ).scalars())
-            for distance, image_id, position in ranked:
-                if image_id in accepted:
-                    return NearMatch(image_id, distance)
-                self._ids[position] = 0
+            return sorted((int(distances[i]), int(self._ids[i]), int(i)) for i in hits)
+
+    def probably_near(self, phash: int, max_distance: int) -> bool:
+        """From memory only: a hint that may be stale; `nearest` under the lock decides."""
+        return bool(self._candidates(phash, max_distance))
+
+    def confirmed_nearest(self, conn: Connection, phash: int, max_distance: int) -> NearMatch | None:
+        """The closest indexed image still accepted in the database (call after `top_up`)."""
+        ranked = self._candidates(phash, max_distance)
+        if not ranked:
             return None
+        accepted = set(conn.execute(
+            text("SELECT id FROM image WHERE id = ANY(:ids) AND status = 'accepted'"),
+            {"ids": [image_id for _, image_id, _ in ranked]},
+        ).scalars())
+        for distance, image_id, position in ranked:
+            if image_id in accepted:
+                return NearMatch(image_id, distance)
+            with self._lock:
+                self._ids[position] = 0
+        return None
+
+    def nearest(self, conn: Connection, phash: int, max_distance: int) -> NearMatch | None:
+        """The closest accepted image within `max_distance` bits (ties: the oldest), or None."""
+        self.top_up(conn)
+        return self.confirmed_nearest(conn, phash, max_distance)
 
 
 def _settled(conn: Connection, sighting: Sighting, outcome: str, reason: str | None, image_id: int | None) -> Verdict:
@@ -182,18 +250,17 @@ def _settled(conn: Connection, sighting: Sighting, outcome: str, reason: str | N
 
 
 def verdict_for_known_bytes(engine: Engine, sha256: str, sighting: Sighting) -> Verdict | None:
-    """A cheap, lock-free check before any upload: is this exact file already in the database?"""
-    with engine.begin() as conn:
+    """A cheap, lock-free check before any upload: is this exact file already in the database?
+
+    Autocommit: for new bytes (nearly every image of a first crawl) this is one round trip, where a
+    transaction would add its BEGIN and COMMIT.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = find_exact(conn, sha256)
         if row is None:
             return None
         outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
         return _settled(conn, sighting, outcome, reason, row.id)
-
-
-def near_duplicate_exists(engine: Engine, index: AcceptedHashes, phash: int, max_distance: int) -> bool:
-    with engine.connect() as conn:
-        return index.nearest(conn, phash, max_distance) is not None
 
 
 def record_unstored_rejection(engine: Engine, reason: str, sighting: Sighting) -> Verdict:
@@ -228,65 +295,40 @@ def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sig
                           index: AcceptedHashes) -> tuple[Verdict, bool]:
     """Insert the image as accepted, or as a near duplicate of an accepted one, or find it exists.
 
-    Returns the verdict and whether the caller's uploaded objects are referenced (accepted).
+    Returns the verdict and whether the caller's uploaded objects are referenced (accepted). Every
+    crawl queues for the lock this holds, so it is four statements: the lock, the exact lookup with
+    the index top-up, (rarely) the confirmation of a near match, and the image row with its source row.
     """
     assert decision.model is not None and decision.phash is not None
-    crawl_run_id = sighting.crawl_run_id
     with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IMAGE_DECISION_LOCK})
-        row = find_exact(conn, decision.sha256)
+        conn.execute(TAKE_DECISION_LOCK, {"k": IMAGE_DECISION_LOCK})
+        row = index.top_up(conn, sha256=decision.sha256)
         if row is not None:
             outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
             return _settled(conn, sighting, outcome, reason, row.id), False
-        near = index.nearest(conn, decision.phash, near_distance)
+        near = index.confirmed_nearest(conn, decision.phash, near_distance)
         params = {
             "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
-            "fmt": decision.format, "n": decision.n_bytes, "crawl_date": crawl_date, "run": crawl_run_id,
+            "fmt": decision.format, "n": decision.n_bytes, "crawl_date": crawl_date, "run": sighting.crawl_run_id,
         }
         if near is not None:
-            image_id = conn.execute(
-                text("""INSERT INTO image (sha256, phash, width, height, format, n_bytes, status, reason,
-                                           duplicate_of, crawl_date, first_crawl_run_id)
-                        VALUES (:sha, :phash, :w, :h, :fmt, :n, 'near_duplicate', 'near_duplicate', :dup,
-                                :crawl_date, :run)
-                        ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
-                {**params, "dup": near.id},
-            ).scalar_one()
-            return _settled(conn, sighting, "near_duplicate", "near_duplicate", image_id), False
-        image_id = conn.execute(
-            text("""INSERT INTO image (sha256, phash, width, height, format, n_bytes, original_key, model_key,
-                                       model_width, model_height, model_mime, status, crawl_date,
-                                       first_crawl_run_id)
-                    VALUES (:sha, :phash, :w, :h, :fmt, :n, :okey, :mkey, :mw, :mh, :mime, 'accepted',
-                            :crawl_date, :run)
-                    ON CONFLICT (sha256) DO NOTHING RETURNING id"""),
-            {**params, "okey": original_key, "mkey": model_key, "mw": decision.model.width,
-             "mh": decision.model.height, "mime": decision.model.mime},
-        ).scalar_one()
-        return _settled(conn, sighting, "accepted", None, image_id), True
+            return _inserted(conn, sighting, "near_duplicate", "near_duplicate", INSERT_NEAR_DUPLICATE,
+                             {**params, "dup": near.id}), False
+        return _inserted(conn, sighting, "accepted", None, INSERT_ACCEPTED, {
+            **params, "okey": original_key, "mkey": model_key, "mw": decision.model.width,
+            "mh": decision.model.height, "mime": decision.model.mime}), True
 
 
-UPSERT_SOURCE = text("""
-INSERT INTO image_source (image_id, crawl_run_id, last_crawl_run_id, site, url, page_url, page_title, alt_text,
-                          context_text, found_in, outcome, reason, http_status, content_type)
-VALUES (:image_id, :run, :run, :site, :url, :page_url, :page_title, :alt_text, :context_text, :found_in,
-        :outcome, :reason, :http_status, :content_type)
-ON CONFLICT (url, page_url) DO UPDATE SET
-    last_crawl_run_id = EXCLUDED.last_crawl_run_id,
-    last_seen_at = now(),
-    page_title = COALESCE(EXCLUDED.page_title, image_source.page_title),
-    alt_text = COALESCE(EXCLUDED.alt_text, image_source.alt_text),
-    context_text = COALESCE(EXCLUDED.context_text, image_source.context_text),
-    -- Same bytes as before: the first verdict stands. Anything else (content changed, a 404 that now
-    -- serves an image, a new refusal) is today's truth.
-    image_id = EXCLUDED.image_id,
-    outcome = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.outcome
-                   ELSE EXCLUDED.outcome END,
-    reason = CASE WHEN image_source.image_id = EXCLUDED.image_id THEN image_source.reason
-                  ELSE EXCLUDED.reason END,
-    http_status = COALESCE(EXCLUDED.http_status, image_source.http_status),
-    content_type = COALESCE(EXCLUDED.content_type, image_source.content_type)
-""")
+def _inserted(conn: Connection, sighting: Sighting, outcome: str, reason: str | None, insert: Any,
+              params: dict[str, Any]) -> Verdict:
+    """Insert an image row (the caller holds the decision lock and knows the sha is new) with its first
+    source row."""
+    source = source_params(sighting.mention, sighting.verdict(outcome, reason, None), site=sighting.site,
+                           crawl_run_id=sighting.crawl_run_id)
+    image_id = conn.execute(insert, {**source, **params}).scalar_one()
+    return sighting.verdict(outcome, reason, image_id)
+
+
 
 
 def source_params(mention: Any, verdict: Verdict, *, site: str, crawl_run_id: int) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Per image URL (the first sighting carries the bytes or the failure):
   1. inspect_and_normalize in a worker thread (decode, checks, SHA-256, pHash, model-ready copy);
   2. exact duplicate? (SHA-256 already in `image`) -> no upload;
-  3. near duplicate of an accepted image? -> image row marked near_duplicate, no upload;
+  3. near duplicate of an accepted image, as far as the in-memory index knows? -> no upload;
   4. else upload raw/ and model/ (content-addressed; skipped when the key exists), then insert the
-     image under the advisory lock, re-checking 2 and 3 there;
+     image under the advisory lock, deciding 2 and 3 there against the database (a near duplicate
+     gets an image row marked near_duplicate);
   5. one image_source row per mention (url, page_url), upserted.
 Counts per outcome/reason are kept per distinct URL (as the fixture manifest states them) and written
 to crawl_run at close with Scrapy's stats. A storage or database failure stops the crawl and marks
@@ -279,7 +280,7 @@ class LineagePipeline:
                 self._upload(item.body, decision, okey, mkey)
             return known
         uploaded = False
-        if not lineage.near_duplicate_exists(self.engine, self.accepted_hashes, decision.phash, self.near_distance):
+        if not self.accepted_hashes.probably_near(decision.phash, self.near_distance):
             # Upload before the insert so a row with keys always has its objects. Bytes the database
             # has never seen are put without asking the store first (at most a crashed run's
             # leftover gets the same bytes again).

@@ -938,6 +938,9 @@ class FixtureRequestHandler(SimpleHTTPRequestHandler):
     {"content_type": ...} forced types and {"headers": {...}} extra headers."""
 
     server: FixtureSiteServer
+    # Keep-alive, as real sites serve: under HTTP/1.0 every image cost the crawler a new connection.
+    # Every response below carries a Content-Length (send_error and SimpleHTTPRequestHandler's own).
+    protocol_version = "HTTP/1.1"
 
     def _route(self) -> dict[str, Any]:
         return self.server.routes.get(self._request_path(), {})

@@ -6,6 +6,7 @@ import hashlib
 import io
 import math
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from PIL import Image
 from tuwen.fixture_site import _bomb_png
 from tuwen.images import (
     ImageLimits,
+    _decode_plain_jpeg,
     hamming64,
     inspect_and_normalize,
     phash_int64,
@@ -132,3 +134,57 @@ def test_phash_sees_reencoding_as_near_and_other_pictures_as_far() -> None:
     assert hamming64(phash_int64(original), phash_int64(again)) <= 4
     assert hamming64(phash_int64(original), phash_int64(other)) > 10
     assert hamming64(-1, 0) == 64
+
+
+def pillow_bgr(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+
+
+@pytest.mark.parametrize("variant", ["420", "444", "progressive", "grey"])
+def test_opencv_decodes_plain_jpegs_to_the_same_pixels_as_pillow(variant: str) -> None:
+    image = photo(943, 707, seed=5)
+    options: dict[str, object] = {"quality": 88}
+    if variant == "444":
+        options["subsampling"] = 0
+    if variant == "progressive":
+        options["progressive"] = True
+    if variant == "grey":
+        image = image.convert("L")
+    data = encode(image, "JPEG", **options)
+    with Image.open(io.BytesIO(data)) as header:
+        decoded = _decode_plain_jpeg(data, header)
+    assert decoded is not None and decoded.shape == (707, 943, 3)
+    assert np.array_equal(decoded, pillow_bgr(data))
+
+
+def test_pillow_decodes_what_opencv_would_read_differently() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(photo(500, 300), "JPEG", exif=exif.tobytes())
+    truncated = encode(photo(900, 600))[:-2000]
+    cmyk = encode(photo(400, 300).convert("CMYK"), "JPEG")
+    for data in (rotated, truncated, cmyk, encode(photo(400, 300), "PNG")):
+        with Image.open(io.BytesIO(data)) as header:
+            assert _decode_plain_jpeg(data, header) is None
+    # The truncated file is refused as Pillow refuses it, not read with OpenCV's grey fill.
+    assert inspect_and_normalize(truncated, "image/jpeg", LIMITS).reason == "corrupt"
+
+
+def test_model_copy_holds_the_resized_picture() -> None:
+    data = encode(photo(943, 707, seed=8), quality=95)
+    model = inspect_and_normalize(data, "image/jpeg", LIMITS).model
+    assert model is not None and (model.width, model.height) == (952, 700)
+    expected = cv2.resize(pillow_bgr(data), (952, 700), interpolation=cv2.INTER_LINEAR)
+    with Image.open(io.BytesIO(model.data)) as copy:
+        got = cv2.cvtColor(np.asarray(copy.convert("RGB")), cv2.COLOR_RGB2BGR)
+    assert np.abs(got.astype(int) - expected).mean() < 2.5  # JPEG quality 90 noise, not a different picture
+    # Colour channels are not swapped: the photo's mean colour survives the trip.
+    assert np.allclose(got.reshape(-1, 3).mean(axis=0), expected.reshape(-1, 3).mean(axis=0), atol=1.5)
+
+
+def test_phash_of_an_image_and_of_its_opencv_array_agree() -> None:
+    image = photo(1200, 900, seed=9)
+    bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    assert phash_int64(image) == phash_int64(bgr, bgr=True) == phash_int64(np.asarray(image))
+    assert phash_int64(bgr) != phash_int64(bgr, bgr=True)  # the channel order matters, and is honoured

@@ -6,6 +6,13 @@ tests run them directly. Every rejection carries one reason from `REJECT_REASONS
 The model-ready copy follows Qwen2.5-VL's `smart_resize` (qwen-vl-utils): both sides are multiples of
 the 28-px patch, the pixel count sits inside [min_pixels, max_pixels], the aspect ratio is kept.
 Resizing on our side means the VLM sees exactly the pixels we stored and paid tokens for.
+
+Pillow reads every header and makes every decision (format, size and bomb limits, frames, mode, EXIF
+orientation) before a pixel is decoded. The pixels then travel as one OpenCV (BGR) array through the
+pHash, the resize and the encode: converting between Pillow images and arrays cost a sixth of the
+crawler's image work. A plain JPEG (the common web image: no EXIF rotation, RGB or grey) is decoded by
+OpenCV straight into that array; both wrap the same libjpeg-turbo, so the pixels are identical (a test
+checks). Everything else, and any JPEG that is not complete, is decoded by Pillow.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ JPEG_QUALITY = 90
 cv2.setNumThreads(1)
 # pHash input: the shorter side box-reduced to about this (>= 4x the 32-px DCT grid pHash uses).
 PHASH_SOURCE_SIDE = 128
+ORIENTATION_TAG = 0x0112  # EXIF
 
 
 @dataclass(frozen=True)
@@ -119,23 +127,31 @@ def smart_resize(height: int, width: int, *, factor: int = QWEN_PATCH, min_pixel
     return h_bar, w_bar
 
 
-def perceptual_hash(image: Image.Image) -> imagehash.ImageHash:
+def perceptual_hash(pixels: Image.Image | np.ndarray, *, bgr: bool = False) -> imagehash.ImageHash:
     """imagehash's 64-bit pHash, taken from the image box-reduced to a shorter side of about 128 px.
 
-    pHash only looks at a 32x32 downscale, and imagehash gets there with one Lanczos pass over every
-    pixel: 4 ms of a megapixel photo, a tenth of the crawler's CPU per image. A box reduction by an
-    integer factor first costs 0.4 ms. The fixture site checks its near-duplicate margins with this
-    same function, so crawler and fixture agree bit for bit.
+    `pixels` is a Pillow image or an RGB array (`bgr=True`: OpenCV's channel order). pHash only looks at
+    a 32x32 downscale, and imagehash gets there with one Lanczos pass over every pixel: 4 ms of a
+    megapixel photo, a tenth of the crawler's CPU per image. A box reduction by an integer factor first
+    costs a fraction of that. The fixture site checks its near-duplicate margins with this same
+    function, so crawler and fixture agree bit for bit.
     """
-    if image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    factor = min(image.size) // PHASH_SOURCE_SIDE
-    return imagehash.phash(image.reduce(factor) if factor > 1 else image)
+    if isinstance(pixels, Image.Image):
+        pixels = np.asarray(pixels if pixels.mode == "RGB" else pixels.convert("RGB"))
+    height, width = pixels.shape[:2]
+    factor = min(height, width) // PHASH_SOURCE_SIDE
+    if factor > 1:
+        # OpenCV's area interpolation has a fast path for whole factors: crop to a multiple of it.
+        rows, cols = height // factor, width // factor
+        pixels = cv2.resize(pixels[:rows * factor, :cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
+    if bgr:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    return imagehash.phash(Image.fromarray(np.ascontiguousarray(pixels), "RGB"))
 
 
-def phash_int64(image: Image.Image) -> int:
+def phash_int64(pixels: Image.Image | np.ndarray, *, bgr: bool = False) -> int:
     """The 64-bit pHash as a signed integer (PostgreSQL has no unsigned BIGINT)."""
-    unsigned = int(str(perceptual_hash(image)), 16)
+    unsigned = int(str(perceptual_hash(pixels, bgr=bgr)), 16)
     return unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
 
 
@@ -157,33 +173,57 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")  # no copy of what is RGB already
 
 
-def _looks_like_graphic(rgb: Image.Image) -> bool:
-    probe = rgb.resize((64, 64), Image.Resampling.NEAREST)
-    return probe.getcolors(maxcolors=PNG_MAX_COLOURS) is not None
+def _decode_plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
+    """OpenCV's decode of a JPEG Pillow has vetted, as a BGR array; None when Pillow must decode it.
+
+    Only for what both decoders read alike: RGB or grey JPEGs without an EXIF rotation, ending in the
+    end-of-image marker (OpenCV fills a truncated file with grey where Pillow calls it corrupt).
+    """
+    if image.format != "JPEG" or image.mode not in ("RGB", "L") or image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        return None
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    if pixels is None or pixels.shape[:2] != (image.height, image.width):
+        return None
+    return pixels
 
 
-def resize_rgb(rgb: Image.Image, width: int, height: int) -> Image.Image:
+def _looks_like_graphic(bgr: np.ndarray) -> bool:
+    probe = cv2.resize(bgr, (64, 64), interpolation=cv2.INTER_NEAREST).reshape(-1, 3).astype(np.uint32)
+    colours = np.unique((probe[:, 0] << 16) | (probe[:, 1] << 8) | probe[:, 2])
+    return len(colours) <= PNG_MAX_COLOURS
+
+
+def resize_bgr(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize with OpenCV: bilinear for the usual small change (smart_resize mostly rounds the sides to
     the next multiple of 28), pixel-area averaging when a side shrinks more than twofold so that big
     photos do not alias. Pillow's bicubic took 8 ms for a 1-megapixel photo, the largest single cost
-    of a crawled image; OpenCV takes 1.5 ms."""
-    if (width, height) == rgb.size:
-        return rgb
-    shrinks_a_lot = width * 2 < rgb.width or height * 2 < rgb.height
-    interpolation = cv2.INTER_AREA if shrinks_a_lot else cv2.INTER_LINEAR
-    return Image.fromarray(cv2.resize(np.asarray(rgb), (width, height), interpolation=interpolation))
+    of a crawled image; OpenCV takes 1 ms."""
+    rows, cols = bgr.shape[:2]
+    if (width, height) == (cols, rows):
+        return bgr
+    shrinks_a_lot = width * 2 < cols or height * 2 < rows
+    return cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA if shrinks_a_lot else cv2.INTER_LINEAR)
 
 
-def make_model_copy(rgb: Image.Image, limits: ImageLimits) -> ModelCopy:
-    height, width = smart_resize(rgb.height, rgb.width, factor=limits.patch, min_pixels=limits.min_pixels,
+def make_model_copy(bgr: np.ndarray, limits: ImageLimits) -> ModelCopy:
+    rows, cols = bgr.shape[:2]
+    height, width = smart_resize(rows, cols, factor=limits.patch, min_pixels=limits.min_pixels,
                                  max_pixels=limits.max_pixels)
-    resized = resize_rgb(rgb, width, height)
-    out = io.BytesIO()
-    if _looks_like_graphic(rgb):
-        resized.save(out, format="PNG", optimize=False, compress_level=6)
-        return ModelCopy(out.getvalue(), width, height, "image/png", "png")
-    resized.save(out, format="JPEG", quality=JPEG_QUALITY)
-    return ModelCopy(out.getvalue(), width, height, "image/jpeg", "jpg")
+    resized = resize_bgr(bgr, width, height)
+    if _looks_like_graphic(bgr):
+        ok, encoded = cv2.imencode(".png", resized, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        mime, ext = "image/png", "png"
+    else:
+        ok, encoded = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        mime, ext = "image/jpeg", "jpg"
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {width}x{height} {ext}")
+    return ModelCopy(encoded.tobytes(), width, height, mime, ext)
 
 
 def inspect_and_normalize(data: bytes, content_type: str | None = None,
@@ -229,16 +269,18 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
             return _reject("animated", sha, n_bytes, **meta)
         if image.mode not in CONVERTIBLE_MODES:
             return _reject("unsupported_mode", sha, n_bytes, **meta)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()
-                # In place: without an Orientation tag this is free, where a returned copy cost 1 ms.
-                ImageOps.exif_transpose(image, in_place=True)
-        except Image.DecompressionBombError:
-            return _reject("decompression_bomb", sha, n_bytes, **meta)
-        except (OSError, SyntaxError, ValueError, EOFError):
-            return _reject("corrupt", sha, n_bytes, **meta)
+        bgr = _decode_plain_jpeg(data, image)
+        if bgr is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    image.load()
+                    # In place: without an Orientation tag this is free, where a returned copy cost 1 ms.
+                    ImageOps.exif_transpose(image, in_place=True)
+            except Image.DecompressionBombError:
+                return _reject("decompression_bomb", sha, n_bytes, **meta)
+            except (OSError, SyntaxError, ValueError, EOFError):
+                return _reject("corrupt", sha, n_bytes, **meta)
         # Display size after EXIF rotation is what a reader (and the model) sees.
         width, height = image.size
         meta = {"width": width, "height": height, "format": fmt}
@@ -246,8 +288,9 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
             return _reject("too_small", sha, n_bytes, **meta)
         if max(width, height) / min(width, height) > limits.max_aspect:
             return _reject("extreme_aspect", sha, n_bytes, **meta)
-        rgb = _to_rgb(image)
+        if bgr is None:
+            bgr = cv2.cvtColor(np.asarray(_to_rgb(image)), cv2.COLOR_RGB2BGR)
         return ImageDecision(
             accepted=True, reason=None, sha256=sha, n_bytes=n_bytes, width=width, height=height, format=fmt,
-            phash=phash_int64(rgb), model=make_model_copy(rgb, limits),
+            phash=phash_int64(bgr, bgr=True), model=make_model_copy(bgr, limits),
         )

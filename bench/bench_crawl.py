@@ -8,6 +8,7 @@ uploaded twice (raw/ + model/) and recorded (image + image_source rows, near-dup
 advisory lock); OCR is off during the crawl. Prints images/s (accepted images over the crawl's own
 elapsed time, and over wall time including process start-up), the crawl process's peak RSS, and OCR
 throughput per core on the standard fixture's text images (model-ready copies, 1 ONNX thread).
+`images_per_s_steady` is the rate between 10% and 90% of the accepted images, without start-up and drain.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def preseed_accepted_images(database_url: str, n: int) -> float:
     return time.perf_counter() - started
 
 
+ACCEPTED_SO_FAR = text("SELECT count(*) FROM image WHERE status = 'accepted' AND first_crawl_run_id IS NOT NULL")
+
+
+def steady_rate(progress: list[tuple[float, int]], total: int) -> float | None:
+    """Images/s between 10% and 90% of the crawl's accepted images: the rate once the process has
+    started, its workers spawned and the first pages arrived, and before the last requests drain."""
+    try:
+        start = next((t, n) for t, n in progress if n >= 0.1 * total)
+        end = next((t, n) for t, n in progress if n >= 0.9 * total)
+    except StopIteration:
+        return None
+    return round((end[1] - start[1]) / (end[0] - start[0]), 1) if end[0] > start[0] else None
+
+
 def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed: int = 0) -> dict[str, object]:
     site_dir = work / "site"
     started = time.perf_counter()
@@ -87,29 +102,34 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             peak_rss = 0
             watched = psutil.Process(process.pid)
             cpu_samples = []
-            while process.poll() is None:
-                try:
-                    # The crawl process and its image worker processes together.
-                    family = [watched, *watched.children(recursive=True)]
-                    peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family))
-                    cpu_samples.append(watched.cpu_percent(interval=None))
-                except psutil.NoSuchProcess:
-                    break
-                time.sleep(0.25)
+            progress: list[tuple[float, int]] = []  # (seconds, accepted images so far)
+            with get_engine(database_url).connect() as counter:
+                while process.poll() is None:
+                    try:
+                        # The crawl process and its image worker processes together.
+                        family = [watched, *watched.children(recursive=True)]
+                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family))
+                        cpu_samples.append(watched.cpu_percent(interval=None))
+                    except psutil.NoSuchProcess:
+                        break
+                    progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one()))
+                    counter.rollback()
+                    time.sleep(0.25)
             wall_s = time.perf_counter() - wall_start
             if process.returncode != 0:
                 raise SystemExit(f"crawl failed (exit {process.returncode}); see {log_path}")
         with get_engine(database_url).connect() as conn:
             run = conn.execute(text("SELECT status, counts, stats FROM crawl_run")).one()
-            accepted = conn.execute(text("SELECT count(*) FROM image WHERE status = 'accepted' "
-                                         "AND first_crawl_run_id IS NOT NULL")).scalar_one()
+            accepted = conn.execute(ACCEPTED_SO_FAR).scalar_one()
         elapsed = float(run.stats["elapsed_time_seconds"])
+        steady = steady_rate(progress, accepted)
         return {
             "images": images, "generated_s": round(generated_s, 1),
             "image_kb_median": round(statistics.median(sizes) / 1024), "status": run.status,
             "accepted": accepted, "expected_accepted": manifest.expected_counts["by_outcome"]["accepted"],
             "crawl_elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
             "images_per_s": round(accepted / elapsed, 1), "images_per_s_wall": round(accepted / wall_s, 1),
+            "images_per_s_steady": steady,
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),

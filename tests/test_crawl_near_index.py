@@ -57,3 +57,29 @@ def test_nearest_finds_the_closest_accepted_image_and_follows_the_database(linea
         assert index.nearest(conn, BASE, 6) == NearMatch(four, 4)
         assert len(index) == 2
         assert index.nearest(conn, flip(BASE, *range(0, 40, 2)), 6) == NearMatch(far, 0)
+
+
+def test_search_before_the_lock_and_the_rest_under_it(lineage_db: str) -> None:
+    """The pipeline searches the whole index once, before uploading; under the decision lock only what
+    was accepted since is searched, and the earlier hits are confirmed."""
+    engine = get_engine(lineage_db)
+    index = AcceptedHashes()
+    with engine.begin() as conn:
+        three = add_image(conn, "e" * 64, flip(BASE, 7, 8, 9))
+    with engine.connect() as conn:
+        index.top_up(conn)
+    early = index.search(BASE, 6)
+    assert [image_id for _, image_id, _ in early.candidates] == [three] and early.end == 1
+    assert not index.search(flip(BASE, *range(0, 64, 2)), 6).candidates  # a far picture: no hint
+    # Accepted by another crawl between this image's search and its decision: found under the lock.
+    with engine.begin() as conn:
+        one = add_image(conn, "f" * 64, flip(BASE, 11))
+    with engine.connect() as conn:
+        assert index.nearest(conn, BASE, 6, earlier=early) == NearMatch(one, 1)
+    # The earlier hit taken down meanwhile and the newer one too: nothing is near any more.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE image SET status = 'taken_down', reason = 'taken_down' WHERE id = ANY(:ids)"),
+                     {"ids": [one, three]})
+    with engine.connect() as conn:
+        assert index.nearest(conn, BASE, 6, earlier=early) is None
+        assert len(index) == 0

@@ -154,6 +154,15 @@ class NearMatch:
     distance: int
 
 
+@dataclass(frozen=True)
+class NearSearch:
+    """What a search of the in-memory index found: (distance, image id, position) of each hit, and
+    how many entries it covered (a later search under the lock starts there)."""
+
+    candidates: tuple[tuple[int, int, int], ...]
+    end: int
+
+
 class AcceptedHashes:
     """The pHashes of accepted images, held in memory and topped up from the database on every look.
 
@@ -166,7 +175,8 @@ class AcceptedHashes:
     images other crawls accepted meanwhile count; that read is complete because accepted rows are only
     inserted while holding the lock, so their ids grow in commit order. A match is confirmed against
     the database before it is used; an image no longer accepted (taken down) leaves the index instead.
-    `probably_near` answers from memory alone, for the hint before an upload.
+    Each image is searched once in full, outside the lock (`search`, also the hint that decides whether
+    to upload before the decision); under the lock only the entries added since are (`confirmed`).
     """
 
     def __init__(self) -> None:
@@ -205,24 +215,39 @@ class AcceptedHashes:
                 self._last_id = added[-1].id
         return exact
 
-    def _candidates(self, phash: int, max_distance: int) -> list[tuple[int, int, int]]:
-        """(distance, image id, position) of indexed images within `max_distance`, closest (then oldest) first."""
+    def search(self, phash: int, max_distance: int, start: int = 0) -> NearSearch:
+        """Indexed images from entry `start` on within `max_distance` bits, from memory alone.
+
+        Reads without the lock, so searches from the pipeline's threads run side by side (numpy lets go
+        of the GIL) and never hold up the thread inside the decision lock: appends only write past the
+        entries read here or into new arrays, and an id cleared meanwhile is caught by `nearest`'s
+        confirmation against the database.
+        """
         with self._lock:
-            n = self._n
-            if n == 0:
-                return []
-            probe = np.array([phash], dtype=np.int64).view(np.uint64)[0]
-            distances = np.bitwise_count(self._hashes[:n] ^ probe)
-            hits = np.flatnonzero((distances <= max_distance) & (self._ids[:n] != 0))
-            return sorted((int(distances[i]), int(self._ids[i]), int(i)) for i in hits)
+            ids, hashes, n = self._ids, self._hashes, self._n
+        if n <= start:
+            return NearSearch((), n)
+        probe = np.array([phash], dtype=np.int64).view(np.uint64)[0]
+        distances = np.bitwise_count(hashes[start:n] ^ probe)
+        hits = np.flatnonzero(distances <= max_distance)
+        return NearSearch(tuple((int(distances[i]), int(ids[start + i]), start + int(i)) for i in hits
+                                if ids[start + i] != 0), n)
 
-    def probably_near(self, phash: int, max_distance: int) -> bool:
-        """From memory only: a hint that may be stale; `nearest` under the lock decides."""
-        return bool(self._candidates(phash, max_distance))
+    def nearest(self, conn: Connection, phash: int, max_distance: int,
+                earlier: NearSearch | None = None) -> NearMatch | None:
+        """The closest accepted image within `max_distance` bits (ties: the oldest), or None.
 
-    def confirmed_nearest(self, conn: Connection, phash: int, max_distance: int) -> NearMatch | None:
-        """The closest indexed image still accepted in the database (call after `top_up`)."""
-        ranked = self._candidates(phash, max_distance)
+        With `earlier` (this image's search before the lock), only the entries added since are searched:
+        the lock is held for a top-up and a few hundred entries, not for a scan of the whole index.
+        """
+        self.top_up(conn)
+        return self.confirmed(conn, phash, max_distance, earlier)
+
+    def confirmed(self, conn: Connection, phash: int, max_distance: int,
+                  earlier: NearSearch | None = None) -> NearMatch | None:
+        """`nearest` for a caller that has just topped the index up."""
+        found = self.search(phash, max_distance, start=earlier.end if earlier else 0)
+        ranked = sorted((earlier.candidates if earlier else ()) + found.candidates)
         if not ranked:
             return None
         accepted = set(conn.execute(
@@ -235,11 +260,6 @@ class AcceptedHashes:
             with self._lock:
                 self._ids[position] = 0
         return None
-
-    def nearest(self, conn: Connection, phash: int, max_distance: int) -> NearMatch | None:
-        """The closest accepted image within `max_distance` bits (ties: the oldest), or None."""
-        self.top_up(conn)
-        return self.confirmed_nearest(conn, phash, max_distance)
 
 
 def _settled(conn: Connection, sighting: Sighting, outcome: str, reason: str | None, image_id: int | None) -> Verdict:
@@ -292,7 +312,7 @@ def record_rejected_image(engine: Engine, decision: ImageDecision, sighting: Sig
 
 def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sighting, *, original_key: str,
                           model_key: str, crawl_date: dt.date, near_distance: int,
-                          index: AcceptedHashes) -> tuple[Verdict, bool]:
+                          index: AcceptedHashes, earlier: NearSearch | None = None) -> tuple[Verdict, bool]:
     """Insert the image as accepted, or as a near duplicate of an accepted one, or find it exists.
 
     Returns the verdict and whether the caller's uploaded objects are referenced (accepted). Every
@@ -306,7 +326,7 @@ def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sig
         if row is not None:
             outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
             return _settled(conn, sighting, outcome, reason, row.id), False
-        near = index.confirmed_nearest(conn, decision.phash, near_distance)
+        near = index.confirmed(conn, decision.phash, near_distance, earlier)
         params = {
             "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
             "fmt": decision.format, "n": decision.n_bytes, "crawl_date": crawl_date, "run": sighting.crawl_run_id,

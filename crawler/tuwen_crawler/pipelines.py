@@ -280,7 +280,8 @@ class LineagePipeline:
                 self._upload(item.body, decision, okey, mkey)
             return known
         uploaded = False
-        if not self.accepted_hashes.probably_near(decision.phash, self.near_distance):
+        hint = self.accepted_hashes.search(decision.phash, self.near_distance)
+        if not hint.candidates:
             # Upload before the insert so a row with keys always has its objects. Bytes the database
             # has never seen are put without asking the store first (at most a crashed run's
             # leftover gets the same bytes again).
@@ -288,7 +289,7 @@ class LineagePipeline:
             uploaded = True
         verdict, referenced = lineage.record_accepted_image(
             self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
-            near_distance=self.near_distance, index=self.accepted_hashes,
+            near_distance=self.near_distance, index=self.accepted_hashes, earlier=hint,
         )
         if referenced and not uploaded:
             # The near duplicate seen before taking the lock was gone once we held it (taken down meanwhile).

@@ -8,7 +8,8 @@ uploaded twice (raw/ + model/) and recorded (image + image_source rows, near-dup
 advisory lock); OCR is off during the crawl. Prints images/s (accepted images over the crawl's own
 elapsed time, and over wall time including process start-up), the crawl process's peak RSS, and OCR
 throughput per core on the standard fixture's text images (model-ready copies, 1 ONNX thread).
-`images_per_s_steady` is the rate between 10% and 90% of the accepted images, without start-up and drain.
+`images_per_s_steady` is the rate between 10% and 90% of the accepted images, without start-up and drain;
+`cpu_reference_ms` times one Pillow decode + encode of a bench image on one core, to compare runs by.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import io
 import json
 import statistics
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from PIL import Image
 from sqlalchemy import text
 
 from tuwen.config import Settings
@@ -70,12 +73,28 @@ def steady_rate(progress: list[tuple[float, int]], total: int) -> float | None:
     return round((end[1] - start[1]) / (end[0] - start[0]), 1) if end[0] > start[0] else None
 
 
+def cpu_reference_ms(jpeg: bytes) -> float:
+    """Milliseconds one core takes to decode and re-encode `jpeg` with Pillow (best of 20).
+
+    This vm's speed drifts by a third within an hour (its host is shared); crawl results taken at
+    different times compare only next to this number."""
+    best = float("inf")
+    for _ in range(20):
+        started = time.process_time()
+        with Image.open(io.BytesIO(jpeg)) as image:
+            image.save(io.BytesIO(), format="JPEG", quality=90)
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 2)
+
+
 def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed: int = 0) -> dict[str, object]:
     site_dir = work / "site"
     started = time.perf_counter()
     manifest = generate_site(site_dir, seed=3, profile="bench", images=images)
     generated_s = time.perf_counter() - started
-    sizes = [img.bytes or 0 for img in manifest.images.values() if img.outcome == "accepted"]
+    accepted_images = [img for img in manifest.images.values() if img.outcome == "accepted"]
+    sizes = [img.bytes or 0 for img in accepted_images]
+    reference_ms = cpu_reference_ms((site_dir / "www" / (accepted_images[0].file or "")).read_bytes())
     database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_crawl_{uuid.uuid4().hex[:8]}"
     ensure_database(database_url)
     s3_port = free_port()
@@ -133,6 +152,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),
+            "cpu_reference_ms": reference_ms,
         }
     finally:
         s3.stop()

@@ -22,11 +22,13 @@ from tuwen.config import Settings
 from tuwen.crawl import LOG_DIR, run_crawl, start_crawl
 from tuwen.db.session import get_engine
 from tuwen.fixture_site import SiteManifest
-from tuwen.storage import ObjectStore
+from tuwen.images import inspect_and_normalize
+from tuwen.storage import ObjectStore, model_key, raw_key
 
 pytestmark = pytest.mark.integration
 
 PARTITION = dt.date(2024, 6, 1)
+LEFT_BEHIND = b"an object a killed crawl uploaded and never recorded"
 
 
 @pytest.fixture
@@ -119,6 +121,36 @@ def test_two_crawls_at_once_store_each_image_once(settings: Settings, manifest: 
     for run in runs:  # each crawl, racing the other, still reaches the manifest's verdict for every URL
         assert run.counts["by_outcome_reason"] == manifest.expected_counts["by_outcome_reason"]
     assert_final_state_matches(settings, manifest, fixture_site[0])
+
+
+def test_objects_a_killed_crawl_left_for_near_duplicates_are_removed(settings: Settings, manifest: SiteManifest,
+                                                                    fixture_site: tuple[str, Path]) -> None:
+    """A crawl killed between an upload and its commit leaves objects no row holds. When those bytes turn
+    out to be a near duplicate, the crawl that records them removes whatever sits at their keys."""
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    site_dir = fixture_site[1]
+    # Both sides of every near-duplicate pair: which of two near-identical pictures a crawl keeps depends
+    # on the order its downloads finish.
+    near = [image for image in manifest.images.values() if image.outcome == "near_duplicate"]
+    group = {image.url for image in near} | {image.duplicate_of for image in near if image.duplicate_of}
+    assert len(near) > 0 and len(group) > len(near)
+    for url in group:
+        image = manifest.images[url]
+        decision = inspect_and_normalize((site_dir / "www" / (image.file or "")).read_bytes(), image.content_type)
+        assert decision.accepted and decision.model is not None
+        for key in (raw_key(decision.sha256, decision.original_ext), model_key(decision.sha256, decision.model.ext)):
+            store.put_bytes(key, LEFT_BEHIND)
+
+    result = run_crawl(settings, "fixture", PARTITION, timeout_s=600)
+
+    assert result.counts["by_outcome_reason"] == manifest.expected_counts["by_outcome_reason"]
+    assert_final_state_matches(settings, manifest, fixture_site[0])  # no object without an accepted row
+    with get_engine(settings.database_url).connect() as conn:
+        model_keys = set(conn.execute(text("SELECT model_key FROM image WHERE status = 'accepted'")).scalars())
+    assert set(store.list_keys("model/")) == model_keys
+    # The kept side of each pair was uploaded over its leftovers.
+    assert all(store.get_bytes(key) != LEFT_BEHIND for key in store.list_keys(""))
 
 
 def test_private_addresses_are_refused_unless_the_site_allows_them(settings: Settings,

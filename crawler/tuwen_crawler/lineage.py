@@ -312,10 +312,12 @@ def record_rejected_image(engine: Engine, decision: ImageDecision, sighting: Sig
 
 def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sighting, *, original_key: str,
                           model_key: str, crawl_date: dt.date, near_distance: int,
-                          index: AcceptedHashes, earlier: NearSearch | None = None) -> tuple[Verdict, bool]:
+                          index: AcceptedHashes,
+                          earlier: NearSearch | None = None) -> tuple[Verdict, bool, bool]:
     """Insert the image as accepted, or as a near duplicate of an accepted one, or find it exists.
 
-    Returns the verdict and whether the caller's uploaded objects are referenced (accepted). Every
+    Returns the verdict, whether this call inserted the image as accepted, and whether the image's keys
+    are referenced (its sha's row is accepted, by this call or an earlier one). Every
     crawl queues for the lock this holds, so it is four statements: the lock, the exact lookup with
     the index top-up, (rarely) the confirmation of a near match, and the image row with its source row.
     """
@@ -325,7 +327,7 @@ def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sig
         row = index.top_up(conn, sha256=decision.sha256)
         if row is not None:
             outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
-            return _settled(conn, sighting, outcome, reason, row.id), False
+            return _settled(conn, sighting, outcome, reason, row.id), False, row.status == "accepted"
         near = index.confirmed(conn, decision.phash, near_distance, earlier)
         params = {
             "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
@@ -333,10 +335,10 @@ def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sig
         }
         if near is not None:
             return _inserted(conn, sighting, "near_duplicate", "near_duplicate", INSERT_NEAR_DUPLICATE,
-                             {**params, "dup": near.id}), False
+                             {**params, "dup": near.id}), False, False
         return _inserted(conn, sighting, "accepted", None, INSERT_ACCEPTED, {
             **params, "okey": original_key, "mkey": model_key, "mw": decision.model.width,
-            "mh": decision.model.height, "mime": decision.model.mime}), True
+            "mh": decision.model.height, "mime": decision.model.mime}), True, True
 
 
 def _inserted(conn: Connection, sighting: Sighting, outcome: str, reason: str | None, insert: Any,

@@ -287,20 +287,22 @@ class LineagePipeline:
             # leftover gets the same bytes again).
             self._upload(item.body, decision, okey, mkey, check_store=False)
             uploaded = True
-        verdict, referenced = lineage.record_accepted_image(
+        verdict, inserted, referenced = lineage.record_accepted_image(
             self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
             near_distance=self.near_distance, index=self.accepted_hashes, earlier=hint,
         )
-        if referenced and not uploaded:
+        if inserted and not uploaded:
             # The near duplicate seen before taking the lock was gone once we held it (taken down meanwhile).
             self._upload(item.body, decision, okey, mkey, check_store=False)
-        if uploaded and verdict.outcome == "near_duplicate":
-            # Lost a race to a near-identical image accepted meanwhile: this sha's row has no keys, so the
-            # objects are unreferenced and go; the bucket holds exactly the accepted images. (For an exact
-            # duplicate the keys are the winner's own, same bytes: they stay.)
+        if not referenced:
+            # No accepted row holds this sha's keys (a near duplicate, or bytes taken down), so whatever
+            # is stored there goes: our own upload that lost a race to a near-identical image, or one a
+            # crawl killed between its upload and its commit left behind. The bucket holds exactly the
+            # accepted images. (An exact duplicate of an accepted image shares its keys: they stay.)
             for key in (okey, mkey):
-                self.store.client.remove_object(self.store.bucket, key)
-            self.crawler.stats.inc_value("tuwen/orphan_uploads_removed")
+                self.store.remove(key)
+            if uploaded:
+                self.crawler.stats.inc_value("tuwen/orphan_uploads_removed")
         return verdict
 
     def _upload(self, original: bytes, decision: ImageDecision, okey: str, mkey: str, *,

@@ -106,13 +106,17 @@ class ObjectStore:
         except (S3Error, urllib3.exceptions.HTTPError) as exc:
             raise self._fail("list", prefix, exc) from exc
 
+    def remove(self, key: str) -> None:
+        """Delete one object; a key that is not there is no error (S3 semantics)."""
+        try:
+            self.client.remove_object(self.bucket, key)
+        except (S3Error, urllib3.exceptions.HTTPError) as exc:
+            raise self._fail("remove", key, exc) from exc
+
     def remove_prefix(self, prefix: str) -> int:
         keys = self.list_keys(prefix)
         for key in keys:
-            try:
-                self.client.remove_object(self.bucket, key)
-            except (S3Error, urllib3.exceptions.HTTPError) as exc:
-                raise self._fail("remove", key, exc) from exc
+            self.remove(key)
         return len(keys)
 
     def presigned_get(self, key: str, expires_s: int = 900) -> str:

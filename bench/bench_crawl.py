@@ -9,7 +9,9 @@ advisory lock); OCR is off during the crawl. Prints images/s (accepted images ov
 elapsed time, and over wall time including process start-up), the crawl process's peak RSS, and OCR
 throughput per core on the standard fixture's text images (model-ready copies, 1 ONNX thread).
 `images_per_s_steady` is the rate between 10% and 90% of the accepted images, without start-up and drain;
-`cpu_reference_ms` times one Pillow decode + encode of a bench image on one core, to compare runs by.
+`cpu_ms_per_image_steady` is each process's CPU over that span per accepted image (the crawl process,
+its image workers, the S3 server, the web server and the database's backends for this crawl; they all
+share the same cores); `cpu_reference_ms` times one Pillow decode + encode of a bench image on one core.
 """
 
 from __future__ import annotations
@@ -62,15 +64,58 @@ def preseed_accepted_images(database_url: str, n: int) -> float:
 ACCEPTED_SO_FAR = text("SELECT count(*) FROM image WHERE status = 'accepted' AND first_crawl_run_id IS NOT NULL")
 
 
-def steady_rate(progress: list[tuple[float, int]], total: int) -> float | None:
-    """Images/s between 10% and 90% of the crawl's accepted images: the rate once the process has
-    started, its workers spawned and the first pages arrived, and before the last requests drain."""
+BENCH_BACKENDS = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+class CpuLedger:
+    """CPU seconds used so far by each role in the benchmark (every process shares the same cores), with
+    the last reading kept for processes that have exited (PostgreSQL backends come and go)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[str, float]] = {}
+
+    def read(self, role: str, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            self._last[pid] = (role, times.user + times.system)
+
+    def totals(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for role, seconds in self._last.values():
+            totals[role] = totals.get(role, 0.0) + seconds
+        return totals
+
+
+Progress = tuple[float, int, dict[str, float]]  # (seconds, accepted images so far, CPU seconds per role)
+
+
+def _steady_span(progress: list[Progress], total: int) -> tuple[Progress, Progress] | None:
+    """The samples at 10% and 90% of the crawl's accepted images: after the process has started, its
+    workers spawned and the first pages arrived, before the last requests drain."""
     try:
-        start = next((t, n) for t, n in progress if n >= 0.1 * total)
-        end = next((t, n) for t, n in progress if n >= 0.9 * total)
+        start = next(p for p in progress if p[1] >= 0.1 * total)
+        end = next(p for p in progress if p[1] >= 0.9 * total)
     except StopIteration:
         return None
-    return round((end[1] - start[1]) / (end[0] - start[0]), 1) if end[0] > start[0] else None
+    return (start, end) if end[1] > start[1] and end[0] > start[0] else None
+
+
+def steady_rate(progress: list[Progress], total: int) -> float | None:
+    span = _steady_span(progress, total)
+    return round((span[1][1] - span[0][1]) / (span[1][0] - span[0][0]), 1) if span else None
+
+
+def steady_cpu_ms_per_image(progress: list[Progress], total: int) -> dict[str, float]:
+    """CPU milliseconds per accepted image of each role over the same steady span."""
+    span = _steady_span(progress, total)
+    if span is None:
+        return {}
+    (_, n0, cpu0), (_, n1, cpu1) = span
+    per_role = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / (n1 - n0) * 1000, 2) for role in cpu1}
+    return {**per_role, "total": round(sum(per_role.values()), 2)}
 
 
 def cpu_reference_ms(jpeg: bytes) -> float:
@@ -121,17 +166,26 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             peak_rss = 0
             watched = psutil.Process(process.pid)
             cpu_samples = []
-            progress: list[tuple[float, int]] = []  # (seconds, accepted images so far)
+            progress: list[Progress] = []
+            ledger = CpuLedger()
+            s3_pid = int(s3.pid_file.read_text())
+            assert site.process is not None
             with get_engine(database_url).connect() as counter:
                 while process.poll() is None:
                     try:
                         # The crawl process and its image worker processes together.
-                        family = [watched, *watched.children(recursive=True)]
-                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family))
+                        workers = watched.children(recursive=True)
+                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in [watched, *workers]))
                         cpu_samples.append(watched.cpu_percent(interval=None))
                     except psutil.NoSuchProcess:
                         break
-                    progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one()))
+                    ledger.read("crawl_process", [watched.pid])
+                    ledger.read("image_workers", [w.pid for w in workers])
+                    ledger.read("s3_server", [s3_pid])
+                    ledger.read("web_server", [site.process.pid])
+                    ledger.read("postgres_backends", list(counter.execute(BENCH_BACKENDS).scalars()))
+                    progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one(),
+                                     ledger.totals()))
                     counter.rollback()
                     time.sleep(0.25)
             wall_s = time.perf_counter() - wall_start
@@ -149,6 +203,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             "crawl_elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
             "images_per_s": round(accepted / elapsed, 1), "images_per_s_wall": round(accepted / wall_s, 1),
             "images_per_s_steady": steady,
+            "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, accepted),
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),

@@ -113,7 +113,16 @@ class BackgroundService:
             except ProcessLookupError:
                 return f"{self.name}: stopped (pid {pid})"
             time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it finished stopping between the last look and now
+            return f"{self.name}: stopped (pid {pid})"
+        for _ in range(50):  # SIGKILL is not instant either; callers check that nothing is left
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
         return f"{self.name}: killed (pid {pid})"
 
 

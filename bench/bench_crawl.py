@@ -174,13 +174,13 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
                 while process.poll() is None:
                     try:
                         # The crawl process and its image worker processes together.
-                        workers = watched.children(recursive=True)
-                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in [watched, *workers]))
+                        children = watched.children(recursive=True)
+                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in [watched, *children]))
                         cpu_samples.append(watched.cpu_percent(interval=None))
                     except psutil.NoSuchProcess:
                         break
                     ledger.read("crawl_process", [watched.pid])
-                    ledger.read("image_workers", [w.pid for w in workers])
+                    ledger.read("image_workers", [child.pid for child in children])
                     ledger.read("s3_server", [s3_pid])
                     ledger.read("web_server", [site.process.pid])
                     ledger.read("postgres_backends", list(counter.execute(BENCH_BACKENDS).scalars()))

@@ -32,6 +32,12 @@ def add_image(conn, sha: str, phash: int, status: str = "accepted") -> int:
                         {"sha": sha, "p": phash, "st": status, "reason": reason}).scalar_one()
 
 
+def looked_up(index: AcceptedHashes, conn, phash: int, max_distance: int, earlier=None) -> NearMatch | None:
+    """What the crawler does under the decision lock: top the index up, then find the nearest."""
+    index.top_up(conn)
+    return index.nearest(conn, phash, max_distance, earlier)
+
+
 def test_nearest_finds_the_closest_accepted_image_and_follows_the_database(lineage_db: str) -> None:
     engine = get_engine(lineage_db)
     index = AcceptedHashes()
@@ -40,23 +46,23 @@ def test_nearest_finds_the_closest_accepted_image_and_follows_the_database(linea
         four = add_image(conn, "b" * 64, flip(BASE, 1, 9, 17, 63))
         add_image(conn, "c" * 64, flip(BASE, 3), status="near_duplicate")  # never a reference
     with engine.connect() as conn:
-        assert index.nearest(conn, BASE, 6) == NearMatch(four, 4)
-        assert index.nearest(conn, BASE, 3) is None
+        assert looked_up(index, conn, BASE, 6) == NearMatch(four, 4)
+        assert looked_up(index, conn, BASE, 3) is None
         assert len(index) == 2  # far and four; the near_duplicate row is not loaded
     # Accepted by someone else after the index was loaded: the next look sees it.
     with engine.begin() as conn:
         two = add_image(conn, "d" * 64, flip(BASE, 5, 6))
     with engine.connect() as conn:
-        assert index.nearest(conn, BASE, 6) == NearMatch(two, 2)
-        assert index.nearest(conn, flip(BASE, 1, 9, 17, 63), 0) == NearMatch(four, 0)
+        assert looked_up(index, conn, BASE, 6) == NearMatch(two, 2)
+        assert looked_up(index, conn, flip(BASE, 1, 9, 17, 63), 0) == NearMatch(four, 0)
     # Taken down meanwhile: confirmed against the database, skipped, and dropped from the index.
     with engine.begin() as conn:
         conn.execute(text("UPDATE image SET status = 'taken_down', reason = 'taken_down' WHERE id = :id"),
                      {"id": two})
     with engine.connect() as conn:
-        assert index.nearest(conn, BASE, 6) == NearMatch(four, 4)
+        assert looked_up(index, conn, BASE, 6) == NearMatch(four, 4)
         assert len(index) == 2
-        assert index.nearest(conn, flip(BASE, *range(0, 40, 2)), 6) == NearMatch(far, 0)
+        assert looked_up(index, conn, flip(BASE, *range(0, 40, 2)), 6) == NearMatch(far, 0)
 
 
 def test_search_before_the_lock_and_the_rest_under_it(lineage_db: str) -> None:
@@ -75,11 +81,11 @@ def test_search_before_the_lock_and_the_rest_under_it(lineage_db: str) -> None:
     with engine.begin() as conn:
         one = add_image(conn, "f" * 64, flip(BASE, 11))
     with engine.connect() as conn:
-        assert index.nearest(conn, BASE, 6, earlier=early) == NearMatch(one, 1)
+        assert looked_up(index, conn, BASE, 6, earlier=early) == NearMatch(one, 1)
     # The earlier hit taken down meanwhile and the newer one too: nothing is near any more.
     with engine.begin() as conn:
         conn.execute(text("UPDATE image SET status = 'taken_down', reason = 'taken_down' WHERE id = ANY(:ids)"),
                      {"ids": [one, three]})
     with engine.connect() as conn:
-        assert index.nearest(conn, BASE, 6, earlier=early) is None
+        assert looked_up(index, conn, BASE, 6, earlier=early) is None
         assert len(index) == 0

@@ -176,7 +176,7 @@ class AcceptedHashes:
     inserted while holding the lock, so their ids grow in commit order. A match is confirmed against
     the database before it is used; an image no longer accepted (taken down) leaves the index instead.
     Each image is searched once in full, outside the lock (`search`, also the hint that decides whether
-    to upload before the decision); under the lock only the entries added since are (`confirmed`).
+    to upload before the decision); under the lock only the entries added since are (`nearest`).
     """
 
     def __init__(self) -> None:
@@ -235,17 +235,12 @@ class AcceptedHashes:
 
     def nearest(self, conn: Connection, phash: int, max_distance: int,
                 earlier: NearSearch | None = None) -> NearMatch | None:
-        """The closest accepted image within `max_distance` bits (ties: the oldest), or None.
+        """The closest image within `max_distance` bits that is still accepted (ties: the oldest), or None.
 
-        With `earlier` (this image's search before the lock), only the entries added since are searched:
-        the lock is held for a top-up and a few hundred entries, not for a scan of the whole index.
+        Call after `top_up`, inside the decision lock. With `earlier` (this image's search before the
+        lock) only the entries added since are searched: the lock is held for a few entries, not for a
+        scan of the whole index.
         """
-        self.top_up(conn)
-        return self.confirmed(conn, phash, max_distance, earlier)
-
-    def confirmed(self, conn: Connection, phash: int, max_distance: int,
-                  earlier: NearSearch | None = None) -> NearMatch | None:
-        """`nearest` for a caller that has just topped the index up."""
         found = self.search(phash, max_distance, start=earlier.end if earlier else 0)
         ranked = sorted((earlier.candidates if earlier else ()) + found.candidates)
         if not ranked:
@@ -328,7 +323,7 @@ def record_accepted_image(engine: Engine, decision: ImageDecision, sighting: Sig
         if row is not None:
             outcome, reason = _existing_verdict(conn, sighting.mention.url, row)
             return _settled(conn, sighting, outcome, reason, row.id), False, row.status == "accepted"
-        near = index.confirmed(conn, decision.phash, near_distance, earlier)
+        near = index.nearest(conn, decision.phash, near_distance, earlier)
         params = {
             "sha": decision.sha256, "phash": decision.phash, "w": decision.width, "h": decision.height,
             "fmt": decision.format, "n": decision.n_bytes, "crawl_date": crawl_date, "run": sighting.crawl_run_id,

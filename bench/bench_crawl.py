@@ -9,6 +9,8 @@ advisory lock); OCR is off during the crawl. Prints images/s (accepted images ov
 elapsed time, and over wall time including process start-up), the crawl process's peak RSS, and OCR
 throughput per core on the standard fixture's text images (model-ready copies, 1 ONNX thread).
 `images_per_s_steady` is the rate between 10% and 90% of the accepted images, without start-up and drain;
+`idle_share_steady` is the share of the cores left idle over that span;
+`timeline_s` says when the first, 10 %, 90 % and last accepted image were counted;
 `cpu_ms_per_image_steady` is each process's CPU over that span per accepted image (the crawl process,
 its image workers, the S3 server, the web server and the database's backends for this crawl; they all
 share the same cores); `cpu_reference_ms` times one Pillow decode + encode of a bench image on one core.
@@ -108,14 +110,36 @@ def steady_rate(progress: list[Progress], total: int) -> float | None:
     return round((span[1][1] - span[0][1]) / (span[1][0] - span[0][0]), 1) if span else None
 
 
+def timeline(progress: list[Progress], total: int, started: float) -> dict[str, float]:
+    """Seconds after the crawl process started at which the first, 10 %, 90 % and last accepted image
+    were counted (sampled every 0.25 s): where start-up and drain go."""
+    marks = {"first": 1, "p10": 0.1 * total, "p90": 0.9 * total, "last": total}
+    return {name: round(next(p[0] for p in progress if p[1] >= need) - started, 2)
+            for name, need in marks.items() if total and any(p[1] >= need for p in progress)}
+
+
 def steady_cpu_ms_per_image(progress: list[Progress], total: int) -> dict[str, float]:
     """CPU milliseconds per accepted image of each role over the same steady span."""
     span = _steady_span(progress, total)
     if span is None:
         return {}
     (_, n0, cpu0), (_, n1, cpu1) = span
-    per_role = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / (n1 - n0) * 1000, 2) for role in cpu1}
+    per_role = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / (n1 - n0) * 1000, 2) for role in cpu1
+                if role != IDLE}
     return {**per_role, "total": round(sum(per_role.values()), 2)}
+
+
+IDLE = "machine_idle"  # the ledger's entry for the cores' idle time (not a process's)
+
+
+def steady_idle_share(progress: list[Progress], total: int) -> float | None:
+    """The share of the machine's cores that sat idle over the steady span: what is left on the table
+    when the crawl's processes do not keep both cores busy."""
+    span = _steady_span(progress, total)
+    if span is None:
+        return None
+    (t0, _, cpu0), (t1, _, cpu1) = span
+    return round((cpu1[IDLE] - cpu0[IDLE]) / ((t1 - t0) * (psutil.cpu_count() or 1)), 3)
 
 
 def cpu_reference_ms(jpeg: bytes) -> float:
@@ -185,7 +209,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
                     ledger.read("web_server", [site.process.pid])
                     ledger.read("postgres_backends", list(counter.execute(BENCH_BACKENDS).scalars()))
                     progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one(),
-                                     ledger.totals()))
+                                     {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
                     counter.rollback()
                     time.sleep(0.25)
             wall_s = time.perf_counter() - wall_start
@@ -203,7 +227,9 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             "crawl_elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
             "images_per_s": round(accepted / elapsed, 1), "images_per_s_wall": round(accepted / wall_s, 1),
             "images_per_s_steady": steady,
+            "timeline_s": timeline(progress, accepted, wall_start),
             "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, accepted),
+            "idle_share_steady": steady_idle_share(progress, accepted),
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),

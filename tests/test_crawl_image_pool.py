@@ -6,7 +6,9 @@ import hashlib
 import io
 import os
 import sys
+import time
 
+import psutil
 from PIL import Image
 
 from tuwen.config import REPO_ROOT
@@ -53,5 +55,28 @@ def test_a_worker_that_dies_rejects_only_its_image_and_the_pool_recovers() -> No
         # The next image gets a fresh worker and a normal verdict.
         after = pool.inspect(photo_bytes(7), "image/jpeg", ImageLimits())
         assert after.accepted and after.model is not None
+    finally:
+        pool.shutdown()
+
+
+
+def _spawned_workers() -> set[int]:
+    """Pids of this process's spawned pool workers (multiprocessing's resource tracker is not one)."""
+    return {p.pid for p in psutil.Process().children()
+            if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())}
+
+
+def test_start_spawns_every_worker_before_the_first_image() -> None:
+    pool = ImageProcessPool(2)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_spawned_workers()) < 2:
+            time.sleep(0.1)
+        workers = _spawned_workers()
+        assert len(workers) == 2
+        data = photo_bytes(1)
+        assert pool.inspect(data, "image/jpeg", ImageLimits()) == inspect_and_normalize(data, "image/jpeg")
+        assert _spawned_workers() == workers  # the image went to a started worker, no new one
     finally:
         pool.shutdown()

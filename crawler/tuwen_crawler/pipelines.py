@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
-from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize
+from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize, warm_up
 from tuwen.storage import ObjectStore, StorageError, model_key, raw_key
 from tuwen_crawler import lineage
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
@@ -68,6 +68,15 @@ class ImageProcessPool:
                 # spawn, not fork: forking a process that runs threads (reactor, pools) can deadlock.
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
             return self._pool
+
+    def start(self) -> None:
+        """Spawn the workers now and have each import and run the image code once, in the background:
+        a spawned worker takes about a second to be ready, which the first images would otherwise wait
+        for while the crawl is still fetching robots.txt and its first pages."""
+        if self.processes > 0:
+            pool = self._executor()
+            for _ in range(self.processes):  # each submit starts one more worker while none is idle
+                pool.submit(warm_up)
 
     def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -152,6 +161,7 @@ class LineagePipeline:
     # -- lifecycle -------------------------------------------------------------------------
     def open_spider(self) -> None:
         spider: Any = self.spider
+        self.image_processes.start()
         self.store.ensure_bucket()
         earlier_runs = lineage.job_crawl_runs(self.engine, spider.site.name, spider.job_key) if spider.job_key else []
         # A run of this job still 'running' died without closing (this process owns the JOBDIR now).

@@ -294,3 +294,12 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
             accepted=True, reason=None, sha256=sha, n_bytes=n_bytes, width=width, height=height, format=fmt,
             phash=phash_int64(bgr, bgr=True), model=make_model_copy(bgr, limits),
         )
+
+
+def warm_up() -> None:
+    """Run the whole accepting path once on a small generated photo: a fresh worker process imports
+    and initialises its libraries here (OpenCV, SciPy's DCT under imagehash) instead of on a real image."""
+    noise = np.random.default_rng(0).integers(0, 256, (280, 280, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", noise)
+    if ok:
+        inspect_and_normalize(encoded.tobytes(), "image/jpeg")

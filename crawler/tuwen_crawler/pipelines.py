@@ -136,7 +136,7 @@ class LineagePipeline:
                                           thread_name_prefix="tuwen-image")
         self.accepted_hashes = lineage.AcceptedHashes()  # loaded on the first look, then topped up
         self.image_processes = ImageProcessPool(scrapy_settings.getint("TUWEN_CRAWL_IMAGE_PROCESSES"))
-        self.engine = get_engine(self.settings.database_url)
+        self.engine = get_engine(self.settings.database_url, pre_ping=False)  # see _db
         self.store = ObjectStore(self.settings)
         self.crawl_run_id: int | None = None
         self.verdicts: dict[str, Verdict] = {}  # this run's verdict per image URL
@@ -163,11 +163,12 @@ class LineagePipeline:
         spider: Any = self.spider
         self.image_processes.start()
         self.store.ensure_bucket()
-        earlier_runs = lineage.job_crawl_runs(self.engine, spider.site.name, spider.job_key) if spider.job_key else []
+        earlier_runs = self._db(lineage.job_crawl_runs, spider.site.name, spider.job_key) if spider.job_key else []
         # A run of this job still 'running' died without closing (this process owns the JOBDIR now).
-        lineage.fail_running_runs(self.engine, earlier_runs, "the crawl process died; its job was resumed")
-        self.known = lineage.verdicts_from_runs(self.engine, earlier_runs)
+        self._db(lineage.fail_running_runs, earlier_runs, "the crawl process died; its job was resumed")
+        self.known = self._db(lineage.verdicts_from_runs, earlier_runs)
         spider.known_image_urls = set(self.known)
+        # Not retried (it inserts a new run); the pool's connections are all new at this point anyway.
         self.crawl_run_id = lineage.create_crawl_run(
             self.engine, spider=spider.name, site=spider.site.name,
             seeds=list(spider.site.start_urls) + list(spider.site.sitemaps),
@@ -191,7 +192,7 @@ class LineagePipeline:
             self.verdicts.setdefault(url, verdict)
         self.pending.clear()
         try:
-            lineage.upsert_sources(self.engine, rows)
+            self._db(lineage.upsert_sources, rows)
         except SQLAlchemyError as exc:
             self.error = self.error or f"recording leftover mentions failed: {exc}"
         self.workers.shutdown(wait=True)
@@ -211,7 +212,7 @@ class LineagePipeline:
         error = self.error or (None if reason == "finished" else f"spider closed: {reason}")
         stats = dict(self.crawler.stats.get_stats())
         stats["finish_reason"] = reason
-        lineage.close_crawl_run(self.engine, self.crawl_run_id, status="failed" if failed else "succeeded",
+        self._db(lineage.close_crawl_run, self.crawl_run_id, status="failed" if failed else "succeeded",
                                 stats=stats, counts=counts, error=error)
         logger.info("crawl_run %s closed (%s): %s", self.crawl_run_id, reason, counts["by_outcome"])
 
@@ -239,6 +240,11 @@ class LineagePipeline:
                     self.crawler.engine.close_spider_async(reason="pipeline_error"))
         return item
 
+    def _db(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A lineage read or write on the crawler's engine, run once more if it met a connection that
+        died (the engine has no pre-ping: a round trip per checkout, several per image)."""
+        return lineage.retry_on_disconnect(write, self.engine, *args, **kwargs)
+
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.wrap_future(self.workers.submit(fn, *args))
 
@@ -255,7 +261,7 @@ class LineagePipeline:
         waiting = self.pending.pop(mention.url, [])
         mentions = waiting if first_recorded else [mention, *waiting]
         if mentions:
-            await self._in_thread(lineage.upsert_sources, self.engine, [self._source_row(m, verdict) for m in mentions])
+            await self._in_thread(self._db, lineage.upsert_sources, [self._source_row(m, verdict) for m in mentions])
 
     async def _mention(self, mention: Mention) -> None:
         verdict = self.verdicts.get(mention.url)
@@ -266,7 +272,7 @@ class LineagePipeline:
         if verdict is None:
             self.pending[mention.url].append(mention)
             return
-        await self._in_thread(lineage.upsert_sources, self.engine, [self._source_row(mention, verdict)])
+        await self._in_thread(self._db, lineage.upsert_sources, [self._source_row(mention, verdict)])
 
     def _judge_fetched(self, item: FetchedImage) -> Verdict:
         """Decide the URL's verdict and record it with its first mention (one transaction)."""
@@ -275,14 +281,14 @@ class LineagePipeline:
         sighting = Sighting(item.mention, spider.site.name, self.crawl_run_id, item.http_status, item.content_type)
         tags = " ".join(item.x_robots_tag).lower()
         if any(token in tags for token in NOAI_TOKENS):
-            return lineage.record_unstored_rejection(self.engine, "noai", sighting)
+            return self._db(lineage.record_unstored_rejection, "noai", sighting)
         decision = self.image_processes.inspect(item.body, item.content_type, self.limits)
         if not decision.accepted:
-            return lineage.record_rejected_image(self.engine, decision, sighting, crawl_date=spider.partition_date)
+            return self._db(lineage.record_rejected_image, decision, sighting, crawl_date=spider.partition_date)
         assert decision.model is not None and decision.phash is not None
         okey = raw_key(decision.sha256, decision.original_ext)
         mkey = model_key(decision.sha256, decision.model.ext)
-        known = lineage.verdict_for_known_bytes(self.engine, decision.sha256, sighting)
+        known = self._db(lineage.verdict_for_known_bytes, decision.sha256, sighting)
         if known is not None:
             if known.outcome == "accepted":
                 # Seen again with the same bytes: make sure its objects are still in the store (one HEAD),
@@ -297,8 +303,8 @@ class LineagePipeline:
             # leftover gets the same bytes again).
             self._upload(item.body, decision, okey, mkey, check_store=False)
             uploaded = True
-        verdict, inserted, referenced = lineage.record_accepted_image(
-            self.engine, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
+        verdict, inserted, referenced = self._db(
+            lineage.record_accepted_image, decision, sighting, original_key=okey, model_key=mkey, crawl_date=spider.partition_date,
             near_distance=self.near_distance, index=self.accepted_hashes, earlier=hint,
         )
         if inserted and not uploaded:

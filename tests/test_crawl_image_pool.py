@@ -7,8 +7,10 @@ import io
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+import pytest
 from PIL import Image
 
 from tuwen.config import REPO_ROOT
@@ -16,7 +18,7 @@ from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize
 
 sys.path.insert(0, str(REPO_ROOT / "crawler"))  # the Scrapy project is not an installed package
 
-from tuwen_crawler.pipelines import ImageProcessPool
+from tuwen_crawler.image_pool import ImageProcessPool
 
 CRASH = b"bytes that kill the decoder"
 
@@ -25,6 +27,13 @@ def die_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimit
     """Stands in for a decoder that crashes the process (a segfault in a codec, an OOM kill)."""
     if data == CRASH:
         os._exit(3)
+    return inspect_and_normalize(data, content_type, limits)
+
+
+def raise_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+    """Stands in for a bug in the image code: an exception, not a dead process."""
+    if data == CRASH:
+        raise ValueError("the image code has a bug")
     return inspect_and_normalize(data, content_type, limits)
 
 
@@ -41,6 +50,34 @@ def test_worker_processes_decide_exactly_what_the_thread_would() -> None:
         for seed in range(3):
             data = photo_bytes(seed)
             assert pool.inspect(data, "image/jpeg", ImageLimits()) == inspect_and_normalize(data, "image/jpeg")
+    finally:
+        pool.shutdown()
+
+
+def test_threads_sharing_the_workers_each_get_their_own_image_back() -> None:
+    pool = ImageProcessPool(2)
+    photos = [photo_bytes(seed) for seed in range(12)]
+    try:
+        with ThreadPoolExecutor(6) as threads:
+            decisions = list(threads.map(lambda data: pool.inspect(data, "image/jpeg", ImageLimits()), photos))
+        assert [d.sha256 for d in decisions] == [hashlib.sha256(p).hexdigest() for p in photos]
+        assert all(d.accepted and d.model is not None for d in decisions)
+    finally:
+        pool.shutdown()
+
+
+def test_an_exception_in_the_image_code_reaches_the_caller_and_the_worker_lives_on() -> None:
+    pool = ImageProcessPool(1, work=raise_on_crash_bytes)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _spawned_workers():
+            time.sleep(0.1)
+        (worker,) = _spawned_workers()
+        with pytest.raises(ValueError, match="has a bug"):
+            pool.inspect(CRASH, "image/jpeg", ImageLimits())
+        assert pool.inspect(photo_bytes(3), "image/jpeg", ImageLimits()).accepted
+        assert _spawned_workers() == {worker}
     finally:
         pool.shutdown()
 

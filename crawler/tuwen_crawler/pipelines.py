@@ -16,15 +16,11 @@ the run failed: losing lineage silently is worse than stopping.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import multiprocessing
-import threading
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 from scrapy import signals
@@ -34,9 +30,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
-from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize, warm_up
+from tuwen.images import ImageDecision, ImageLimits
 from tuwen.storage import ObjectStore, StorageError, model_key, raw_key
 from tuwen_crawler import lineage
+from tuwen_crawler.image_pool import ImageProcessPool
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
 from tuwen_crawler.lineage import Sighting, Verdict
 from tuwen_crawler.outcomes import OUTCOMES
@@ -44,67 +41,6 @@ from tuwen_crawler.outcomes import OUTCOMES
 logger = logging.getLogger(__name__)
 
 NOAI_TOKENS = ("noai", "noimageai")
-
-
-class ImageProcessPool:
-    """inspect_and_normalize in worker processes, called from the pipeline's threads.
-
-    Decoding, hashing and resizing release the GIL only in parts; with the reactor, the S3 client and
-    the database driver all in one interpreter the crawl process topped out at one core. Worker
-    processes take the image work off the GIL (the bytes travel by pickle, ~0.2 ms per photo), and a
-    decoder that blows up on hostile bytes takes down a worker, not the crawl. `processes=0` keeps the
-    work in the calling thread.
-    """
-
-    def __init__(self, processes: int, work: Callable[..., ImageDecision] = inspect_and_normalize) -> None:
-        self.processes = processes
-        self.work = work  # a module-level function (spawned workers import it); tests swap in their own
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                # spawn, not fork: forking a process that runs threads (reactor, pools) can deadlock.
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-            return self._pool
-
-    def start(self) -> None:
-        """Spawn the workers now and have each import and run the image code once, in the background:
-        a spawned worker takes about a second to be ready, which the first images would otherwise wait
-        for while the crawl is still fetching robots.txt and its first pages."""
-        if self.processes > 0:
-            pool = self._executor()
-            for _ in range(self.processes):  # each submit starts one more worker while none is idle
-                pool.submit(warm_up)
-
-    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is broken:
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-
-    def inspect(self, data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
-        if self.processes <= 0:
-            return self.work(data, content_type, limits)
-        for attempt in (1, 2):
-            pool = self._executor()
-            try:
-                return pool.submit(self.work, data, content_type, limits).result()
-            except BrokenProcessPool:
-                # A worker died (killed for memory, or a decoder crash): every image it held fails with
-                # this; start a new pool and try each once more, then call the bytes corrupt.
-                self._replace_broken(pool)
-                if attempt == 2:
-                    logger.warning("image worker died twice on the same bytes; rejected as corrupt")
-        return ImageDecision(accepted=False, reason="corrupt", sha256=hashlib.sha256(data).hexdigest(),
-                             n_bytes=len(data))
-
-    def shutdown(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
 
 
 def summarize(verdicts: dict[str, Verdict]) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from PIL import Image
 
 from tuwen.fixture_site import _bomb_png
 from tuwen.images import (
+    PNG_MAX_COLOURS,
     ImageLimits,
     _decode_plain_jpeg,
+    _looks_like_graphic,
     hamming64,
     inspect_and_normalize,
     phash_int64,
@@ -188,3 +190,12 @@ def test_phash_of_an_image_and_of_its_opencv_array_agree() -> None:
     bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
     assert phash_int64(image) == phash_int64(bgr, bgr=True) == phash_int64(np.asarray(image))
     assert phash_int64(bgr) != phash_int64(bgr, bgr=True)  # the channel order matters, and is honoured
+
+
+@pytest.mark.parametrize("colours", [1, 255, 256, 257, 4096])
+def test_a_model_copy_is_png_up_to_256_distinct_colours(colours: int) -> None:
+    # 64 x 64 is the probe's own size, so it sees every pixel: `colours` distinct ones, then repeats.
+    values = np.arange(64 * 64) % colours
+    bgr = np.stack([values % 256, values // 256, (values * 7) % 256], axis=-1).astype(np.uint8).reshape(64, 64, 3)
+    assert len({tuple(p) for p in bgr.reshape(-1, 3)}) == colours
+    assert _looks_like_graphic(bgr) == (colours <= PNG_MAX_COLOURS)

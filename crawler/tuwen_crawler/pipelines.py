@@ -1,7 +1,8 @@
 """LineagePipeline: judge each image, store the keepers in S3, record everything in Postgres.
 
 Per image URL (the first sighting carries the bytes or the failure):
-  1. inspect_and_normalize in a worker thread (decode, checks, SHA-256, pHash, model-ready copy);
+  1. inspect_and_normalize in an image worker process (tuwen_crawler.image_pool: decode, checks,
+     SHA-256, pHash, model-ready copy);
   2. exact duplicate? (SHA-256 already in `image`) -> no upload;
   3. near duplicate of an accepted image, as far as the in-memory index knows? -> no upload;
   4. else upload raw/ and model/ (content-addressed; skipped when the key exists), then insert the

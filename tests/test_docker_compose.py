@@ -262,6 +262,16 @@ def test_dockerfile_copies_only_what_exists():
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
 
 
+def test_dockerfile_installs_the_debian_libraries_the_code_loads():
+    """The Python wheels that load system libraries at run time: OpenCV (libGL, GLib) and PyTurboJPEG
+    (libjpeg-turbo's TurboJPEG), the latter the same package scripts/system-deps.sh installs locally."""
+    installed = set()
+    for match in re.finditer(r"apt-get install ([^&]*)", DOCKERFILE.read_text(encoding="utf-8")):
+        installed |= {word for word in match.group(1).replace("\\", " ").split() if not word.startswith("-")}
+    assert {"libgl1", "libglib2.0-0", "libturbojpeg0"} <= installed
+    assert "libturbojpeg0" in (ROOT / "scripts" / "system-deps.sh").read_text(encoding="utf-8")
+
+
 def test_airflow_dags_and_plugins_come_from_the_image(services):
     for name, svc in airflow_services(services).items():
         env = environment(svc)

@@ -43,7 +43,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tuwen.images import perceptual_hash
+from tuwen.images import hamming64, perceptual_hash, phash_of_bytes
 
 CJK_FONT_PATH = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 MANIFEST_NAME = "manifest.json"
@@ -547,8 +547,10 @@ def _render_page(page: _Page, logo: str) -> bytes:
 
 def _near_duplicate_variants(original_file: Path) -> dict[str, tuple[bytes, int]] | None:
     """Re-encoded, 90%-resized and lightly cropped copies with their phash distance to the original,
-    or None when one of them drifts further than NEAR_DUPLICATE_MAX_PHASH_DISTANCE."""
-    with Image.open(original_file) as opened:
+    or None when one of them drifts further than NEAR_DUPLICATE_MAX_PHASH_DISTANCE. The distances are
+    the crawler's own: its pHash of each file's bytes, decoded as it decodes them."""
+    original = original_file.read_bytes()
+    with Image.open(io.BytesIO(original)) as opened:
         src = opened.convert("RGB")
     w, h = src.size
     dx, dy = int(w * NEAR_DUPLICATE_CROP), int(h * NEAR_DUPLICATE_CROP)
@@ -557,11 +559,10 @@ def _near_duplicate_variants(original_file: Path) -> dict[str, tuple[bytes, int]
         "resize90": _encode(src.resize((int(w * 0.9), int(h * 0.9)), Image.Resampling.LANCZOS), "JPEG"),
         "crop2": _encode(src.crop((dx, dy, w - dx, h - dy)), "JPEG"),
     }
-    reference = perceptual_hash(src)
+    reference = phash_of_bytes(original)
     variants = {}
     for name, data in encoded.items():
-        with Image.open(io.BytesIO(data)) as decoded:
-            distance = int(perceptual_hash(decoded) - reference)
+        distance = hamming64(phash_of_bytes(data), reference)
         if distance > NEAR_DUPLICATE_MAX_PHASH_DISTANCE:
             return None
         variants[name] = (data, distance)

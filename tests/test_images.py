@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tuwen import images
 from tuwen.fixture_site import _bomb_png
 from tuwen.images import (
     PNG_MAX_COLOURS,
@@ -277,3 +278,31 @@ def test_a_model_copy_is_png_up_to_256_distinct_colours(colours: int) -> None:
     bgr = np.stack([values % 256, values // 256, (values * 7) % 256], axis=-1).astype(np.uint8).reshape(64, 64, 3)
     assert len({tuple(p) for p in bgr.reshape(-1, 3)}) == colours
     assert _looks_like_graphic(bgr) == (colours <= PNG_MAX_COLOURS)
+
+
+def test_a_missing_libjpeg_turbo_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_library() -> None:
+        raise RuntimeError("Unable to locate turbojpeg library automatically.")
+
+    monkeypatch.setattr(images, "TurboJPEG", no_library)
+    images.turbojpeg.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="install the Debian package libturbojpeg0"):
+            images.turbojpeg()
+    finally:
+        monkeypatch.undo()
+        images.turbojpeg.cache_clear()
+    assert images.turbojpeg() is not None  # loads again once the library is back
+
+
+def test_a_jpeg_libjpeg_turbo_warns_about_leaves_the_planar_path() -> None:
+    # Scrambled bytes mid-scan: libjpeg-turbo decodes around them with a warning instead of failing.
+    data = bytearray(encode(photo(500, 400)))
+    middle = len(data) // 2
+    for i in range(middle, middle + 40):
+        data[i] = 0xFF if i % 7 == 0 else data[i] ^ 0x5A
+    with Image.open(io.BytesIO(bytes(data))) as header:
+        assert _decode_ycbcr_planes(bytes(data), header) is None
+    # OpenCV decodes it as browsers show it, damaged but whole (as before the planar path existed).
+    decision = inspect_and_normalize(bytes(data), "image/jpeg", LIMITS)
+    assert decision.accepted and decision.model is not None

@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
-from tuwen.images import ImageDecision, ImageLimits
+from tuwen.images import ImageDecision, ImageLimits, turbojpeg
 from tuwen.storage import ObjectStore, StorageError, model_key, raw_key
 from tuwen_crawler import lineage
 from tuwen_crawler.image_pool import ImageProcessPool
@@ -98,6 +98,9 @@ class LineagePipeline:
     # -- lifecycle -------------------------------------------------------------------------
     def open_spider(self) -> None:
         spider: Any = self.spider
+        # The workers need libjpeg-turbo's library: a machine without it fails here, with the package to
+        # install, rather than in every worker.
+        turbojpeg()
         self.image_processes.start()
         self.store.ensure_bucket()
         earlier_runs = self._db(lineage.job_crawl_runs, spider.site.name, spider.job_key) if spider.job_key else []

@@ -198,7 +198,7 @@ class YCbCrPlanes(NamedTuple):
 
 
 @functools.cache
-def _turbojpeg() -> TurboJPEG:
+def turbojpeg() -> TurboJPEG:
     try:
         return TurboJPEG()
     except (OSError, RuntimeError) as exc:
@@ -219,16 +219,19 @@ def _decode_ycbcr_planes(data: bytes, image: Image.Image) -> YCbCrPlanes | None:
     or libjpeg-turbo has anything to say about the file (it would decode it anyway, with a warning)."""
     if image.mode != "RGB" or not _is_plain_jpeg(data, image):
         return None
-    turbo = _turbojpeg()
+    turbo = turbojpeg()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # PyTurboJPEG reports libjpeg-turbo's warnings as warnings
+        # PyTurboJPEG reports libjpeg-turbo's warnings (corrupt data it decoded anyway) as Python
+        # warnings. Recorded, not raised: the filters are process-wide, and in the crawler's thread mode
+        # an "error" filter would turn other threads' warnings into exceptions.
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
             if turbo.decode_header(data)[3] != TJCS_YCbCr:  # grey, or an Adobe RGB/CMYK transform
                 return None
             planes = turbo.decode_to_yuv_planes(data)
-    except (OSError, Warning):
+    except OSError:
         return None
-    if len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
+    if warned or len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
         return None
     # The planes are padded to whole chroma samples; crop each to the samples of the real image.
     y, cb, cr = planes
@@ -290,7 +293,7 @@ def _encode_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> bytes:
         size = plane.shape[0] * width
         packed[offset:offset + size].reshape(plane.shape[0], width)[:, :plane.shape[1]] = plane
         offset += size
-    return _turbojpeg().encode_from_yuv(packed, y.shape[0], y.shape[1], quality=JPEG_QUALITY,
+    return turbojpeg().encode_from_yuv(packed, y.shape[0], y.shape[1], quality=JPEG_QUALITY,
                                         jpeg_subsample=TJSAMP_420)
 
 

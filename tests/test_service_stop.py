@@ -39,7 +39,8 @@ def test_a_group_that_ignores_sigterm_is_killed_and_gone_when_stop_returns(tmp_p
     began = time.monotonic()
     assert service.stop() == f"stubborn: killed (pid {process.pid})"
     assert not group_alive(process.pid)  # gone when stop returns, not some time later
-    assert process.returncode == -signal.SIGKILL
+    # The reaper thread may not have stored the status yet: wait() joins it (it is already reaped).
+    assert process.wait(timeout=1) == -signal.SIGKILL
     assert 4 < time.monotonic() - began < 10 and not service.pid_file.exists()
 
 

@@ -196,9 +196,15 @@ class YCbCrPlanes(NamedTuple):
     def shape(self) -> tuple[int, int]:
         return self.y.shape[:2]
 
+    @property
+    def chroma_step(self) -> tuple[int, int]:
+        """Luma rows and columns per chroma sample (2, 2 for 4:2:0), from the planes' shapes."""
+        return -(-self.y.shape[0] // self.cb.shape[0]), -(-self.y.shape[1] // self.cb.shape[1])
+
 
 @functools.cache
 def turbojpeg() -> TurboJPEG:
+    """libjpeg-turbo's TurboJPEG API, loaded once per process; a clear error where it is missing."""
     try:
         return TurboJPEG()
     except (OSError, RuntimeError) as exc:
@@ -234,10 +240,10 @@ def _decode_ycbcr_planes(data: bytes, image: Image.Image) -> YCbCrPlanes | None:
     if warned or len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
         return None
     # The planes are padded to whole chroma samples; crop each to the samples of the real image.
-    y, cb, cr = planes
-    row_step, col_step = y.shape[0] // cb.shape[0], y.shape[1] // cb.shape[1]
+    padded = YCbCrPlanes(*planes)
+    row_step, col_step = padded.chroma_step
     rows, cols = -(-image.height // row_step), -(-image.width // col_step)
-    return YCbCrPlanes(y[:image.height, :image.width], cb[:rows, :cols], cr[:rows, :cols])
+    return YCbCrPlanes(padded.y[:image.height, :image.width], padded.cb[:rows, :cols], padded.cr[:rows, :cols])
 
 
 def _decode_plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
@@ -257,7 +263,7 @@ def planes_to_bgr(planes: YCbCrPlanes) -> np.ndarray:
     """The planes as a BGR array: chroma upsampled bilinearly by its whole subsampling factor (as
     libjpeg's "fancy" upsampling does) and cropped, then JFIF's YCbCr to RGB, which is OpenCV's YCrCb."""
     rows, cols = planes.shape
-    row_step, col_step = -(-rows // planes.cb.shape[0]), -(-cols // planes.cb.shape[1])
+    row_step, col_step = planes.chroma_step
     size = (planes.cb.shape[1] * col_step, planes.cb.shape[0] * row_step)
     cr, cb = (cv2.resize(p, size, interpolation=cv2.INTER_LINEAR)[:rows, :cols] for p in (planes.cr, planes.cb))
     return cv2.cvtColor(cv2.merge([planes.y, cr, cb]), cv2.COLOR_YCrCb2BGR)
@@ -273,9 +279,9 @@ def _looks_like_graphic(pixels: np.ndarray | YCbCrPlanes) -> bool:
 
 
 def resize_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize an array (BGR or one plane) with OpenCV: bilinear for the usual small change (smart_resize mostly rounds the sides to
-    the next multiple of 28), pixel-area averaging when a side shrinks more than twofold so that big
-    photos do not alias. Pillow's bicubic took 8 ms for a 1-megapixel photo, the largest single cost
+    """Resize an array (BGR or one plane) with OpenCV: bilinear for the usual small change (smart_resize
+    mostly rounds the sides to the next multiple of 28), pixel-area averaging when a side shrinks more
+    than twofold so that big photos do not alias. Pillow's bicubic took 8 ms for a 1-megapixel photo, the largest single cost
     of a crawled image; OpenCV takes 1 ms."""
     rows, cols = pixels.shape[:2]
     if (width, height) == (cols, rows):
@@ -306,8 +312,9 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
     if isinstance(pixels, YCbCrPlanes):
         if not graphic:
             # smart_resize's sides are multiples of 28, so 4:2:0 chroma is exactly half of each.
-            data = _encode_planes(resize_pixels(pixels.y, width, height), resize_pixels(pixels.cb, width // 2, height // 2),
-                                  resize_pixels(pixels.cr, width // 2, height // 2))
+            half = (width // 2, height // 2)
+            data = _encode_planes(resize_pixels(pixels.y, width, height), resize_pixels(pixels.cb, *half),
+                                  resize_pixels(pixels.cr, *half))
             return ModelCopy(data, width, height, "image/jpeg", "jpg")
         pixels = planes_to_bgr(pixels)
     resized = resize_pixels(pixels, width, height)

@@ -13,7 +13,9 @@ throughput per core on the standard fixture's text images (model-ready copies, 1
 `timeline_s` says when the first, 10 %, 90 % and last accepted image were counted;
 `cpu_ms_per_image_steady` is each process's CPU over that span per accepted image (the crawl process,
 its image workers, the S3 server, the web server and the database's backends for this crawl; they all
-share the same cores); `cpu_reference_ms` times one Pillow decode + encode of a bench image on one core.
+share the same cores); `cpu_reference_ms` times one Pillow decode + encode of a bench image on one core;
+`image_work_ms` times each stage of the image work on one core (best of 5 over 20 bench photos), on the
+planar path colour JPEGs take and on the BGR path every other image takes.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import time
 import uuid
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 from PIL import Image
 from sqlalchemy import text
 
+from tuwen import images
 from tuwen.config import Settings
 from tuwen.crawl import LOG_DIR, start_crawl
 from tuwen.db.migrate import upgrade
@@ -154,6 +158,48 @@ def cpu_reference_ms(jpeg: bytes) -> float:
     return round(best * 1000, 2)
 
 
+def image_work_ms(jpegs: list[bytes]) -> dict[str, float]:
+    """One core's milliseconds per photo for each stage of the image work, best of 5 rounds over `jpegs`:
+    the whole of inspect_and_normalize, then each stage on the planar path and on the BGR path."""
+    headers = [Image.open(io.BytesIO(data)) for data in jpegs]
+    planes = [images._decode_ycbcr_planes(d, h) for d, h in zip(jpegs, headers, strict=True)]
+    bgrs = [images._decode_plain_jpeg(d, h) for d, h in zip(jpegs, headers, strict=True)]
+    assert all(p is not None for p in planes) and all(b is not None for b in bgrs)
+    sizes = [images.smart_resize(*b.shape[:2]) for b in bgrs]  # (height, width)
+
+    def resize_planes(i: int) -> list[np.ndarray]:
+        height, width = sizes[i]
+        targets = [(width, height), (width // 2, height // 2), (width // 2, height // 2)]
+        return [images.resize_pixels(plane, *target) for plane, target in zip(planes[i], targets, strict=True)]
+
+    def resize_bgr(i: int) -> np.ndarray:
+        return images.resize_pixels(bgrs[i], sizes[i][1], sizes[i][0])
+
+    resized_planes = [resize_planes(i) for i in range(len(jpegs))]
+    resized_bgrs = [resize_bgr(i) for i in range(len(jpegs))]
+    stages = {
+        "whole": lambda i: inspect_and_normalize(jpegs[i]),
+        "decode_planes": lambda i: images._decode_ycbcr_planes(jpegs[i], headers[i]),
+        "decode_bgr": lambda i: images._decode_plain_jpeg(jpegs[i], headers[i]),
+        "resize_planes": resize_planes,
+        "resize_bgr": resize_bgr,
+        "encode_planes": lambda i: images._encode_planes(*resized_planes[i]),
+        "encode_bgr": lambda i: cv2.imencode(".jpg", resized_bgrs[i], [cv2.IMWRITE_JPEG_QUALITY, images.JPEG_QUALITY]),
+        "phash_y": lambda i: images.phash_int64(planes[i].y),
+        "phash_bgr": lambda i: images.phash_int64(bgrs[i]),
+    }
+    result = {}
+    for name, stage in stages.items():
+        best = float("inf")
+        for _ in range(5):
+            started = time.process_time()
+            for i in range(len(jpegs)):
+                stage(i)
+            best = min(best, (time.process_time() - started) / len(jpegs))
+        result[name] = round(best * 1000, 2)
+    return result
+
+
 def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed: int = 0) -> dict[str, object]:
     site_dir = work / "site"
     started = time.perf_counter()
@@ -162,6 +208,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
     accepted_images = [img for img in manifest.images.values() if img.outcome == "accepted"]
     sizes = [img.bytes or 0 for img in accepted_images]
     reference_ms = cpu_reference_ms((site_dir / "www" / (accepted_images[0].file or "")).read_bytes())
+    stage_ms = image_work_ms([(site_dir / "www" / (img.file or "")).read_bytes() for img in accepted_images[:20]])
     database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_crawl_{uuid.uuid4().hex[:8]}"
     ensure_database(database_url)
     s3_port = free_port()
@@ -231,7 +278,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),
-            "cpu_reference_ms": reference_ms,
+            "cpu_reference_ms": reference_ms, "image_work_ms": stage_ms,
         }
     finally:
         s3.stop()

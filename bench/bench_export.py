@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from bench.common import bench_settings, machine
+from bench.common import bench_settings, machine, record_result
 from tuwen.config import SEED_TASK_MIX, TASK_TYPES, Settings
 from tuwen.db.models import CrawlRun, QCRun
 from tuwen.db.session import get_engine
@@ -43,7 +43,6 @@ SEED_SAMPLES = sum(SEED_TASK_MIX.values())  # 641,868
 SITES = ("news.example.cn", "shop.example.com.cn", "travel.example.cn", "menu.example.cn", "signs.example.org")
 BENCH_MODEL = "Qwen/Qwen2.5-VL-32B-Instruct"
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "docs" / "BENCHMARKS.md"
 
 _PHRASES = (
     "图片中可以看到一块红色的招牌，上面写着“老北京炸酱面”几个大字", "画面左侧有两位行人正在过马路",
@@ -270,20 +269,6 @@ def run_library_queries(settings: Settings, params: dict[str, str]) -> list[tupl
     return results
 
 
-def _append_results(lines: list[str]) -> None:
-    """Replace (or add) this benchmark's section of docs/BENCHMARKS.md; other sections are left alone."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-    section = "## Export\n\n" + "\n".join(lines) + "\n"
-    start = old.find("## Export\n")
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + section
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + section + (old[end + 1:] if end != -1 else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
     from tuwen.export import ReleaseParams, write_release
 
@@ -319,7 +304,7 @@ def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
         print(f"slowest library query: {slowest[0]} {1000 * slowest[1]:.0f} ms (psql round trip incl. connect)")
     ok = export_s <= 60 and peak.peak_mb <= 1024 and slowest[1] < 1.0
     lines = [
-        f"`{command}` on {machine()}, {dt.date.today().isoformat()}:",
+        f"`{command}` on {machine()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC:",
         "",
         f"- seeded {n:,} samples ({', '.join(f'{t} {c:,}' for t, c in seed.counts.items())}) by COPY in {seeded_s:.0f} s",
         f"- `write_release` (JSON all/per-task/JSONL, dataset_info.json, card, manifest, upload; images: none): "
@@ -332,8 +317,8 @@ def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
         + ", ".join(f"{name} {1000 * s:.0f} ms" for name, s, _ in queries),
         f"- verdict: {'PASS' if ok else 'FAIL'}",
     ]
-    if n == SEED_SAMPLES:  # a smaller trial run must not replace the recorded numbers
-        _append_results(lines)
+    if n == SEED_SAMPLES:  # a smaller trial run is not a result
+        record_result("Export", "\n".join(lines))
     print("\n".join(lines))
     return {"export_s": export_s, "export_cpu_s": export_cpu_s, "peak_rss_mb": peak.peak_mb, "slowest_query": slowest, "ok": ok}
 

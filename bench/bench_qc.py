@@ -20,7 +20,6 @@ import hashlib
 import multiprocessing
 import os
 import random
-import re
 import resource
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from bench.common import (
     insert_samples,
     machine,
     peak_rss_mb,
+    record_result,
     seed_images,
 )
 from tuwen.config import SEED_TASK_MIX
@@ -51,7 +51,6 @@ FIRST_DAY = dt.date(2026, 10, 1)
 N_DAYS = 30
 BAD_SHARE = 0.04
 SEED = 20261120
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 SUBJECTS = (
     "画面左侧的老人", "一位穿红色外套的女士", "桌上的白色瓷碗", "街角的报刊亭", "远处的高楼", "几个背书包的学生",
@@ -249,24 +248,15 @@ def _cpu_s() -> float:
 
 
 def _record(row: dict[str, Any]) -> None:
-    """Append this run under the "Quality gate" heading of docs/BENCHMARKS.md (other sections untouched)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    doc = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-    entry = (f"\n- {row['date']} — `{row['command']}` on {row['machine']}: {row['n']:,} samples, gate "
+    """Add this run to the "Quality gate" section of docs/BENCHMARKS.md."""
+    entry = (f"- {row['date']} — `{row['command']}` on {row['machine']}: {row['n']:,} samples, gate "
              f"{row['wall_s']:.1f} s wall ({row['timings']}), {row['cpu_s']:.0f} s CPU in the gate process and "
              f"its check workers (PostgreSQL not counted), load average before/after {row['load']} on this shared "
              f"machine, peak RSS {row['rss_mb']:.0f} MB, "
              f"{row['n_passed']:,} passed ({row['pass_rate']:.2%}), gate {'PASS' if row['success'] else 'FAIL'}; "
              f"seeding (not timed) {row['seed_s']:.0f} s. Targets: <= 180 s, <= 2048 MB: "
-             f"{'met' if row['wall_s'] <= 180 and row['rss_mb'] <= 2048 else 'NOT met'}.\n")
-    heading = "## Quality gate"
-    if heading not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{heading}\n\n{__doc__.split(chr(10) + chr(10))[0].strip()}\n"
-    start = doc.index(heading)
-    following = re.search(r"^## ", doc[start + len(heading):], flags=re.MULTILINE)
-    end = start + len(heading) + following.start() if following else len(doc)
-    doc = doc[:end].rstrip("\n") + "\n" + entry + ("\n" + doc[end:] if following else "")
-    RESULTS.write_text(doc, encoding="utf-8")
+             f"{'met' if row['wall_s'] <= 180 and row['rss_mb'] <= 2048 else 'NOT met'}.")
+    record_result("Quality gate", entry, intro=__doc__.split(chr(10) + chr(10))[0])
 
 
 def main(n: int = N_SAMPLES) -> dict[str, Any]:
@@ -298,7 +288,7 @@ def main(n: int = N_SAMPLES) -> dict[str, Any]:
             run = conn.execute(text("SELECT * FROM qc_run ORDER BY id DESC LIMIT 1")).one()
         timings = outcome.timings if outcome else {}
         row = {
-            "date": dt.date.today().isoformat(), "command": "python -m bench.bench_qc" + (f" {n}" if n != N_SAMPLES else ""),
+            "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", "command": "python -m bench.bench_qc" + (f" {n}" if n != N_SAMPLES else ""),
             "machine": machine(), "n": run.n_samples, "n_passed": run.n_passed, "pass_rate": run.pass_rate or 0.0,
             "success": success and bool(run.success), "wall_s": wall, "rss_mb": peak_rss_mb(),
             "rss_before_gate_mb": rss_before, "seed_s": seed_s,

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import tempfile
 import uuid
@@ -69,6 +70,24 @@ def peak_rss_mb(children: bool = False) -> float:
 
 def machine() -> str:
     return f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+
+
+def record_result(heading: str, entry: str, intro: str = "") -> None:
+    """Append one run's entry at the end of `## heading` in docs/BENCHMARKS.md, after the runs before it
+    (the section is created, with `intro`, if missing); other sections are left alone."""
+    doc = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
+    title = f"## {heading}\n"
+    if title not in doc:
+        doc = doc.rstrip("\n") + f"\n\n{title}" + (f"\n{intro.strip()}\n" if intro else "")
+    start = doc.index(title) + len(title)
+    following = re.search(r"^## ", doc[start:], flags=re.MULTILINE)
+    end = start + following.start() if following else len(doc)
+    doc = doc[:end].rstrip("\n") + "\n\n" + entry.strip("\n") + "\n" + ("\n" + doc[end:] if following else "")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(doc, encoding="utf-8")
 
 
 def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, height: int = 448, *,

@@ -167,10 +167,8 @@ def image_work_ms(jpegs: list[bytes]) -> dict[str, float]:
     assert all(p is not None for p in planes) and all(b is not None for b in bgrs)
     sizes = [images.smart_resize(*b.shape[:2]) for b in bgrs]  # (height, width)
 
-    def resize_planes(i: int) -> list[np.ndarray]:
-        height, width = sizes[i]
-        targets = [(width, height), (width // 2, height // 2), (width // 2, height // 2)]
-        return [images.resize_pixels(plane, *target) for plane, target in zip(planes[i], targets, strict=True)]
+    def resize_planes(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return images.resize_planes(planes[i], sizes[i][1], sizes[i][0])
 
     def resize_bgr(i: int) -> np.ndarray:
         return images.resize_pixels(bgrs[i], sizes[i][1], sizes[i][0])

@@ -303,6 +303,14 @@ def _encode_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> bytes:
                                         jpeg_subsample=TJSAMP_420)
 
 
+def resize_planes(planes: YCbCrPlanes, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The planes resized for a 4:2:0 encode of `width` x `height` (both even: smart_resize's sides are
+    multiples of 28, so the chroma is exactly half of each)."""
+    half = (width // 2, height // 2)
+    return (resize_pixels(planes.y, width, height), resize_pixels(planes.cb, *half),
+            resize_pixels(planes.cr, *half))
+
+
 def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> ModelCopy:
     """The model-ready copy of a BGR array or a JPEG's planes: PNG for graphics, JPEG for photos."""
     rows, cols = pixels.shape[:2]
@@ -311,10 +319,7 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
     graphic = _looks_like_graphic(pixels)
     if isinstance(pixels, YCbCrPlanes):
         if not graphic:
-            # smart_resize's sides are multiples of 28, so 4:2:0 chroma is exactly half of each.
-            half = (width // 2, height // 2)
-            data = _encode_planes(resize_pixels(pixels.y, width, height), resize_pixels(pixels.cb, *half),
-                                  resize_pixels(pixels.cr, *half))
+            data = _encode_planes(*resize_planes(pixels, width, height))
             return ModelCopy(data, width, height, "image/jpeg", "jpg")
         pixels = planes_to_bgr(pixels)
     resized = resize_pixels(pixels, width, height)

@@ -79,10 +79,10 @@ def record_result(heading: str, entry: str, intro: str = "") -> None:
     """Append one run's entry at the end of `## heading` in docs/BENCHMARKS.md, after the runs before it
     (the section is created, with `intro`, if missing); other sections are left alone."""
     doc = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-    title = f"## {heading}\n"
-    if title not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{title}" + (f"\n{intro.strip()}\n" if intro else "")
-    start = doc.index(title) + len(title)
+    title = re.compile(rf"^## {re.escape(heading)}\n", flags=re.MULTILINE)  # a line of its own, not "### ..."
+    if not title.search(doc):
+        doc = doc.rstrip("\n") + f"\n\n## {heading}\n" + (f"\n{intro.strip()}\n" if intro else "")
+    start = next(title.finditer(doc)).end()
     following = re.search(r"^## ", doc[start:], flags=re.MULTILINE)
     end = start + following.start() if following else len(doc)
     doc = doc[:end].rstrip("\n") + "\n\n" + entry.strip("\n") + "\n" + ("\n" + doc[end:] if following else "")

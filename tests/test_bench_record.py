@@ -31,3 +31,12 @@ def test_a_missing_section_is_created_with_its_introduction(results: Path) -> No
     bench.common.record_result("Quality gate", "- second run")
     assert results.read_text(encoding="utf-8") == (
         "# Benchmarks\n\n## Quality gate\n\nWhat the gate benchmark measures.\n\n- first run\n\n- second run\n")
+
+
+def test_a_subsection_of_the_same_name_is_not_the_section(results: Path) -> None:
+    results.parent.mkdir()
+    results.write_text("# Benchmarks\n\n## Crawl\n\n### Export\n\nabout exports\n\n## Export\n\nrun one\n",
+                       encoding="utf-8")
+    bench.common.record_result("Export", "run two")
+    assert results.read_text(encoding="utf-8") == (
+        "# Benchmarks\n\n## Crawl\n\n### Export\n\nabout exports\n\n## Export\n\nrun one\n\nrun two\n")

@@ -38,8 +38,10 @@ test: venv system-deps lint
 test-ops: venv system-deps
 	@$(BIN)/python -m pytest -m ops --durations=0 $(PYTEST_ARGS)
 
+## make lint: ruff over the tree and mypy over the library (plugins/tuwen), both clean.
 lint: venv
 	@$(BIN)/ruff check .
+	@$(BIN)/mypy
 
 bench: venv system-deps
 	@$(BIN)/python -m bench

@@ -38,15 +38,15 @@ import psutil
 from PIL import Image
 from sqlalchemy import text
 
-from tuwen import images
 from tuwen.config import Settings
-from tuwen.crawl import LOG_DIR, start_crawl
+from tuwen.crawl import images
+from tuwen.crawl.images import inspect_and_normalize
+from tuwen.crawl.ocr import extract_text
+from tuwen.crawl.run import LOG_DIR, start_crawl
 from tuwen.db.migrate import upgrade
 from tuwen.db.session import get_engine
-from tuwen.fixture_site import FixtureSiteProcess, generate_site
-from tuwen.images import inspect_and_normalize
-from tuwen.ocr import extract_text
-from tuwen.services import drop_database, ensure_database, free_port, s3_service
+from tuwen.local.fixture_site import FixtureSiteProcess, generate_site
+from tuwen.local.services import drop_database, ensure_database, free_port, s3_service
 
 
 def preseed_accepted_images(database_url: str, n: int) -> float:

@@ -33,11 +33,12 @@ from typing import Any
 from sqlalchemy import insert, text
 
 from bench.common import bench_settings, machine, record_result
-from tuwen.config import SEED_TASK_MIX, TASK_TYPES, Settings
+from tuwen.config import Settings
 from tuwen.db.models import CrawlRun, QCRun
 from tuwen.db.session import get_engine
-from tuwen.prompts import description_instruction, load_prompts
+from tuwen.domain import SEED_TASK_MIX, TASK_TYPES
 from tuwen.quality.checks import describe_checks
+from tuwen.synthesis.prompts import description_instruction, load_prompts
 
 SEED_SAMPLES = sum(SEED_TASK_MIX.values())  # 641,868
 SITES = ("news.example.cn", "shop.example.com.cn", "travel.example.cn", "menu.example.cn", "signs.example.org")
@@ -270,7 +271,7 @@ def run_library_queries(settings: Settings, params: dict[str, str]) -> list[tupl
 
 
 def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
-    from tuwen.export import ReleaseParams, write_release
+    from tuwen.release.export import ReleaseParams, write_release
 
     command = f"python -m bench.bench_export{'' if n == SEED_SAMPLES else f' {n}'}"
     print(f"== export benchmark ({machine()}): {n:,} samples, seed task mix ==")

@@ -41,10 +41,10 @@ from bench.common import (
     record_result,
     seed_images,
 )
-from tuwen.config import SEED_TASK_MIX
 from tuwen.db.session import get_engine
-from tuwen.qc import QualityGateFailed, ReleaseScope, run_quality_gate
+from tuwen.domain import SEED_TASK_MIX
 from tuwen.quality.checks import question_similarity
+from tuwen.quality.run import QualityGateFailed, ReleaseScope, run_quality_gate
 
 N_SAMPLES = sum(SEED_TASK_MIX.values())  # 641,868
 FIRST_DAY = dt.date(2026, 10, 1)

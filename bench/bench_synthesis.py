@@ -21,8 +21,8 @@ from sqlalchemy import text
 
 from bench.common import bench_settings, machine, seed_images
 from tuwen.db.session import get_engine
-from tuwen.partition import Partition
-from tuwen.synthesis import RunParams, plan_partition, run_batch
+from tuwen.domain import Partition
+from tuwen.synthesis.runner import RunParams, plan_partition, run_batch
 
 IN_FLIGHT = 128
 N_IMAGES = 3000
@@ -52,7 +52,7 @@ def _run(settings, standin_root: str, latency: str, label: str) -> dict:
 
 
 def main() -> list[dict]:
-    from tuwen.standin_vlm import StandinProcess
+    from tuwen.local.standin_vlm import StandinProcess
 
     print(f"== synthesis benchmark ({machine()}): {N_IMAGES} images, {IN_FLIGHT} in flight ==")
     with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \

@@ -27,7 +27,7 @@ from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
 from tuwen.db.models import CrawlRun, Image
 from tuwen.db.session import get_engine
-from tuwen.services import (
+from tuwen.local.services import (
     drop_database,
     ensure_database,
     ensure_postgres,

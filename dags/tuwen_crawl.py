@@ -42,7 +42,7 @@ def tuwen_crawl() -> None:
     @task
     def list_sites() -> list[str]:
         from tuwen.config import Settings
-        from tuwen.sites import load_sites
+        from tuwen.crawl.sites import load_sites
 
         wanted = get_current_context()["params"].get("sites") or []
         names = list(load_sites(Settings.from_env().sites_file))
@@ -54,8 +54,8 @@ def tuwen_crawl() -> None:
     @task(max_active_tis_per_dagrun=4)
     def crawl_site(site: str) -> dict:
         from tuwen.config import Settings
-        from tuwen.crawl import run_crawl
-        from tuwen.partition import resolve_partition
+        from tuwen.crawl.run import run_crawl
+        from tuwen.domain import resolve_partition
 
         context = get_current_context()
         partition = resolve_partition(context)
@@ -68,14 +68,14 @@ def tuwen_crawl() -> None:
     @task(outlets=[CRAWLED_IMAGES])
     def ocr_images(summaries: list[dict]) -> dict:
         from tuwen.config import Settings
-        from tuwen.partition import resolve_partition
+        from tuwen.domain import resolve_partition
 
         context = get_current_context()
         partition = resolve_partition(context)
         settings = Settings.from_env()
         done = 0
         if settings.ocr_enabled:
-            from tuwen.ocr import ocr_pending  # loads the OCR models: only when OCR is on
+            from tuwen.crawl.ocr import ocr_pending  # loads the OCR models: only when OCR is on
 
             done = ocr_pending(settings, partition_date=partition.start)
         context["outlet_events"][CRAWLED_IMAGES].extra = {"partition": partition.start.isoformat()}

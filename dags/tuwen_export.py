@@ -25,7 +25,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
+from tuwen.domain import TASK_TYPES
 
 
 @dag(
@@ -40,7 +40,7 @@ TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
         "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
         "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
         "languages": Param(["zh"], type="array", description="sample languages to include"),
-        "task_types": Param(TASK_TYPES, type="array", description="task types to include"),
+        "task_types": Param(list(TASK_TYPES), type="array", description="task types to include"),
         "qc_statuses": Param(["passed"], type="array", description="QC verdicts to ship (never taken_down)"),
         "max_samples": Param(None, type=["null", "integer"], minimum=1, description="size cap"),
         "mix": Param(None, type=["null", "object"],
@@ -62,7 +62,7 @@ def tuwen_export() -> None:
     @task(retries=0)  # a failed gate is a verdict, not a transient error
     def quality_gate() -> dict:
         from tuwen.config import Settings
-        from tuwen.qc import ReleaseScope, run_quality_gate
+        from tuwen.quality.run import ReleaseScope, run_quality_gate
 
         context = get_current_context()
         # Raises QualityGateFailed below the bar (export_release is then skipped as upstream_failed);
@@ -74,7 +74,7 @@ def tuwen_export() -> None:
     @task
     def export_release(gate: dict) -> dict:
         from tuwen.config import Settings
-        from tuwen.export import ReleaseParams, write_release
+        from tuwen.release.export import ReleaseParams, write_release
 
         context = get_current_context()
         params = context["params"]

@@ -26,7 +26,7 @@ import os
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
+from tuwen.domain import LANGUAGES, TASK_TYPES
 
 
 @dag(
@@ -40,9 +40,9 @@ TASK_TYPES = ["conversation", "complex_reasoning", "detail"]
     params={
         "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
         "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
-        "language": Param("zh", enum=["zh", "en", "mix"], description="answer language"),
+        "language": Param("zh", enum=[*LANGUAGES, "mix"], description="answer language"),
         "en_share": Param(0.5, type="number", minimum=0, maximum=1, description="English share for mix"),
-        "task_types": Param(TASK_TYPES, type="array", description="task types to synthesize"),
+        "task_types": Param(list(TASK_TYPES), type="array", description="task types to synthesize"),
         "prompt_version": Param(None, type=["null", "integer"], description="prompt version; empty = latest"),
         "limit": Param(None, type=["null", "integer"], minimum=0, description="max new completions"),
         "force_regenerate": Param(False, type="boolean", description="request again even if stored"),
@@ -54,8 +54,8 @@ def tuwen_synthesize() -> None:
     @task
     def plan() -> list[dict]:
         from tuwen.config import Settings
-        from tuwen.partition import resolve_partition
-        from tuwen.synthesis import RunParams, plan_partition
+        from tuwen.domain import resolve_partition
+        from tuwen.synthesis.runner import RunParams, plan_partition
 
         context = get_current_context()
         plan = plan_partition(Settings.from_env(), resolve_partition(context), RunParams.from_params(context["params"]))
@@ -66,7 +66,7 @@ def tuwen_synthesize() -> None:
     @task(pool="vlm")
     def synthesize(batch: dict) -> dict:
         from tuwen.config import Settings
-        from tuwen.synthesis import AirflowIds, RunParams, run_batch
+        from tuwen.synthesis.runner import AirflowIds, RunParams, run_batch
 
         context = get_current_context()
         ids = AirflowIds(context["dag"].dag_id, context["run_id"], context["task"].task_id,

@@ -1,5 +1,10 @@
 """Shared fixtures: real services on this machine, each started here if it is not running.
 
+Tests live in folders by what they need, and each test carries its folder's marker (added here,
+never written by hand): `unit` (nothing but Python), `services` (PostgreSQL, the S3 server, the
+stand-in VLM, the fixture site), `airflow` (Airflow runs the DAGs in-process) and `ops` (a running
+Airflow, Celery workers, injected faults; `make test-ops`).
+
 PostgreSQL is started with pg_ctlcluster when it does not answer (and the test fails loudly when it
 cannot be); every test database is uniquely named and dropped afterwards. The S3 server (moto's
 server process), the stand-in VLM server and the fixture website run as subprocesses on free ports.
@@ -19,7 +24,7 @@ import pytest
 
 from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
-from tuwen.services import (
+from tuwen.local.services import (
     BackgroundService,
     drop_database,
     ensure_database,
@@ -29,7 +34,20 @@ from tuwen.services import (
     s3_service,
     standin_vlm_service,
 )
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
+
+TEST_FOLDERS = ("unit", "services", "airflow", "ops")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        folder = Path(item.fspath).relative_to(root).parts[0]
+        if folder not in TEST_FOLDERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{{{','.join(TEST_FOLDERS)}}}/")
+        item.add_marker(getattr(pytest.mark, folder))
+
 
 ADMIN_URL = os.environ.get("TUWEN_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STANDIN_MODEL = "tuwen-standin-vlm"
@@ -92,7 +110,7 @@ def standin_url(run_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def fixture_site(tmp_path_factory: pytest.TempPathFactory, run_dir: Path) -> Iterator[tuple[str, Path]]:
     """The standard fixture website, generated once per session and served on a free port."""
-    from tuwen.fixture_site import generate_site
+    from tuwen.local.fixture_site import generate_site
 
     site_dir = tmp_path_factory.mktemp("fixture-site")
     generate_site(site_dir)
@@ -135,7 +153,13 @@ def settings(lineage_db: str, s3_endpoint: str, standin_url: str, tmp_path: Path
     )
 
 
-LABELLED = Path(__file__).parent / "data" / "qc_labelled.jsonl"
+@pytest.fixture
+def resources(settings: Settings) -> Resources:
+    """The test's services, built once as an entry point would and handed to the stage functions."""
+    return Resources.from_settings(settings)
+
+
+LABELLED = Path(__file__).parent / "unit" / "data" / "qc_labelled.jsonl"
 LABELLED_DAY = dt.date(2026, 11, 18)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tuwen.images import ImageDecision, ImageLimits, inspect_and_normalize, warm_up
+from tuwen.crawl.images import ImageDecision, ImageLimits, inspect_and_normalize, warm_up
 
 logger = logging.getLogger(__name__)
 

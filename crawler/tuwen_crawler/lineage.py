@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from tuwen.images import ImageDecision
+from tuwen.crawl.images import ImageDecision
 from tuwen_crawler.outcomes import outcome_for_reason
 
 T = TypeVar("T")

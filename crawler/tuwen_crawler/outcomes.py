@@ -1,6 +1,6 @@
 """What the crawler concludes about each image URL: an outcome and, unless accepted, a reason.
 
-The vocabulary matches the fixture site's manifest (tuwen.fixture_site) so tests compare counts
+The vocabulary matches the fixture site's manifest (tuwen.local.fixture_site) so tests compare counts
 directly. Outcomes:
 
   accepted        stored (raw/ and model/), ready for synthesis
@@ -26,7 +26,7 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
-from tuwen.images import REJECT_REASONS
+from tuwen.crawl.images import REJECT_REASONS
 
 OUTCOMES = ("accepted", "duplicate", "near_duplicate", "rejected", "not_fetched")
 

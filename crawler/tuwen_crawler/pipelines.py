@@ -30,8 +30,8 @@ from scrapy.spiders import Spider
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuwen.config import Settings
+from tuwen.crawl.images import ImageDecision, ImageLimits, turbojpeg
 from tuwen.db.session import get_engine
-from tuwen.images import ImageDecision, ImageLimits, turbojpeg
 from tuwen.storage import ObjectStore, StorageError, model_key, raw_key
 from tuwen_crawler import lineage
 from tuwen_crawler.image_pool import ImageProcessPool

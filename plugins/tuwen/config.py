@@ -10,11 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tuwen.domain import SEED_TASK_MIX, TASK_TYPES
 
-# The seed dataset's task counts (llava-instruct-zh-600k): conversation : complex reasoning : description.
-SEED_TASK_MIX = {"conversation": 247_431, "complex_reasoning": 194_646, "detail": 199_791}
-TASK_TYPES = tuple(SEED_TASK_MIX)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Qwen2.5-VL sees 28x28-pixel patches per visual token; 1280 tokens is its default max_pixels budget.
 QWEN_PATCH = 28

@@ -36,7 +36,7 @@ from scrapy.utils.gz import gunzip
 from twisted.python.failure import Failure
 
 from tuwen.config import Settings
-from tuwen.sites import SiteConfig, get_site
+from tuwen.crawl.sites import SiteConfig, get_site
 from tuwen_crawler.extract import ImageCandidate, extract_page_images
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
 from tuwen_crawler.middlewares import host_allowed

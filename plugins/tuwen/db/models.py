@@ -31,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tuwen.domain import GENERATION_STATUSES, IMAGE_STATUSES, QC_STATUSES, TASK_TYPES
+
 # Stable constraint names so Alembic migrations (and downgrades) are deterministic.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -40,10 +42,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-IMAGE_STATUSES = ("accepted", "rejected", "duplicate", "near_duplicate", "taken_down")
-GENERATION_STATUSES = ("pending", "succeeded", "failed", "unparseable")
-QC_STATUSES = ("pending", "passed", "failed", "taken_down")
-TASK_TYPES = ("conversation", "complex_reasoning", "detail")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -264,7 +262,7 @@ class ExportItem(Base):
     """Which sample went where in a release. No foreign keys (migration 0003 dropped them): the rows are
     written by one INSERT ... SELECT from the rows they point at, in one transaction, and lineage rows are
     never deleted; row-level FK checks lock every referenced sample and image (41 s of a 624k-sample
-    export, measured). Deleting a release deletes its items explicitly (`tuwen.export`)."""
+    export, measured). Deleting a release deletes its items explicitly (`tuwen.release.export`)."""
 
     __tablename__ = "export_item"
 

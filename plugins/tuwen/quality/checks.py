@@ -21,8 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-IMAGE_TOKEN = "<image>"
-LANGUAGES = ("zh", "en")
+from tuwen.domain import IMAGE_TOKEN, LANGUAGES
 
 # Bump when a check's logic changes, so qc_run rows and dataset cards say which rules judged a sample.
 QC_CHECKS_VERSION = 1

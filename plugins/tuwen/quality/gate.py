@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuwen.config import SEED_TASK_MIX, TASK_TYPES
+from tuwen.domain import SEED_TASK_MIX, TASK_TYPES
 from tuwen.quality.checks import CHECKS, QC_CHECKS_VERSION, SampleVerdict
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def run_gate(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     for site_name in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(site_name)  # the default site writes to a temporary directory
-    actions = []
+    actions: list[Any] = []  # GX's ValidationAction subclasses
     if data_docs_dir is not None:
         context.add_data_docs_site(
             site_name=DATA_DOCS_SITE,

@@ -20,9 +20,12 @@ of dropping a near-copy.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+
+# The reason a sample whose answers near-copy another's is failed with (beside the per-sample checks).
+NEAR_DUPLICATE_REASON = "near_duplicate_answer"
 
 if TYPE_CHECKING:
     from datasketch import MinHash
@@ -195,7 +198,7 @@ def find_near_duplicate_answers(
         parts.append(minhash_signatures(pending, num_perm, shingle_chars, seed, permutations))
     if len(ids) < 2:
         return {}
-    by_id = sorted(range(len(ids)), key=ids.__getitem__)
+    by_id = sorted(range(len(ids)), key=lambda row: cast(Any, ids[row]))  # ids are str or int: orderable
     ids = [ids[row] for row in by_id]
     signatures = np.concatenate(parts)[by_id]
     pairs = _candidate_pairs(signatures, *lsh_bands(threshold, num_perm))

@@ -1,0 +1,207 @@
+"""The `tuwen` command: local services, the lineage schema, the demo, releases and takedowns."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tuwen.config import ConfigError, Settings
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.local.stack import LocalStack
+
+    stack = LocalStack(settings)
+    if args.action == "up":
+        for line in stack.up():
+            print(line)
+    elif args.action == "down":
+        for line in stack.down():
+            print(line)
+    else:
+        for service in stack.services():
+            print(f"{service.name}: {'up' if service.is_up() else 'down'} ({service.health_url})")
+    return 0
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.db.migrate import downgrade, upgrade
+
+    if args.action == "upgrade":
+        upgrade(settings.database_url, args.revision or "head")
+    else:
+        downgrade(settings.database_url, args.revision or "base")
+    print(f"lineage schema: {args.action} done")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.local.demo import run_demo
+
+    run_demo(settings, release=args.release)
+    return 0
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from tuwen.local.airflow_stack import StackOptions, stack_up
+    from tuwen.local.services import RUN_DIR
+    from tuwen.local.stack import airflow_metadata_url
+
+    options = StackOptions.from_env()
+    overrides = {k: v for k, v in (("executor", args.executor), ("workers", args.workers), ("port", args.port))
+                 if v is not None}
+    options = dataclasses.replace(options, **overrides)
+    for line in stack_up(settings, Path(args.run_dir or RUN_DIR), airflow_metadata_url(), options):
+        print(line, flush=True)
+    return 0
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from tuwen.local.airflow_stack import stack_down
+    from tuwen.local.services import RUN_DIR
+    from tuwen.local.stack import airflow_metadata_url
+
+    for line in stack_down(settings, Path(args.run_dir or RUN_DIR), airflow_metadata_url()):
+        print(line)
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.cli.status import print_status
+
+    print_status(settings, hours=args.hours)
+    return 0
+
+
+def _takedown(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.release.takedowns import TakedownError, add_takedown, releases_with_takedowns
+
+    if args.action == "add":
+        kind, value = next((k, v) for k, v in (("url", args.url), ("domain", args.domain),
+                                               ("image_sha256", args.image_sha256)) if v)
+        try:
+            result = add_takedown(settings, kind, value, args.reason)
+        except TakedownError as exc:
+            print(f"tuwen: {exc}", file=sys.stderr)
+            return 2
+        print(f"takedown {result.takedown_id} ({result.kind} {result.value}): {result.images} images, "
+              f"{result.samples} samples taken down; excluded from every later release")
+        if result.releases:
+            print(f"already shipped in: {', '.join(result.releases)} (see `tuwen takedown releases`)")
+        return 0
+    hits = releases_with_takedowns(settings)
+    for hit in hits:
+        print(f"{hit.release}\tpublished {hit.published_at:%Y-%m-%d %H:%M}\ttakedown {hit.takedown_id} "
+              f"{hit.kind} {hit.value}\t{hit.samples} samples")
+    if not hits:
+        print("no published release contains taken-down items")
+    return 0
+
+
+def _releases(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import text
+
+    from tuwen.db.session import get_engine
+
+    where, binds = "", {}
+    if args.sample:
+        where, binds = "WHERE ei.sample_id = :v", {"v": args.sample}
+    elif args.image_sha256:
+        where, binds = "WHERE i.sha256 = :v", {"v": args.image_sha256.lower()}
+    elif args.url:
+        where = ("WHERE ei.image_id IN (SELECT image_id FROM image_source WHERE url = :v OR page_url = :v)")
+        binds = {"v": args.url}
+    with get_engine(settings.database_url).connect() as conn:
+        if where:
+            rows = conn.execute(text(f"""
+                SELECT e.name, e.status, e.published_at, ei.sample_id, ei.file, ei.position
+                FROM export_item ei JOIN export e ON e.id = ei.export_id JOIN image i ON i.id = ei.image_id
+                {where} ORDER BY e.name, ei.position"""), binds).all()
+            for row in rows:
+                print(f"{row.name}\t{row.status}\t{row.sample_id}\t{row.file}\t#{row.position}")
+        else:
+            rows = conn.execute(text("SELECT name, status, n_samples, published_at, local_path FROM export "
+                                     "ORDER BY created_at DESC, name")).all()
+            for row in rows:
+                print(f"{row.name}\t{row.status}\t{row.n_samples} samples\t{row.published_at or '-'}\t"
+                      f"{row.local_path or '-'}")
+    if not rows:
+        print("no matching release")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuwen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("services", help="start/stop/show the local services (PostgreSQL, S3 server, "
+                                        "stand-in VLM, fixture site)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_services)
+    p = sub.add_parser("db", help="migrate the lineage schema")
+    p.add_argument("action", choices=["upgrade", "downgrade"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=_db)
+    p = sub.add_parser("demo", help="run crawl -> synthesize -> check -> export through Airflow on local services")
+    p.add_argument("--release", default="tuwen-demo")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("takedown", help="remove a URL, domain or image from later releases; list affected releases")
+    takedown = p.add_subparsers(dest="action", required=True)
+    add = takedown.add_parser("add", help="record a takedown and apply it now")
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="an image URL or a page URL")
+    what.add_argument("--domain", help="a host; its subdomains are included")
+    what.add_argument("--image-sha256", help="SHA-256 of the image's original bytes")
+    add.add_argument("--reason", help="why (kept with the takedown)")
+    takedown.add_parser("releases", help="published releases that contain taken-down items")
+    p.set_defaults(func=_takedown)
+    p = sub.add_parser("releases", help="list releases, or those containing a sample, image or URL")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--sample")
+    which.add_argument("--image-sha256")
+    which.add_argument("--url")
+    p.set_defaults(func=_releases)
+    p = sub.add_parser("up", help="start the local services and a running Airflow (api-server, scheduler, "
+                                  "dag-processor, triggerer; LocalExecutor or Celery workers)")
+    p.add_argument("--executor", choices=["local", "celery"], help="default: TUWEN_AIRFLOW_EXECUTOR or local")
+    p.add_argument("--workers", type=int, help="Celery workers (default: TUWEN_AIRFLOW_WORKERS or 2)")
+    p.add_argument("--port", type=int, help="UI / REST API port (default: TUWEN_AIRFLOW_PORT or 8080)")
+    p.add_argument("--run-dir", help="pid files, logs and AIRFLOW_HOME (default: .run)")
+    p.set_defaults(func=_up)
+    p = sub.add_parser("down", help="stop exactly what `tuwen up` started")
+    p.add_argument("--run-dir", help="the run dir given to `tuwen up` (default: .run)")
+    p.set_defaults(func=_down)
+    p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release")
+    p.add_argument("--hours", type=int, default=24, help="window for rates and counts (default 24)")
+    p.set_defaults(func=_status)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report through our own lines
+    try:
+        return args.func(args, Settings.from_env())
+    except ConfigError as exc:
+        print(f"tuwen: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a clear one-paragraph message instead of a traceback for users
+        from tuwen.local.services import ServiceError
+
+        known: tuple[type[Exception], ...] = (ServiceError,)
+        try:
+            from tuwen.local.airflow_stack import AirflowRunError
+
+            known = (*known, AirflowRunError)
+        except ImportError:
+            pass
+        if isinstance(exc, known):
+            print(f"tuwen: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running a site's crawl, the sites file, image acceptance, OCR."""

@@ -1,0 +1,424 @@
+"""Decide whether downloaded bytes are a usable image, and make the model-ready copy.
+
+Pure functions over bytes (no I/O), so the crawler's pipeline runs them in a worker thread and the
+tests run them directly. Every rejection carries one reason from `REJECT_REASONS`.
+
+The model-ready copy follows Qwen2.5-VL's `smart_resize` (qwen-vl-utils): both sides are multiples of
+the 28-px patch, the pixel count sits inside [min_pixels, max_pixels], the aspect ratio is kept.
+Resizing on our side means the VLM sees exactly the pixels we stored and paid tokens for.
+
+Pillow reads every header and makes every decision (format, size and bomb limits, frames, mode, EXIF
+orientation) before a pixel is decoded. The pixels then travel as arrays through the pHash, the resize
+and the encode: converting between Pillow images and arrays cost a sixth of the crawler's image work.
+
+- A colour JPEG without an EXIF rotation (the common web photo) stays in the Y, Cb and Cr planes it is
+  stored in, each at its own resolution (libjpeg-turbo's planar API, through PyTurboJPEG): the decoder
+  skips the chroma upsampling and the colour conversion, the resize touches half the samples of an RGB
+  image, the encoder skips the conversion back and the chroma downsampling, and the pHash reads the Y
+  plane as it is. A quarter less CPU per photo than the same work in BGR.
+- A grey JPEG without a rotation is decoded by OpenCV into a BGR array; it wraps the same libjpeg-turbo
+  as Pillow, so the pixels are identical (a test checks).
+- Everything else, and any JPEG that is not complete, is decoded by Pillow and converted to BGR.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import cv2
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from turbojpeg import TJSAMP_420, TJCS_YCbCr, TurboJPEG
+
+from tuwen.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN_PATCH, Settings
+
+# Reasons an image (with bytes in hand) is refused. The crawler adds reasons for URLs that never
+# yield bytes (http_404, robots_disallowed, ...), see tuwen_crawler.outcomes.
+REJECT_REASONS = (
+    "not_image",
+    "corrupt",
+    "too_small",
+    "extreme_aspect",
+    "too_many_pixels",
+    "decompression_bomb",
+    "animated",
+    "unsupported_mode",
+)
+
+# Formats a browser shows in <img>; anything else Pillow can read (PSD, EPS, ICNS, ...) is not a web image.
+WEB_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "MPO"})
+# Modes we can faithfully bring to RGB; 16/32-bit and float modes are scientific data, not photos.
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+
+# A model copy with at most this many distinct colours (on a 64x64 probe) is a graphic, chart or
+# text screenshot: PNG keeps its hard edges legible for OCR and the VLM; everything else is a photo
+# and goes to JPEG, which is 5-10x smaller for photos at no visible cost.
+PNG_MAX_COLOURS = 256
+JPEG_QUALITY = 90
+# Callers work on many images at once (the crawler's worker threads); OpenCV's own thread pool per
+# resize would only oversubscribe the cores.
+cv2.setNumThreads(1)
+# pHash input: the shorter side box-reduced to about this (>= 4x the 32-px DCT grid pHash uses).
+PHASH_SOURCE_SIDE = 128
+ORIENTATION_TAG = 0x0112  # EXIF
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    min_side: int = 224
+    max_aspect: float = 8.0  # longer/shorter side; banners and separators make useless samples
+    # Above this a web image is implausible (34 MP panoramas exist, but decoding one costs ~100 MB and
+    # the model sees 1 MP anyway).
+    max_source_pixels: int = 30_000_000
+    # Pillow's own bomb threshold (2 x MAX_IMAGE_PIXELS, ~179 MP): a header claiming more is an attack
+    # or a broken file, never a photo. Checked from the header, before decoding anything.
+    bomb_pixels: int = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    patch: int = QWEN_PATCH
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ImageLimits:
+        return cls(min_side=settings.min_image_side, max_pixels=settings.max_pixels,
+                   min_pixels=settings.min_pixels, **overrides)
+
+
+@dataclass(frozen=True)
+class ModelCopy:
+    data: bytes
+    width: int
+    height: int
+    mime: str
+    ext: str
+
+
+@dataclass(frozen=True)
+class ImageDecision:
+    accepted: bool
+    reason: str | None
+    sha256: str
+    n_bytes: int
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None  # Pillow's format name, e.g. JPEG
+    phash: int | None = None  # signed 64-bit, fits PostgreSQL BIGINT
+    model: ModelCopy | None = None
+
+    @property
+    def original_ext(self) -> str:
+        return {"JPEG": "jpg", "MPO": "jpg"}.get(self.format or "", (self.format or "bin").lower())
+
+    @property
+    def original_mime(self) -> str:
+        return Image.MIME.get(self.format or "", "application/octet-stream")
+
+
+def smart_resize(height: int, width: int, *, factor: int = QWEN_PATCH, min_pixels: int = DEFAULT_MIN_PIXELS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Qwen2.5-VL's rule: round sides to the nearest multiple of `factor`, then scale into the budget."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def perceptual_hash(pixels: Image.Image | np.ndarray) -> imagehash.ImageHash:
+    """imagehash's 64-bit pHash of the image's luma, box-reduced first to a shorter side of about 128 px.
+
+    `pixels` is a Pillow image, a BGR array (OpenCV's order) or a luma plane (a JPEG's Y). pHash only
+    looks at the luma downscaled to 32x32, and imagehash gets there with one Lanczos pass over every
+    pixel: 4 ms of a megapixel photo, a tenth of the crawler's CPU per image. A box reduction by an
+    integer factor first costs a fraction of that. Luma is ITU-R BT.601's in every case (a JPEG's Y is
+    the same weighted sum the decoder would otherwise turn back into RGB), so a photo's pHash from its
+    Y plane and from its RGB pixels differ only by rounding (a test bounds it). The fixture site checks
+    its near-duplicate margins with `phash_of_bytes`, the crawler's own decode, so the two agree bit
+    for bit.
+    """
+    if isinstance(pixels, Image.Image):
+        pixels = cv2.cvtColor(np.asarray(pixels if pixels.mode == "RGB" else _to_rgb(pixels)), cv2.COLOR_RGB2BGR)
+    height, width = pixels.shape[:2]
+    factor = min(height, width) // PHASH_SOURCE_SIDE
+    if factor > 1:
+        # OpenCV's area interpolation has a fast path for whole factors: crop to a multiple of it.
+        rows, cols = height // factor, width // factor
+        pixels = cv2.resize(pixels[:rows * factor, :cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    return imagehash.phash(Image.fromarray(np.ascontiguousarray(pixels), "L"))
+
+
+def phash_int64(pixels: Image.Image | np.ndarray) -> int:
+    """The 64-bit pHash as a signed integer (PostgreSQL has no unsigned BIGINT)."""
+    unsigned = int(str(perceptual_hash(pixels)), 16)
+    return unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
+
+
+def hamming64(a: int, b: int) -> int:
+    return ((a ^ b) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
+
+
+def _reject(reason: str, sha: str, n_bytes: int, **fields: object) -> ImageDecision:
+    return ImageDecision(accepted=False, reason=reason, sha256=sha, n_bytes=n_bytes, **fields)  # type: ignore[arg-type]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels have arbitrary colour underneath; compose on white as a browser page would show it.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")  # no copy of what is RGB already
+
+
+class YCbCrPlanes(NamedTuple):
+    """A JPEG's pixels as stored: full-resolution luma, chroma at the file's subsampling."""
+
+    y: np.ndarray
+    cb: np.ndarray
+    cr: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y.shape[:2]
+
+    @property
+    def chroma_step(self) -> tuple[int, int]:
+        """Luma rows and columns per chroma sample (2, 2 for 4:2:0), from the planes' shapes."""
+        return -(-self.y.shape[0] // self.cb.shape[0]), -(-self.y.shape[1] // self.cb.shape[1])
+
+
+@functools.cache
+def turbojpeg() -> TurboJPEG:
+    """libjpeg-turbo's TurboJPEG API, loaded once per process; a clear error where it is missing."""
+    try:
+        return TurboJPEG()
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError("libjpeg-turbo's TurboJPEG library is missing: install the Debian package "
+                           "libturbojpeg0 (scripts/system-deps.sh does)") from exc
+
+
+def _is_plain_jpeg(data: bytes, image: Image.Image) -> bool:
+    """A JPEG the array decoders read as Pillow would: no EXIF rotation to apply, and complete (ending
+    in the end-of-image marker; libjpeg-turbo fills a truncated file with grey where Pillow calls it
+    corrupt)."""
+    return (image.format == "JPEG" and image.getexif().get(ORIENTATION_TAG, 1) == 1
+            and data.rstrip(b"\0").endswith(b"\xff\xd9"))
+
+
+def _decode_ycbcr_planes(data: bytes, image: Image.Image) -> YCbCrPlanes | None:
+    """libjpeg-turbo's planar decode of a plain colour JPEG Pillow has vetted; None when it does not apply
+    or libjpeg-turbo has anything to say about the file (it would decode it anyway, with a warning)."""
+    if image.mode != "RGB" or not _is_plain_jpeg(data, image):
+        return None
+    turbo = turbojpeg()
+    try:
+        # PyTurboJPEG reports libjpeg-turbo's warnings (corrupt data it decoded anyway) as Python
+        # warnings. Recorded, not raised: the filters are process-wide, and in the crawler's thread mode
+        # an "error" filter would turn other threads' warnings into exceptions.
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            if turbo.decode_header(data)[3] != TJCS_YCbCr:  # grey, or an Adobe RGB/CMYK transform
+                return None
+            planes = turbo.decode_to_yuv_planes(data)
+    except OSError:
+        return None
+    if warned or len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
+        return None
+    # The planes are padded to whole chroma samples; crop each to the samples of the real image.
+    padded = YCbCrPlanes(*planes)
+    row_step, col_step = padded.chroma_step
+    rows, cols = -(-image.height // row_step), -(-image.width // col_step)
+    return YCbCrPlanes(padded.y[:image.height, :image.width], padded.cb[:rows, :cols], padded.cr[:rows, :cols])
+
+
+def _decode_plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
+    """OpenCV's decode of a plain JPEG Pillow has vetted, as a BGR array; None when Pillow must decode it."""
+    if image.mode not in ("RGB", "L") or not _is_plain_jpeg(data, image):
+        return None
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    if pixels is None or pixels.shape[:2] != (image.height, image.width):
+        return None
+    return pixels
+
+
+def planes_to_bgr(planes: YCbCrPlanes) -> np.ndarray:
+    """The planes as a BGR array: chroma upsampled bilinearly by its whole subsampling factor (as
+    libjpeg's "fancy" upsampling does) and cropped, then JFIF's YCbCr to RGB, which is OpenCV's YCrCb."""
+    rows, cols = planes.shape
+    row_step, col_step = planes.chroma_step
+    size = (planes.cb.shape[1] * col_step, planes.cb.shape[0] * row_step)
+    cr, cb = (cv2.resize(p, size, interpolation=cv2.INTER_LINEAR)[:rows, :cols] for p in (planes.cr, planes.cb))
+    return cv2.cvtColor(cv2.merge([planes.y, cr, cb]), cv2.COLOR_YCrCb2BGR)
+
+
+def _looks_like_graphic(pixels: np.ndarray | YCbCrPlanes) -> bool:
+    """At most PNG_MAX_COLOURS distinct colours (BGR or YCbCr triples) on a 64x64 nearest-pixel probe."""
+    channels = pixels if isinstance(pixels, YCbCrPlanes) else cv2.split(pixels)
+    probe = [cv2.resize(c, (64, 64), interpolation=cv2.INTER_NEAREST).ravel().astype(np.uint32) for c in channels]
+    # Distinct colours by sorting: numpy 2's hash-based np.unique took 0.3 ms on these 4,096 values.
+    colours = np.sort((probe[0] << 16) | (probe[1] << 8) | probe[2])
+    return int(np.count_nonzero(np.diff(colours))) + 1 <= PNG_MAX_COLOURS
+
+
+def resize_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an array (BGR or one plane) with OpenCV: bilinear for the usual small change (smart_resize
+    mostly rounds the sides to the next multiple of 28), pixel-area averaging when a side shrinks more
+    than twofold so that big photos do not alias. Pillow's bicubic took 8 ms for a 1-megapixel photo, the largest single cost
+    of a crawled image; OpenCV takes 1 ms."""
+    rows, cols = pixels.shape[:2]
+    if (width, height) == (cols, rows):
+        return pixels
+    shrinks_a_lot = width * 2 < cols or height * 2 < rows
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinks_a_lot else cv2.INTER_LINEAR)
+
+
+def _encode_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> bytes:
+    """JPEG from 4:2:0 planes. TurboJPEG takes them packed one after another, rows padded to 4 bytes."""
+    padded = [(plane, -(-plane.shape[1] // 4) * 4) for plane in (y, cb, cr)]
+    packed = np.zeros(sum(plane.shape[0] * width for plane, width in padded), np.uint8)
+    offset = 0
+    for plane, width in padded:
+        size = plane.shape[0] * width
+        packed[offset:offset + size].reshape(plane.shape[0], width)[:, :plane.shape[1]] = plane
+        offset += size
+    return turbojpeg().encode_from_yuv(packed, y.shape[0], y.shape[1], quality=JPEG_QUALITY,
+                                        jpeg_subsample=TJSAMP_420)
+
+
+def resize_planes(planes: YCbCrPlanes, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The planes resized for a 4:2:0 encode of `width` x `height` (both even: smart_resize's sides are
+    multiples of 28, so the chroma is exactly half of each)."""
+    half = (width // 2, height // 2)
+    return (resize_pixels(planes.y, width, height), resize_pixels(planes.cb, *half),
+            resize_pixels(planes.cr, *half))
+
+
+def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> ModelCopy:
+    """The model-ready copy of a BGR array or a JPEG's planes: PNG for graphics, JPEG for photos."""
+    rows, cols = pixels.shape[:2]
+    height, width = smart_resize(rows, cols, factor=limits.patch, min_pixels=limits.min_pixels,
+                                 max_pixels=limits.max_pixels)
+    graphic = _looks_like_graphic(pixels)
+    if isinstance(pixels, YCbCrPlanes):
+        if not graphic:
+            data = _encode_planes(*resize_planes(pixels, width, height))
+            return ModelCopy(data, width, height, "image/jpeg", "jpg")
+        pixels = planes_to_bgr(pixels)
+    resized = resize_pixels(pixels, width, height)
+    if graphic:
+        ok, encoded = cv2.imencode(".png", resized, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        mime, ext = "image/png", "png"
+    else:
+        ok, encoded = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        mime, ext = "image/jpeg", "jpg"
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {width}x{height} {ext}")
+    return ModelCopy(encoded.tobytes(), width, height, mime, ext)
+
+
+def inspect_and_normalize(data: bytes, content_type: str | None = None,
+                          limits: ImageLimits | None = None) -> ImageDecision:
+    """Decode `data` safely and either reject it with a reason or accept it with hashes and a model copy.
+
+    `content_type` is the server's claim; it is only used to word the verdict, never trusted: the bytes
+    decide (servers label WebP as image/jpeg and images as application/octet-stream all the time).
+    """
+    limits = limits or ImageLimits()
+    sha = hashlib.sha256(data).hexdigest()
+    n_bytes = len(data)
+    if not data:
+        return _reject("not_image", sha, n_bytes)
+    try:
+        # Our own checks below replace Pillow's global MAX_IMAGE_PIXELS; silence its warning so a big
+        # but legitimate image is not logged as an attack.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        return _reject("decompression_bomb", sha, n_bytes)
+    except UnidentifiedImageError:
+        return _reject("not_image", sha, n_bytes)
+    except (OSError, SyntaxError, ValueError):
+        return _reject("corrupt", sha, n_bytes)
+
+    with image:
+        fmt = image.format
+        width, height = image.size
+        meta = {"width": width, "height": height, "format": fmt}
+        if fmt not in WEB_FORMATS:
+            return _reject("not_image", sha, n_bytes, **meta)
+        n_pixels = width * height
+        if n_pixels <= 0:
+            return _reject("corrupt", sha, n_bytes, **meta)
+        # Size checks come from the header alone, before a single pixel is decoded.
+        if n_pixels > limits.max_source_pixels:
+            reason = "decompression_bomb" if n_pixels > limits.bomb_pixels else "too_many_pixels"
+            return _reject(reason, sha, n_bytes, **meta)
+        if getattr(image, "n_frames", 1) > 1 and fmt != "MPO":
+            # MPO is a JPEG with a stereo/preview frame, not an animation.
+            return _reject("animated", sha, n_bytes, **meta)
+        if image.mode not in CONVERTIBLE_MODES:
+            return _reject("unsupported_mode", sha, n_bytes, **meta)
+        pixels: np.ndarray | YCbCrPlanes | None = _decode_ycbcr_planes(data, image)
+        if pixels is None:
+            pixels = _decode_plain_jpeg(data, image)
+        if pixels is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    image.load()
+                    # In place: without an Orientation tag this is free, where a returned copy cost 1 ms.
+                    ImageOps.exif_transpose(image, in_place=True)
+            except Image.DecompressionBombError:
+                return _reject("decompression_bomb", sha, n_bytes, **meta)
+            except (OSError, SyntaxError, ValueError, EOFError):
+                return _reject("corrupt", sha, n_bytes, **meta)
+        # Display size after EXIF rotation is what a reader (and the model) sees.
+        width, height = image.size
+        meta = {"width": width, "height": height, "format": fmt}
+        if min(width, height) < limits.min_side:
+            return _reject("too_small", sha, n_bytes, **meta)
+        if max(width, height) / min(width, height) > limits.max_aspect:
+            return _reject("extreme_aspect", sha, n_bytes, **meta)
+        if pixels is None:
+            pixels = cv2.cvtColor(np.asarray(_to_rgb(image)), cv2.COLOR_RGB2BGR)
+        return ImageDecision(
+            accepted=True, reason=None, sha256=sha, n_bytes=n_bytes, width=width, height=height, format=fmt,
+            phash=phash_int64(pixels.y if isinstance(pixels, YCbCrPlanes) else pixels),
+            model=make_model_copy(pixels, limits),
+        )
+
+
+def phash_of_bytes(data: bytes) -> int:
+    """The pHash the crawler stores for an image file (its decode, its luma), whatever its size."""
+    decision = inspect_and_normalize(data, limits=ImageLimits(min_side=1, max_aspect=math.inf))
+    if decision.phash is None:
+        raise ValueError(f"not a decodable image: {decision.reason}")
+    return decision.phash
+
+
+def warm_up() -> None:
+    """Run the whole accepting path once on a small generated photo: a fresh worker process imports
+    and initialises its libraries here (OpenCV, SciPy's DCT under imagehash) instead of on a real image."""
+    noise = np.random.default_rng(0).integers(0, 256, (280, 280, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", noise)
+    if ok:
+        inspect_and_normalize(encoded.tobytes(), "image/jpeg")

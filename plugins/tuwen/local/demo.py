@@ -1,0 +1,104 @@
+"""`make demo`: the whole pipeline through Airflow on local services, then a summary of what it made."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from tuwen.config import Settings
+from tuwen.db.models import Export, Image, ImageSource, QCRun, Sample
+from tuwen.db.session import session_scope
+from tuwen.local.airflow_stack import airflow_env, dags_test, ensure_pool, migrate_metadata
+from tuwen.local.services import RUN_DIR
+from tuwen.local.stack import LocalStack, airflow_metadata_url
+
+DAG_ORDER = ("tuwen_crawl", "tuwen_synthesize", "tuwen_export")
+
+
+@dataclass
+class PipelineSummary:
+    images_by_status: dict[str, int]
+    sources_by_outcome: dict[str, int]
+    rejection_reasons: dict[str, int]
+    samples_by_task: dict[str, int]
+    generations_by_status: dict[str, int]
+    qc_pass_rate: float | None
+    qc_passed: int
+    qc_total: int
+    release: dict[str, Any] | None
+
+
+def summarize(settings: Settings, release: str | None = None) -> PipelineSummary:
+    with session_scope(settings.database_url) as s:
+        images = dict(s.execute(select(Image.status, func.count()).group_by(Image.status)).all())
+        sources = dict(s.execute(select(ImageSource.outcome, func.count()).group_by(ImageSource.outcome)).all())
+        reasons: dict[str, int] = {reason: n for reason, n in s.execute(
+            select(ImageSource.reason, func.count()).where(ImageSource.reason.is_not(None))
+            .group_by(ImageSource.reason)).tuples() if reason is not None}
+        samples = dict(s.execute(select(Sample.task_type, func.count()).group_by(Sample.task_type)).all())
+        generations: dict[str, int] = dict(s.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).tuples().all())
+        qc = s.execute(select(QCRun).order_by(QCRun.id.desc()).limit(1)).scalar_one_or_none()
+        query = select(Export).where(Export.status == "published").order_by(Export.published_at.desc())
+        if release:
+            query = query.where(Export.name == release)
+        export = s.execute(query.limit(1)).scalar_one_or_none()
+        return PipelineSummary(
+            images_by_status=images, sources_by_outcome=sources, rejection_reasons=reasons,
+            samples_by_task=samples, generations_by_status=generations,
+            qc_pass_rate=qc.pass_rate if qc else None, qc_passed=qc.n_passed if qc else 0,
+            qc_total=qc.n_samples if qc else 0,
+            release=None if export is None else {
+                "name": export.name, "samples": export.n_samples, "local_path": export.local_path,
+                "s3": f"s3://{settings.s3_bucket}/{export.s3_prefix}", "files": sorted(export.files)[:6],
+            },
+        )
+
+
+def print_summary(settings: Settings, summary: PipelineSummary) -> None:
+    def fmt(d: dict[str, int]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
+
+    print("\n================ tuwen demo: what the pipeline made ================")
+    print(f"images (distinct):      {fmt(summary.images_by_status)}")
+    print(f"image mentions (URL on a page): {fmt(summary.sources_by_outcome)}")
+    print(f"mentions by reason:     {fmt(summary.rejection_reasons)}")
+    print(f"generations (paid):     {fmt(summary.generations_by_status)}")
+    print(f"samples per task:       {fmt(summary.samples_by_task)}")
+    if summary.qc_pass_rate is not None:
+        print(f"QC pass rate:           {summary.qc_passed}/{summary.qc_total} = {100 * summary.qc_pass_rate:.1f}%")
+    if summary.release:
+        r = summary.release
+        print(f"release {r['name']}: {r['samples']} samples")
+        print(f"  on disk:   {r['local_path']}")
+        print(f"  in bucket: {r['s3']}  (S3 endpoint http://{settings.s3_endpoint})")
+    print("\nAnswers came from the STAND-IN VLM server (a test double of vLLM's API, not a model)"
+          if settings.vlm_model == "tuwen-standin-vlm" else f"\nAnswers came from {settings.vlm_model}")
+    print("To use a real Qwen2.5-VL served by vLLM, set e.g.\n"
+          "  TUWEN_VLM_BASE_URL=http://gpu-host:8000/v1 TUWEN_VLM_MODEL=Qwen/Qwen2.5-VL-32B-Instruct make demo")
+    db = settings.database_url.replace("postgresql+psycopg2://", "postgresql://")
+    print("\nLook at the samples with SQL:")
+    print(f"  psql '{db}' -c \"SELECT task_type, qc_status, count(*) FROM sample GROUP BY 1, 2 ORDER BY 1, 2\"")
+    print("Airflow logs of this run: " + str(RUN_DIR / "logs"))
+
+
+def run_demo(settings: Settings, release: str = "tuwen-demo", logical_date: dt.date | None = None) -> PipelineSummary:
+    stack = LocalStack(settings)
+    for line in stack.up():
+        print(line)
+    log_dir = RUN_DIR / "logs"
+    env = airflow_env(airflow_metadata_url(), RUN_DIR / "airflow")
+    print("airflow: migrating the metadata database ...")
+    migrate_metadata(env, log_dir)
+    ensure_pool(env, log_dir, slots=4)
+    day = logical_date or dt.datetime.now(dt.UTC).date()
+    for dag_id in DAG_ORDER:
+        conf = {"release": release} if dag_id == "tuwen_export" else None
+        print(f"airflow dags test {dag_id} {day} ...", flush=True)
+        log_file = dags_test(dag_id, day, env, log_dir, conf=conf)
+        print(f"  ok (log {log_file})")
+    summary = summarize(settings, release)
+    print_summary(settings, summary)
+    return summary

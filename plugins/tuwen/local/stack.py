@@ -1,0 +1,79 @@
+"""Bring up everything the local demo needs, on the machine's defaults, idempotently.
+
+PostgreSQL (databases `tuwen` and `airflow`, lineage schema migrated), the S3 server with the
+bucket, the stand-in VLM server (only when TUWEN_VLM_BASE_URL points at this machine) and the
+fixture website. Every step prints what it found or started and where.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuwen.config import Settings
+from tuwen.db.migrate import upgrade
+from tuwen.local.services import (
+    RUN_DIR,
+    BackgroundService,
+    ensure_database,
+    ensure_postgres,
+    fixture_site_service,
+    s3_service,
+    standin_vlm_service,
+)
+from tuwen.storage import ObjectStore
+
+FIXTURE_SITE_PORT = int(os.environ.get("TUWEN_FIXTURE_SITE_PORT", "8765"))
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def airflow_metadata_url() -> str:
+    return os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                          "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow")
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    run_dir: Path = RUN_DIR
+    fixture_site_port: int = FIXTURE_SITE_PORT
+
+    def services(self) -> list[BackgroundService]:
+        found = []
+        host, _, port = self.settings.s3_endpoint.partition(":")
+        if host in LOCAL_HOSTS:
+            found.append(s3_service(int(port or 80), self.run_dir))
+        vlm = urllib.parse.urlparse(self.settings.vlm_base_url)
+        if vlm.hostname in LOCAL_HOSTS:
+            # With OCR on, the stand-in reads the text in each image too, so its answers quote what is
+            # written there and the QC grounding check has something real to compare.
+            extra = ["--ocr"] if self.settings.ocr_enabled else []
+            found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir, extra))
+        found.append(fixture_site_service(self.run_dir / "fixture-site", self.fixture_site_port, self.run_dir))
+        return found
+
+    def up(self) -> list[str]:
+        messages = [ensure_postgres(self.settings.database_url)]
+        for url, what in ((self.settings.database_url, "lineage"), (airflow_metadata_url(), "Airflow metadata")):
+            created = ensure_database(url)
+            name = url.rsplit("/", 1)[-1]
+            messages.append(f"database {name} ({what}): {'created' if created else 'exists'}")
+        upgrade(self.settings.database_url)
+        messages.append("lineage schema: migrated to head")
+        site_dir = self.run_dir / "fixture-site"
+        if not (site_dir / "manifest.json").exists():
+            from tuwen.local.fixture_site import generate_site
+
+            generate_site(site_dir)
+            messages.append(f"fixture site: generated in {site_dir}")
+        for service in self.services():
+            messages.append(service.start())
+        created = ObjectStore(self.settings).ensure_bucket()
+        messages.append(f"bucket {self.settings.s3_bucket}: {'created' if created else 'exists'} "
+                        f"at {self.settings.s3_endpoint}")
+        return messages
+
+    def down(self) -> list[str]:
+        return [service.stop() for service in self.services()]

@@ -1,0 +1,1 @@
+"""Releases: params, writers, export, the dataset card, trainer formats, takedowns."""

@@ -1,0 +1,735 @@
+"""Releases: LLaVA JSON (all tasks and one file per task), JSONL, images, manifest, dataset card.
+
+How a release is made (`write_release`):
+
+1. Takedowns are re-applied (images crawled since a domain was taken down are caught), then the
+   selection — one sample per image, the newest passing the filters — goes into a temp table, and the
+   release's contents are fixed in `export_item` in one INSERT ... SELECT: position (sample-id order),
+   per-task file name and image path per sample. `export_item` is the source of truth: every file is
+   rendered from it, and the analysts' "which release holds this" queries read it.
+2. JSON files are streamed from `export_item` joined to `sample` (constant memory in the number of
+   samples). Each record is the sample's stored JSONB text as PostgreSQL prints it, wrapped in
+   {"id", "image", "conversations"}: exporting never re-encodes or changes a sample, and the bytes are
+   the same for the same lineage. Every record is checked against the trainers' rules
+   (`tuwen.release.trainer_formats.check_record`); one that fails stops the release (nothing ships silently broken).
+3. Images are streamed in image-path order into a folder and/or deterministic tar shards
+   (`images-00000.tar`, ...: ustar, mtime 0, uid/gid 0, mode 0644, sorted), with `images.sha256`
+   (`sha256sum -c` format) listing every image.
+4. `dataset_info.json` (LLaMA-Factory), `README.md` (the dataset card, from lineage) and
+   `manifest.json` (SHA-256 and size of every other file, counts, params) are written last.
+
+The release is written to a temporary local folder and renamed into place only when complete; in the
+object store its files go under `exports/<name>/` and `manifest.json` is uploaded last, so a release
+without a manifest is never complete. No timestamps go into any file: same params over the same
+lineage give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from sqlalchemy import Connection, bindparam, delete, func, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from tuwen.config import Settings
+from tuwen.db.models import Export, ExportItem
+from tuwen.db.session import get_engine, session_scope
+from tuwen.domain import TASK_TYPES
+from tuwen.progress import progress_iter
+from tuwen.release.trainer_formats import check_record, iter_json_array
+from tuwen.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+# File names follow LLaVA-Instruct-150K (conversation_58k.json, detail_23k.json, ...).
+TASK_FILE_STEM = {"conversation": "conversation", "complex_reasoning": "complex_reasoning", "detail": "detail"}
+MANIFEST = "manifest.json"
+CARD = "README.md"
+DATASET_INFO = "dataset_info.json"
+QC_REPORT_DIR = "qc_report"
+IMAGE_CHECKSUMS = "images.sha256"
+IMAGE_LAYOUTS = ("folder", "tar", "both", "none")
+# A shard closes at whichever comes first: small enough to download and retry, few enough objects.
+DEFAULT_SHARD_FILES = 10_000
+DEFAULT_SHARD_BYTES = 1_000_000_000
+_FETCH_WINDOW = 32  # images fetched ahead from the object store while earlier ones are written
+
+
+class ExportError(RuntimeError):
+    """The release could not be written; nothing partial was published."""
+
+
+def _date(value: Any, name: str) -> dt.date | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise ExportError(f"param {name} must be a date like 2026-11-20, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ReleaseParams:
+    """Everything that decides a release's contents; recorded in `export.params` and the manifest.
+
+    `mix` (e.g. {"conversation": 5, "complex_reasoning": 4, "detail": 4}) picks the largest subset whose
+    per-task counts meet the ratio (to within one sample per task, largest-remainder rounding) and, with
+    `max_samples`, no more than that; within a task the samples with the smallest ids are taken (ids are
+    hashes, so that is a deterministic pseudo-random pick). Without `mix`, `max_samples` takes the first
+    samples by id across all tasks, which keeps the natural mix. `images`: "folder", "tar" shards,
+    "both", or "none". `english_json`: an English LLaVA-Instruct JSON array to interleave with the release
+    into one more file, its records untouched.
+    """
+
+    name: str
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    languages: tuple[str, ...] = ("zh",)
+    task_types: tuple[str, ...] = TASK_TYPES
+    qc_statuses: tuple[str, ...] = ("passed",)
+    max_samples: int | None = None
+    include_images: bool = True
+    mix: Mapping[str, int] | None = None
+    images: str = "folder"
+    shard_max_files: int = DEFAULT_SHARD_FILES
+    shard_max_bytes: int = DEFAULT_SHARD_BYTES
+    jsonl: bool = True
+    english_json: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ExportError(f"release name {self.name!r} must be a plain folder name")
+        unknown = set(self.task_types) - set(TASK_TYPES)
+        if unknown:
+            raise ExportError(f"unknown task types {sorted(unknown)}")
+        if not self.task_types or not self.languages or not self.qc_statuses:
+            raise ExportError("task_types, languages and qc_statuses must not be empty")
+        if "taken_down" in self.qc_statuses:
+            raise ExportError("taken-down samples never ship: remove 'taken_down' from qc_statuses")
+        if self.images not in IMAGE_LAYOUTS:
+            raise ExportError(f"images must be one of {IMAGE_LAYOUTS}, got {self.images!r}")
+        if self.max_samples is not None and self.max_samples < 0:
+            raise ExportError("max_samples must be positive")
+        if self.shard_max_files < 1 or self.shard_max_bytes < 1:
+            raise ExportError("shard_max_files and shard_max_bytes must be positive")
+        if self.mix is not None:
+            bad = {k: v for k, v in self.mix.items() if k not in self.task_types or not isinstance(v, int) or v < 0}
+            if bad or sum(self.mix.values()) == 0:
+                raise ExportError(f"mix needs non-negative integer weights for included task types "
+                                  f"{list(self.task_types)} (not all zero), got {dict(self.mix)}")
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> ReleaseParams:
+        """From the export DAG's params (JSON values; empty means default)."""
+        def opt_int(key: str) -> int | None:
+            value = params.get(key)
+            return int(value) if value not in (None, "") else None
+
+        mix = params.get("mix")
+        return cls(
+            name=name,
+            date_from=_date(params.get("date_from"), "date_from"),
+            date_to=_date(params.get("date_to"), "date_to"),
+            languages=tuple(params.get("languages") or ("zh",)),
+            task_types=tuple(params.get("task_types") or TASK_TYPES),
+            qc_statuses=tuple(params.get("qc_statuses") or ("passed",)),
+            max_samples=opt_int("max_samples"),
+            include_images=bool(params.get("include_images", True)),
+            mix={str(k): int(v) for k, v in mix.items()} if mix else None,
+            images=str(params.get("images") or "folder"),
+            shard_max_files=opt_int("shard_max_files") or DEFAULT_SHARD_FILES,
+            shard_max_bytes=opt_int("shard_max_bytes") or DEFAULT_SHARD_BYTES,
+            jsonl=bool(params.get("jsonl", True)),
+            english_json=params.get("english_json") or None,
+        )
+
+    @property
+    def image_layout(self) -> str:
+        return self.images if self.include_images else "none"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "date_from": self.date_from.isoformat() if self.date_from else None,
+            "date_to": self.date_to.isoformat() if self.date_to else None,
+            "languages": list(self.languages), "task_types": list(self.task_types),
+            "qc_statuses": list(self.qc_statuses), "max_samples": self.max_samples,
+            "include_images": self.include_images,
+            "mix": dict(sorted(self.mix.items())) if self.mix else None,
+            "images": self.image_layout, "shard_max_files": self.shard_max_files,
+            "shard_max_bytes": self.shard_max_bytes, "jsonl": self.jsonl,
+            "english_json": self.english_json,
+        }
+
+
+@dataclass
+class ReleaseResult:
+    name: str
+    export_id: int
+    n_samples: int
+    counts_by_task: dict[str, int]
+    local_path: Path
+    s3_prefix: str
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for logs and the benchmark
+
+
+def size_label(n: int) -> str:
+    """The N in `conversation_<N>.json`: whole thousands rounded down ("247k" for 247,431), so a name
+    never claims more samples than the file holds; below 1000 the exact count ("412")."""
+    return f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def image_path(sha256: str, mime: str | None) -> str:
+    """Where an image lives inside a release; keyed by the original's SHA-256, so stable across releases."""
+    ext = "png" if mime == "image/png" else "jpg"
+    return f"images/{sha256[:2]}/{sha256}.{ext}"
+
+
+_IMAGE_PATH_SQL = ("'images/' || left(i.sha256, 2) || '/' || i.sha256 || "
+                   "CASE WHEN i.model_mime = 'image/png' THEN '.png' ELSE '.jpg' END")
+
+
+def mix_quotas(available: Mapping[str, int], weights: Mapping[str, int], cap: int | None) -> dict[str, int]:
+    """Per-task counts for the largest release that meets the weights' ratio with what is available.
+
+    N is the largest total whose exact proportional share of every weighted task fits its availability
+    (then capped); shares are rounded by largest remainder, ties in task order. Because each exact share
+    is at most the available integer, rounding up never exceeds it.
+    """
+    total_weight = sum(weights.values())
+    weighted = [t for t in weights if weights[t] > 0]
+    n = min(available.get(t, 0) * total_weight // weights[t] for t in weighted)
+    if cap is not None:
+        n = min(n, cap)
+    exact = {t: n * weights.get(t, 0) / total_weight for t in available}
+    quotas = {t: int(exact[t]) for t in available}
+    order = sorted(available, key=lambda t: (-(exact[t] - quotas[t]), list(available).index(t)))
+    for t in order[: n - sum(quotas.values())]:
+        quotas[t] += 1
+    return quotas
+
+
+def file_names(params: ReleaseParams, counts: Mapping[str, int]) -> dict[str, str]:
+    """Data file names by role: "all", "jsonl" and one per task type."""
+    lang = "_".join(params.languages)
+    n = sum(counts.values())
+    names = {"all": f"llava_instruct_{lang}_{size_label(n)}.json"}
+    if params.jsonl:
+        names["jsonl"] = f"llava_instruct_{lang}_{size_label(n)}.jsonl"
+    for t in params.task_types:
+        names[t] = f"{TASK_FILE_STEM[t]}_{size_label(counts.get(t, 0))}.json"
+    return names
+
+
+class _HashingWriter:
+    """Writes bytes to a file while hashing them, so no file is read back to checksum it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: IO[bytes] = open(path, "wb")  # noqa: SIM115 — closed in close()
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
+
+    def tell(self) -> int:  # tarfile asks where it is when it opens a file object
+        return self.bytes
+
+    def close(self) -> dict[str, Any]:
+        self.handle.close()
+        return {"sha256": self.digest.hexdigest(), "bytes": self.bytes}
+
+
+class _JsonArrayWriter(_HashingWriter):
+    """A JSON array with one record per line (the same lines as the JSONL file), streamed.
+
+    Lines are joined and written in batches: per-record write and hash calls were a third of the time.
+    """
+
+    _BATCH = 2000
+
+    def __init__(self, path: Path, *, array: bool = True) -> None:
+        super().__init__(path)
+        self.array = array
+        self.count = 0
+        self._pending: list[bytes] = []
+        if array:
+            self.write(b"[")
+
+    def record(self, line: bytes) -> None:
+        self._pending.append(line)
+        if len(self._pending) >= self._BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self.array:
+            self.write((b",\n" if self.count else b"\n") + b",\n".join(self._pending))
+        else:
+            self.write(b"\n".join(self._pending) + b"\n")
+        self.count += len(self._pending)
+        self._pending.clear()
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        if self.array:
+            self.write(b"\n]\n" if self.count else b"]\n")
+        return super().close()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- selection ---------------------------------------------------------------------------------
+
+
+def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id: int) -> dict[str, int]:
+    """Fix the release's contents in export_item; returns samples per task type."""
+    where = ["i.status = 'accepted'", "s.qc_status IN :qc", "s.task_type IN :tasks", "s.language IN :langs"]
+    binds: dict[str, Any] = {"qc": list(params.qc_statuses), "tasks": list(params.task_types),
+                             "langs": list(params.languages)}
+    if params.date_from:
+        where.append("i.crawl_date >= :date_from")
+        binds["date_from"] = params.date_from
+    if params.date_to:
+        where.append("i.crawl_date <= :date_to")
+        binds["date_to"] = params.date_to
+    # Sorting 600k rows in memory instead of on disk; SET LOCAL ends with the transaction.
+    conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    # One sample per image (the database enforces it per release): the newest one passing the filters.
+    # Ids order with COLLATE "C" so the order never depends on the database's locale. (Streaming in the
+    # sample_id index's order instead of sorting by position was slower at 624k: random heap reads.)
+    conn.execute(text(f"""
+        CREATE TEMP TABLE release_pick ON COMMIT DROP AS
+        SELECT DISTINCT ON (s.image_id) s.id COLLATE "C" AS sample_id, s.task_type, s.image_id,
+               {_IMAGE_PATH_SQL} AS image_path
+        FROM sample s JOIN image i ON i.id = s.image_id
+        WHERE {' AND '.join(where)}
+        ORDER BY s.image_id, s.created_at DESC, s.id COLLATE "C"
+    """).bindparams(*(bindparam(k, expanding=True) for k in ("qc", "tasks", "langs"))), binds)
+    counted: dict[str, int] = dict(conn.execute(text("SELECT task_type, count(*) FROM release_pick GROUP BY 1")).tuples().all())
+    available = {t: int(counted.get(t, 0)) for t in params.task_types}
+    if params.mix:
+        quotas = mix_quotas(available, params.mix, params.max_samples)
+        cap = None
+    else:
+        quotas, cap = dict(available), params.max_samples
+        if cap is not None and cap < sum(available.values()):
+            quotas = {t: 0 for t in params.task_types} | dict(conn.execute(text(
+                "SELECT task_type, count(*) FROM (SELECT task_type FROM release_pick ORDER BY sample_id "
+                "LIMIT :cap) AS first GROUP BY 1"), {"cap": cap}).all())
+    names = file_names(params, quotas)
+    values = ", ".join(f"(:t{k}, :f{k}, :q{k})" for k in range(len(params.task_types)))
+    binds = {"export_id": export_id, "cap": cap if cap is not None else 2**62}
+    for k, t in enumerate(params.task_types):
+        binds |= {f"t{k}": t, f"f{k}": names[t], f"q{k}": quotas[t]}
+    conn.execute(text(f"""
+        INSERT INTO export_item (export_id, sample_id, image_id, position, file, image_path)
+        SELECT :export_id, r.sample_id, r.image_id, row_number() OVER (ORDER BY r.sample_id) - 1, q.file,
+               r.image_path
+        FROM (SELECT p.*, row_number() OVER (PARTITION BY p.task_type ORDER BY p.sample_id) AS task_rank,
+                     row_number() OVER (ORDER BY p.sample_id) AS overall_rank
+              FROM release_pick p) AS r
+        JOIN (VALUES {values}) AS q(task_type, file, quota) ON q.task_type = r.task_type
+        WHERE r.task_rank <= q.quota AND r.overall_rank <= :cap
+    """), binds)
+    # The planner would otherwise still believe export_item is empty and pick nested loops for the
+    # streaming and card queries over 600k rows.
+    conn.execute(text("ANALYZE export_item"))
+    return {t: quotas[t] for t in params.task_types}
+
+
+def _iter_items(settings: Settings, export_id: int) -> Iterator[Any]:
+    # conversations::text: PostgreSQL's own rendering of the stored JSONB, passed through unchanged.
+    query = text("""
+        SELECT ei.position, ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
+        FROM export_item ei JOIN sample s ON s.id = ei.sample_id
+        WHERE ei.export_id = :e ORDER BY ei.position""")
+    with get_engine(settings.database_url).connect() as conn:
+        yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query, {"e": export_id})
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, export_id: int,
+                      counts: Mapping[str, int]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    names = file_names(params, counts)
+    writers = {role: _JsonArrayWriter(out / name, array=role != "jsonl") for role, name in names.items()}
+    written: collections.Counter[str] = collections.Counter()
+    all_writer, jsonl = writers["all"], writers.get("jsonl")
+    try:
+        for expected, row in enumerate(progress_iter(_iter_items(settings, export_id), f"export {params.name}",
+                                                     log, total=sum(counts.values()), unit="samples")):
+            if row.position != expected:  # a gap would mean export_item and the files disagree
+                raise ExportError(f"export_item has no position {expected} (found {row.position})")
+            conversations = row.conversations
+            if not _looks_loadable(conversations):
+                record = {"id": row.sample_id, "image": row.image_path, "conversations": json.loads(conversations)}
+                problems = check_record(record)
+                if problems:
+                    raise ExportError(f"sample {row.sample_id} would be dropped or mis-read by trainers: "
+                                      f"{'; '.join(problems)}; fix it or re-run QC before releasing")
+            data = ('{"id": ' + json.dumps(row.sample_id) + ', "image": ' + json.dumps(row.image_path)
+                    + ', "conversations": ' + conversations + "}").encode("utf-8")
+            all_writer.record(data)
+            writers[row.task_type].record(data)
+            if jsonl is not None:
+                jsonl.record(data)
+            written[row.task_type] += 1
+    finally:
+        files = {names[role]: w.close() for role, w in writers.items()}
+    if dict(written) != {t: c for t, c in counts.items() if c}:
+        raise ExportError(f"wrote {dict(written)} samples but export_item holds {dict(counts)}")
+    return names, files
+
+
+# PostgreSQL prints a stored turn as {"from": "...", "value": "..."} (jsonb orders keys by length). A bare
+# `{"` cannot occur inside a JSON string (quotes there are escaped), so these patterns only ever match
+# structure, and the check needs no JSON parse: 2 µs instead of 20 per sample at 600k samples.
+_TURN_RE = re.compile(r'\{"from": "([a-z]+)", "value": "')
+_BLANK_VALUE_RE = re.compile(r'"value": "(?:\s|\\[nrt])*"\}')
+_ALTERNATING = {n: ["human", "gpt"] * (n // 2) for n in range(2, 202, 2)}
+
+
+def _looks_loadable(conversations: str) -> bool:
+    """The fast path of `check_record` for one stored conversation as PostgreSQL prints it: only
+    {from, value} turns, strictly human/gpt alternating and ending on gpt, no blank turn, exactly one
+    `<image>` and it in the first turn. False sends the sample through `check_record` (parsed)."""
+    roles = _TURN_RE.findall(conversations)
+    if (not conversations.startswith('[{"from": "') or not conversations.endswith('"}]')
+            or conversations.count('{"') != len(roles) or _ALTERNATING.get(len(roles)) != roles
+            or conversations.count("<image>") != 1 or _BLANK_VALUE_RE.search(conversations)):
+        return False
+    first_turn_end = conversations.find('"}, {"from": ')
+    return conversations.find("<image>") < first_turn_end
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _ShardWriter:
+    """images-00000.tar, images-00001.tar, ...: each closes at shard_max_files or shard_max_bytes."""
+
+    def __init__(self, out: Path, max_files: int, max_bytes: int) -> None:
+        self.out, self.max_files, self.max_bytes = out, max_files, max_bytes
+        self.shards: list[dict[str, Any]] = []
+        self.files: dict[str, dict[str, Any]] = {}
+        self._writer: _HashingWriter | None = None
+        self._tar: tarfile.TarFile | None = None
+
+    def add(self, name: str, data: bytes) -> None:
+        current = self.shards[-1] if self.shards else None
+        if current is None or current["count"] >= self.max_files or (
+                current["count"] and current["content_bytes"] + len(data) > self.max_bytes):
+            self._close_current()
+            shard = f"images-{len(self.shards):05d}.tar"
+            self._writer = _HashingWriter(self.out / shard)
+            # ustar: fixed-size headers, no pax timestamps; our names are short ASCII paths.
+            self._tar = tarfile.open(  # noqa: SIM115 — closed in _close_current()
+                fileobj=cast(IO[bytes], self._writer), mode="w", format=tarfile.USTAR_FORMAT)
+            current = {"file": shard, "count": 0, "content_bytes": 0, "first": name, "last": name}
+            self.shards.append(current)
+        assert self._tar is not None
+        self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        current["count"] += 1
+        current["content_bytes"] += len(data)
+        current["last"] = name
+
+    def _close_current(self) -> None:
+        if self._tar is not None and self._writer is not None:
+            self._tar.close()
+            self.files[self.shards[-1]["file"]] = self._writer.close()
+        self._tar = self._writer = None
+
+    def close(self) -> None:
+        self._close_current()
+
+
+def _iter_image_bytes(settings: Settings, store: ObjectStore, export_id: int) -> Iterator[tuple[str, bytes]]:
+    """(release path, bytes) in path order, fetched a bounded window ahead (constant memory)."""
+    query = text("""SELECT ei.image_path, i.model_key FROM export_item ei JOIN image i ON i.id = ei.image_id
+                    WHERE ei.export_id = :e ORDER BY ei.image_path COLLATE "C" """)
+    pending: collections.deque[tuple[str, Future[bytes]]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=8) as pool, get_engine(settings.database_url).connect() as conn:
+        for row in conn.execution_options(stream_results=True, yield_per=2000).execute(query, {"e": export_id}):
+            if not row.model_key:
+                raise ExportError(f"image for {row.image_path} has no model-ready copy in the object store")
+            pending.append((row.image_path, pool.submit(store.get_bytes, row.model_key)))
+            if len(pending) >= _FETCH_WINDOW:
+                path, future = pending.popleft()
+                yield path, future.result()
+        while pending:
+            path, future = pending.popleft()
+            yield path, future.result()
+
+
+def _write_images(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    layout = params.image_layout
+    if layout == "none":
+        return {}, {"layout": "none", "count": 0}
+    shards = _ShardWriter(out, params.shard_max_files, params.shard_max_bytes) if layout in ("tar", "both") else None
+    checksums = _HashingWriter(out / IMAGE_CHECKSUMS)
+    count = 0
+    try:
+        for path, data in _iter_image_bytes(settings, store, export_id):
+            checksums.write(f"{hashlib.sha256(data).hexdigest()}  {path}\n".encode())
+            if layout in ("folder", "both"):
+                target = out / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if shards is not None:
+                shards.add(path, data)
+            count += 1
+    finally:
+        files = {IMAGE_CHECKSUMS: checksums.close()}
+        if shards is not None:
+            shards.close()
+            files |= shards.files
+    summary: dict[str, Any] = {"layout": layout, "count": count, "checksums": IMAGE_CHECKSUMS}
+    if shards is not None:
+        summary["shards"] = [{k: s[k] for k in ("file", "count", "first", "last")} for s in shards.shards]
+    return files, summary
+
+
+def _interleave_english(params: ReleaseParams, out: Path, zh_file: str, n_zh: int
+                        ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One more file: the release and an English LLaVA-Instruct array, evenly interleaved.
+
+    Records of both are copied as they are (ours byte for byte; theirs re-serialised with their own key
+    order). The order is a deterministic even spread: the next record comes from whichever source is
+    furthest behind its share (ties: ours).
+    """
+    source = Path(params.english_json or "")
+    if not source.is_file():
+        raise ExportError(f"english_json {source} is not a file")
+    n_en = 0
+    for record in iter_json_array(source):
+        if not isinstance(record, dict) or "conversations" not in record:
+            raise ExportError(f"{source}: element {n_en} is not a LLaVA record")
+        if str(record.get("id", "")).startswith("tw-"):
+            raise ExportError(f"{source}: id {record['id']!r} collides with tuwen's sample ids")
+        n_en += 1
+    name = f"llava_instruct_{'_'.join(params.languages)}_with_en_{size_label(n_zh + n_en)}.json"
+    writer = _JsonArrayWriter(out / name)
+    ours = _iter_own_lines(out / zh_file)
+    theirs = (json.dumps(r, ensure_ascii=False).encode("utf-8") for r in iter_json_array(source))
+    i = j = 0
+    while i < n_zh or j < n_en:
+        if j >= n_en or (i < n_zh and (2 * i + 1) * n_en <= (2 * j + 1) * n_zh):
+            writer.record(next(ours))
+            i += 1
+        else:
+            writer.record(next(theirs))
+            j += 1
+    files = {name: writer.close()}
+    summary = {"file": name, "source": source.name, "source_sha256": sha256_file(source),
+               "records_zh": n_zh, "records_en": n_en,
+               "share_en": round(n_en / (n_zh + n_en), 4) if n_zh + n_en else 0.0}
+    return name, files, summary
+
+
+def _iter_own_lines(path: Path) -> Iterator[bytes]:
+    """Record lines of a JSON array written by _JsonArrayWriter (one record per line)."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            line = raw.rstrip(b"\n")
+            if line in (b"[", b"]", b"[]"):
+                continue
+            yield line[:-1] if line.endswith(b",") else line
+
+
+def _llamafactory_info(name: str, names: Mapping[str, str], extra: Mapping[str, str]) -> str:
+    """LLaMA-Factory's dataset_info.json for this release: sharegpt format with LLaVA's roles; use with
+    `--dataset_dir <release folder>` (media_dir defaults to it, so `images/...` paths resolve)."""
+    entry = {
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"},
+        "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+    }
+    datasets = {name: {"file_name": names["all"], **entry}}
+    for role, file in names.items():
+        if role in TASK_TYPES:
+            datasets[f"{name}_{role}"] = {"file_name": file, **entry}
+    for key, file in extra.items():
+        datasets[f"{name}_{key}"] = {"file_name": file, **entry}
+    return json.dumps(datasets, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+_CONTENT_TYPES = {
+    ".json": "application/json", ".jsonl": "application/x-ndjson", ".md": "text/markdown; charset=utf-8",
+    ".tar": "application/x-tar", ".png": "image/png", ".jpg": "image/jpeg",
+    ".sha256": "text/plain; charset=utf-8",
+}
+
+
+def _content_type(rel: str) -> str:
+    return _CONTENT_TYPES.get(Path(rel).suffix, "application/octet-stream")
+
+
+def _copy_qc_report(settings: Settings, qc_run_id: int | None, out: Path) -> dict[str, dict[str, Any]]:
+    """The QC report the gate decided on, copied from the bucket (not re-rendered) into `qc_report/`, so
+    it is listed, checksummed and uploaded like every other file of the release; none when the QC run
+    published no report."""
+    if qc_run_id is None:
+        return {}
+    with get_engine(settings.database_url).connect() as conn:
+        key = conn.execute(text("SELECT results->>'report_key' FROM qc_run WHERE id = :id"), {"id": qc_run_id}).scalar()
+    if not key:
+        return {}
+    from tuwen.quality.report import fetch_qc_report
+
+    fetch_qc_report(settings, qc_run_id, out / QC_REPORT_DIR)
+    return {path.relative_to(out).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted((out / QC_REPORT_DIR).rglob("*")) if path.is_file()}
+
+
+def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int,
+                 counts: Mapping[str, int], timings: dict[str, float], qc_run_id: int | None = None,
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    from tuwen.release.card import build_card  # the card reads lineage; imported here to keep imports light
+
+    started = time.perf_counter()
+    names, files = _write_json_files(settings, params, out, export_id, counts)
+    timings["json"] = time.perf_counter() - started
+    started = time.perf_counter()
+    image_files, image_summary = _write_images(settings, params, store, out, export_id)
+    timings["images"] = time.perf_counter() - started
+    started = time.perf_counter()
+    files |= image_files
+    extra: dict[str, str] = {}
+    mix_summary = None
+    if params.english_json:
+        extra["with_en"], mix_files, mix_summary = _interleave_english(params, out, names["all"], sum(counts.values()))
+        files |= mix_files
+    report_files = _copy_qc_report(settings, qc_run_id, out)
+    files |= report_files
+    (out / DATASET_INFO).write_text(_llamafactory_info(params.name, names, extra), encoding="utf-8")
+    files[DATASET_INFO] = {"sha256": sha256_file(out / DATASET_INFO), "bytes": (out / DATASET_INFO).stat().st_size}
+    manifest: dict[str, Any] = {
+        "release": params.name, "params": params.as_json(), "samples": sum(counts.values()),
+        "samples_by_task": {t: counts[t] for t in params.task_types},
+        "data_files": names, "images": image_summary, "english_mix": mix_summary,
+        "qc_report": f"{QC_REPORT_DIR}/index.html" if report_files else None,
+    }
+    timings["english_mix"] = time.perf_counter() - started
+    started = time.perf_counter()
+    card = build_card(settings, export_id, params, manifest)
+    timings["card"] = time.perf_counter() - started
+    (out / CARD).write_text(card, encoding="utf-8")
+    files[CARD] = {"sha256": sha256_file(out / CARD), "bytes": (out / CARD).stat().st_size}
+    manifest["files"] = dict(sorted(files.items()))
+    (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
+                                encoding="utf-8")
+    return manifest["files"], manifest
+
+
+def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | None = None,
+                  run_id: str | None = None, qc_run_id: int | None = None) -> ReleaseResult:
+    """Write and publish a release; rewriting an existing name replaces it (same bytes for same lineage)."""
+    from tuwen.release.takedowns import apply_takedowns
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    apply_takedowns(settings)
+    timings["takedowns"] = time.perf_counter() - started
+    started = time.perf_counter()
+    store = ObjectStore(settings)
+    final_dir = settings.release_dir / params.name
+    tmp_dir = settings.release_dir / f".tmp-{params.name}-{os.getpid()}"
+    s3_prefix = f"exports/{params.name}/"
+    with session_scope(settings.database_url) as session:
+        stmt = insert(Export).values(name=params.name, params=params.as_json(), status="writing",
+                                     dag_id=dag_id, run_id=run_id, qc_run_id=qc_run_id)
+        export_id = session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"params": stmt.excluded.params, "status": "writing", "dag_id": dag_id, "run_id": run_id,
+                      "qc_run_id": qc_run_id, "published_at": None, "n_samples": 0,
+                      "files": text("'{}'::jsonb")},
+            ).returning(Export.id)
+        ).scalar_one()
+        session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+        counts = _select_into_export_items(session.connection(), params, export_id)
+    timings["select"] = time.perf_counter() - started
+    try:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        files, _ = _write_files(settings, params, store, tmp_dir, export_id, counts, timings, qc_run_id)
+        started = time.perf_counter()
+        # Publish: objects first, manifest last; then the local folder appears in one rename. With tar
+        # shards the loose image folder stays local: the shards carry the same files in few objects.
+        if store.list_keys(s3_prefix):
+            store.remove_prefix(s3_prefix)
+        uploads = sorted(files)
+        if params.image_layout == "folder":
+            uploads += sorted(p.relative_to(tmp_dir).as_posix() for p in (tmp_dir / "images").rglob("*")
+                              if p.is_file())
+        # A few uploads at once: one stream to the object store does not fill the link (or the CPU).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(store.put_file, s3_prefix + rel, tmp_dir / rel, _content_type(rel))
+                       for rel in uploads]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # One failed upload fails the release: do not spend retries on the queued rest.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        store.put_file(s3_prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        tmp_dir.rename(final_dir)
+        timings["upload"] = time.perf_counter() - started
+    except BaseException as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        with session_scope(settings.database_url) as session:
+            # A failed release holds nothing: "which release contains X" must never name it.
+            session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+            session.execute(update(Export).where(Export.id == export_id).values(status="failed"))
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ExportError):
+            raise ExportError(f"release {params.name!r} failed and was not published: {exc}") from exc
+        raise
+    n_samples = sum(counts.values())
+    with session_scope(settings.database_url) as session:
+        session.execute(
+            update(Export).where(Export.id == export_id).values(
+                status="published", n_samples=n_samples, files=files, s3_prefix=s3_prefix,
+                local_path=str(final_dir), published_at=func.now())
+        )
+    log.info("release %s: %d samples %s at %s and s3 %s; seconds %s", params.name, n_samples, dict(counts),
+             final_dir, s3_prefix, {k: round(v, 2) for k, v in timings.items()})
+    return ReleaseResult(params.name, export_id, n_samples, dict(counts), final_dir, s3_prefix, files, timings)

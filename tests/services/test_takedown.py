@@ -1,0 +1,145 @@
+"""Takedowns: a taken-down URL's, domain's or image's samples vanish from the next release, the past
+releases that held them are named (library, CLI and the analysts' query), and later crawls are caught."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.services.test_export import seed
+from tuwen.cli import main as cli
+from tuwen.config import Settings
+from tuwen.release.export import ReleaseParams, write_release
+from tuwen.release.takedowns import TakedownError, add_takedown, normalize, releases_with_takedowns
+from tuwen.release.trainer_formats import read_records
+
+
+def _release_ids(settings: Settings, name: str) -> set[str]:
+    result = write_release(settings, ReleaseParams(name=name, include_images=False))
+    manifest = json.loads((result.local_path / "manifest.json").read_text())
+    return {r["id"] for r in read_records(result.local_path / manifest["data_files"]["all"])}
+
+
+def _sample_of(engine, url_like: str) -> tuple[str, str, str]:
+    with engine.connect() as conn:
+        return conn.execute(text("""SELECT s.id, src.url, src.page_url FROM sample s
+                                    JOIN image_source src ON src.image_id = s.image_id
+                                    WHERE s.qc_status = 'passed' AND src.url LIKE :u ORDER BY s.id LIMIT 1"""),
+                            {"u": url_like}).one()
+
+
+def test_url_takedown_removes_samples_and_names_past_releases(settings: Settings) -> None:
+    seed(settings, 20, with_images=False)
+    before = _release_ids(settings, "r-before")
+    engine = create_engine(settings.database_url)
+    sample_id, url, _ = _sample_of(engine, "%")
+    assert sample_id in before
+
+    result = add_takedown(settings, "url", f"  {url} ", reason="owner request")
+    assert (result.images, result.samples, result.releases) == (1, 1, ["r-before"])
+    with engine.connect() as conn:
+        image = conn.execute(text("SELECT i.status, i.taken_down_at, s.qc_status FROM sample s "
+                                  "JOIN image i ON i.id = s.image_id WHERE s.id = :s"), {"s": sample_id}).one()
+        assert image.status == "taken_down" and image.taken_down_at is not None and image.qc_status == "taken_down"
+        assert conn.execute(text("SELECT reason FROM takedown")).scalar() == "owner request"
+
+    after = _release_ids(settings, "r-after")
+    assert after == before - {sample_id}
+    hits = releases_with_takedowns(settings)
+    assert [(h.release, h.kind, h.value, h.samples) for h in hits] == [("r-before", "url", url, 1)]
+
+    # Adding it again changes nothing; the analysts' view agrees.
+    assert add_takedown(settings, "url", url).images == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM takedown")).scalar() == 1
+        rows = conn.execute(text("SELECT release, sample_id FROM v_takedown_items WHERE release IS NOT NULL"
+                                 )).all()
+    assert [tuple(r) for r in rows] == [("r-before", sample_id)]
+    engine.dispose()
+
+
+def test_domain_takedown_covers_subdomains_only(settings: Settings) -> None:
+    seed(settings, 20, with_images=False)
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        on_site = conn.execute(text("SELECT count(DISTINCT image_id) FROM image_source "
+                                    "WHERE site = 'news.example.cn'")).scalar()
+    assert add_takedown(settings, "domain", "ews.example.cn").images == 0  # a suffix is not a subdomain
+    # Image URLs are on img.news.example.cn, pages on www.news.example.cn: both are subdomains.
+    result = add_takedown(settings, "domain", "https://News.Example.cn/whatever")
+    assert result.value == "news.example.cn" and result.images == on_site > 0
+    ids = _release_ids(settings, "r")
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM sample s JOIN image_source src ON src.image_id = s.image_id "
+                                 "WHERE src.site = 'news.example.cn' AND s.id = ANY(:ids)"),
+                            {"ids": list(ids)}).scalar()
+    assert left == 0 and ids
+
+    # An image crawled later on the same domain is caught when the next release is written.
+    with engine.begin() as conn:
+        image_id = conn.execute(text("SELECT image_id FROM image_source WHERE site = 'shop.example.com.cn' "
+                                     "LIMIT 1")).scalar()
+        conn.execute(text("INSERT INTO image_source (image_id, crawl_run_id, site, url, page_url, outcome) "
+                          "SELECT :i, crawl_run_id, 'news.example.cn', 'https://cdn.news.example.cn/x.jpg', "
+                          "'https://cdn.news.example.cn/p.html', 'accepted' FROM image_source WHERE image_id = :i "
+                          "LIMIT 1"), {"i": image_id})
+        sample_id = conn.execute(text("SELECT id FROM sample WHERE image_id = :i"), {"i": image_id}).scalar()
+    assert sample_id in ids
+    assert sample_id not in _release_ids(settings, "r2")
+    engine.dispose()
+
+
+def test_image_hash_takedown_and_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    seed(settings, 10, with_images=False)
+    _release_ids(settings, "shipped")
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        sha = conn.execute(text("SELECT i.sha256 FROM sample s JOIN image i ON i.id = s.image_id "
+                                "WHERE s.qc_status = 'passed' ORDER BY s.id LIMIT 1")).scalar()
+    engine.dispose()
+    for key, value in {"TUWEN_DATABASE_URL": settings.database_url, "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
+                       "TUWEN_S3_BUCKET": settings.s3_bucket}.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["takedown", "add", "--image-sha256", sha.upper(), "--reason", "dmca"]) == 0
+    assert "1 images, 1 samples taken down" in capsys.readouterr().out
+    assert cli.main(["takedown", "releases"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shipped\t") and f"image_sha256 {sha}" in out
+    assert cli.main(["releases", "--image-sha256", sha]) == 0
+    assert capsys.readouterr().out.startswith("shipped\tpublished\ttw-")
+    assert cli.main(["takedown", "add", "--domain", "not a domain"]) == 2
+
+
+def test_normalize_rejects_malformed_values() -> None:
+    with pytest.raises(TakedownError):
+        normalize("image_sha256", "abc")
+    with pytest.raises(TakedownError):
+        normalize("url", "/relative/path.jpg")
+    with pytest.raises(TakedownError):
+        normalize("domain", "localhost")
+    with pytest.raises(TakedownError):
+        normalize("person", "x")
+    assert normalize("domain", "*.Example.COM.") == "example.com"
+
+
+def test_takedown_impact_query_names_releases(settings: Settings) -> None:
+    seed(settings, 10, with_images=False)
+    shipped = _release_ids(settings, "old")
+    engine = create_engine(settings.database_url)
+    _, _, page = _sample_of(engine, "%")
+    with engine.connect() as conn:
+        on_page = conn.execute(text("SELECT s.id FROM sample s JOIN image_source src ON src.image_id = s.image_id "
+                                    "WHERE src.page_url = :p"), {"p": page}).scalars().all()
+    engine.dispose()
+    result = add_takedown(settings, "url", page, reason="page removed")
+    assert result.images == len(on_page) > 1  # a page URL takes down every image seen on the page
+    out = subprocess.run(["psql", settings.database_url.replace("+psycopg2", ""), "-X", "-q", "-A", "-t",
+                          "-F", "|", "-c", "SET ROLE tuwen_analyst", "-f", "sql/queries/11_takedown_impact.sql"],
+                         capture_output=True, text=True, check=True).stdout
+    [row] = [line.split("|") for line in out.splitlines() if line.strip()]
+    assert row[1:4] == ["url", page, "page removed"]
+    assert row[5:] == [str(len(on_page)), str(len(set(on_page) & shipped)), "old"]

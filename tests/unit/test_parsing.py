@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuwen.synthesis.parsing import ParseResult, parse_answer
+from tuwen.synthesis.parsing import MAX_ANSWER_CHARS, ParseResult, parse_answer
 
 DETAIL_INSTRUCTION = "请详细描述这张图片。"
+PARSE_ERRORS = {"empty_answer", "refusal", "no_markers", "unbalanced_turns", "empty_turns", "invalid_characters",
+                "answer_too_long"}
+TASKS = ("conversation", "complex_reasoning", "detail")
 
 
 def llava(*values: str) -> list[dict[str, str]]:
@@ -525,7 +530,7 @@ def test_any_text_gives_a_valid_conversation_or_a_reason(task_type: str, languag
         assert all(turn["value"].strip() for turn in result.conversations)
         check_llava_shape(result)
     else:
-        assert result.error in {"empty_answer", "refusal", "no_markers", "unbalanced_turns", "empty_turns"}
+        assert result.error in PARSE_ERRORS
         assert result.conversations == []
 
 
@@ -536,3 +541,74 @@ def test_parsing_is_deterministic(data: st.DataObject, language: str) -> None:
     assert parse_answer("conversation", language, text, "") == parse_answer(
         "conversation", language, text, ""
     )
+
+
+# --- hostile answers: bounded time, a reason on the item -----------------------------------------
+
+# Shapes that made a pattern backtrack over a run of blanks (the trailing-note pattern was cubic:
+# 800 blanks and one letter took seconds, 8,000 most of an hour), for each pattern that reads blanks.
+BLANK_RUNS = [
+    " " * 6000 + "x",
+    "用户：你好\n助手：好的\n\n" + " " * 6000 + "x",
+    "\t " * 3000 + "注",
+    "以下是描述：" + " " * 6000 + "x",
+    "\\n" * 3000 + "x",
+    " \\n" * 3000 + "x",
+    "- " * 3000 + "x",
+    "第" + " " * 6000 + "x",
+    "**" + " " * 6000 + "用户",
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", BLANK_RUNS, ids=range(len(BLANK_RUNS)))
+@pytest.mark.parametrize("task_type", TASKS)
+def test_long_runs_of_blanks_parse_in_linear_time(task_type: str, text: str) -> None:
+    started = time.perf_counter()
+    for language in ("zh", "en"):
+        result = parse_answer(task_type, language, text, DETAIL_INSTRUCTION)
+        assert result.ok or result.error in PARSE_ERRORS
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800", "\udfff", "a\udc80b"])
+@pytest.mark.parametrize("task_type", TASKS)
+def test_nul_or_a_lone_surrogate_is_refused_with_a_reason(task_type: str, bad: str) -> None:
+    text = f"用户：这是什么？{bad}\n助手：一张图片。" if task_type != "detail" else f"一张图片{bad}。"
+    result = parse(task_type, text.replace("用户", "问题").replace("助手", "回答") if task_type == "complex_reasoning"
+                   else text)
+    assert not result.ok and result.error == "invalid_characters" and result.conversations == []
+
+
+def test_an_answer_over_the_cap_is_refused_before_any_pattern_reads_it() -> None:
+    answer = "用户：这是什么？\n助手：" + "很长的回答。" * (MAX_ANSWER_CHARS // 6)
+    assert len(answer) > MAX_ANSWER_CHARS
+    assert parse("conversation", answer).error == "answer_too_long"
+    assert parse("conversation", answer[:MAX_ANSWER_CHARS]).ok  # at the cap it is still an answer
+
+
+# Pieces of answers that exercise every pattern: markers in each dress, blanks, literal \n, notes,
+# headings, fences, refusals, and characters no store takes.
+HOSTILE_PIECES = st.sampled_from([
+    "用户：", "助手：", "**用户**：", "## 助手", "【问题】", "回答:", "User:", "Assistant:", "Q:", "A:", "> ", "- ",
+    "\n", "\n\n", "\r", " ", "  ", "\t", "\u3000", "\\n", "注：", "以上是", "好的，", "以下是描述：", "Note:", "---",
+    "```", "第一轮", "Round 1", "**", "__", "抱歉，我无法", "I'm sorry, but I can't", "<image>", "你好", "x", "\x00",
+    "\ud800",
+])
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=150, deadline=None)
+@given(task_type=st.sampled_from(TASKS), language=st.sampled_from(["zh", "en"]),
+       pieces=st.lists(HOSTILE_PIECES, max_size=60), blanks=st.integers(0, 4000), where=st.integers(0, 60))
+def test_fuzzed_hostile_answers_never_raise_and_parse_in_bounded_time(
+        task_type: str, language: str, pieces: list[str], blanks: int, where: int) -> None:
+    pieces.insert(min(where, len(pieces)), " " * blanks)  # one long run of blanks somewhere
+    text = "".join(pieces)
+    started = time.perf_counter()
+    result = parse_answer(task_type, language, text, DETAIL_INSTRUCTION)
+    assert time.perf_counter() - started < 0.5
+    if result.ok:
+        check_llava_shape(result)
+    else:
+        assert result.error in PARSE_ERRORS and result.conversations == []

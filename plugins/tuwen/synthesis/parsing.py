@@ -28,7 +28,13 @@ and go without a note.
 
 Unparseable answers get ok=False and an error: empty_answer, refusal (any answer turn, or the whole
 text, opens with a refusal — refusals are not training data), no_markers, unbalanced_turns (no
-question with an answer), empty_turns (every round had an empty side).
+question with an answer), empty_turns (every round had an empty side), invalid_characters (a NUL or
+a lone surrogate: no text store or trainer takes them), answer_too_long (over MAX_ANSWER_CHARS).
+
+Answers come from outside, so parsing is bounded: every pattern reads a run of blanks once
+(possessive quantifiers, and the one searched pattern starts only where a run begins), and an
+answer longer than MAX_ANSWER_CHARS is refused before any pattern sees it, so one answer's parse
+time is linear in at most that many characters.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from tuwen.domain import GPT, HUMAN, IMAGE_TOKEN, TASK_TYPES
 from tuwen.synthesis.prompts import LANGUAGES
 
 MAX_ROUNDS = {"conversation": 5, "complex_reasoning": 1, "detail": 1}
+# Far above what the largest max_tokens (2,048) yields even at several characters per token.
+MAX_ANSWER_CHARS = 32_768
+# NUL and unpaired UTF-16 surrogates: PostgreSQL text and UTF-8 files cannot hold them.
+_INVALID_CHARACTERS = re.compile(r"[\x00\ud800-\udfff]")
 
 
 # Role labels per (task type, language). Chinese answers sometimes use the English words, so zh
@@ -70,18 +80,18 @@ def _marker_pattern(labels: dict[str, tuple[str, ...]]) -> re.Pattern[str]:
     alternatives = sorted((label for group in labels.values() for label in group), key=len, reverse=True)
     label_group = "|".join(re.escape(label) for label in alternatives)
     return re.compile(
-        r"^[ \t]*"
-        r"(?P<heading>\#{1,6}[ \t]*)?"
-        r"(?:>[ \t]*)?"
-        r"(?:[-+*][ \t]+)?"
-        r"(?P<open>\*\*|__)?[ \t]*"
+        r"^[ \t]*+"
+        r"(?P<heading>\#{1,6}[ \t]*+)?"
+        r"(?:>[ \t]*+)?"
+        r"(?:[-+*][ \t]++)?"
+        r"(?P<open>\*\*|__)?[ \t]*+"
         r"[【\[]?"
         rf"(?P<label>{label_group})"
-        r"[ \t]*(?:\d{1,2}|[一二三四五六七八九十])?"
-        r"[】\]]?[ \t]*"
+        r"[ \t]*+(?:\d{1,2}|[一二三四五六七八九十])?"
+        r"[】\]]?[ \t]*+"
         r"(?:"
-        r"(?P<close_before>\*\*|__)?[ \t]*[:：][ \t]*(?P<close_after>\*\*|__)?"
-        r"|(?P<bare>(?:\*\*|__)?[ \t]*$)"
+        r"(?P<close_before>\*\*|__)?[ \t]*+[:：][ \t]*+(?P<close_after>\*\*|__)?"
+        r"|(?P<bare>(?:\*\*|__)?[ \t]*+$)"
         r")",
         re.IGNORECASE,
     )
@@ -90,12 +100,17 @@ def _marker_pattern(labels: dict[str, tuple[str, ...]]) -> re.Pattern[str]:
 _MARKERS = {key: _marker_pattern(labels) for key, labels in _LABELS.items()}
 
 
+_RUN_START = r"(?:(?<![ \t])[ \t]++|(?<![ \t])(?<!\\n))"
+
+
 def _literal_newline_pattern(labels: dict[str, tuple[str, ...]]) -> re.Pattern[str]:
     alternatives = sorted((label for group in labels.values() for label in group), key=len, reverse=True)
     label_group = "|".join(re.escape(label) for label in alternatives)
     return re.compile(
-        rf"[ \t]*(?:\\n)+[ \t]*(?=(?:\*\*|\#{{1,6}}[ \t]*)?(?:{label_group})[ \t]*(?:\*\*)?[ \t]*[:：])"
-        r"|[ \t]*(?:\\n)+[ \t]*$",
+        # Tried only where a run of blanks or of literal \n's begins (a match starting inside a run
+        # fails whenever one from its start does), so a long run is read once, not once per character.
+        rf"{_RUN_START}(?:\\n)++[ \t]*+(?=(?:\*\*|\#{{1,6}}[ \t]*+)?(?:{label_group})[ \t]*+(?:\*\*)?[ \t]*+[:：])"
+        rf"|{_RUN_START}(?:\\n)++[ \t]*+$",
         re.IGNORECASE,
     )
 
@@ -108,19 +123,19 @@ _ROLE_OF_LABEL = {
     for key, labels in _LABELS.items()
 }
 
-_SEPARATOR_LINE = re.compile(r"^\s*(?:[-*_=]\s*){3,}$")
-_FENCE_LINE = re.compile(r"^\s*```[\w-]*\s*$")
+_SEPARATOR_LINE = re.compile(r"^\s*+(?:[-*_=]\s*+){3,}+$")
+_FENCE_LINE = re.compile(r"^\s*+```[\w-]*+\s*+$")
 _ROUND_HEADING_LINE = re.compile(
-    r"^\s*(?:\#{1,6}\s*)?(?:\*\*|__)?\s*"
-    r"(?:第\s*[一二三四五六七八九十\d]+\s*(?:轮|组|个)(?:对话|问答|问题)?"
-    r"|(?:对话|问答)\s*[一二三四五六七八九十\d]+"
-    r"|(?:round|turn|exchange)\s*\d+)"
-    r"\s*[:：]?\s*(?:\*\*|__)?\s*$",
+    r"^\s*+(?:\#{1,6}\s*+)?(?:\*\*|__)?\s*+"
+    r"(?:第\s*+[一二三四五六七八九十\d]++\s*+(?:轮|组|个)(?:对话|问答|问题)?"
+    r"|(?:对话|问答)\s*+[一二三四五六七八九十\d]++"
+    r"|(?:round|turn|exchange)\s*+\d++)"
+    r"\s*+[:：]?\s*+(?:\*\*|__)?\s*+$",
     re.IGNORECASE,
 )
 
 _REFUSAL = re.compile(
-    r"^(?:\*\*)?\s*(?:"
+    r"^(?:\*\*)?\s*+(?:"
     r"(?:很|非常)?(?:抱歉|对不起|不好意思)[，,。！!\s]*(?:但是?[，,]?\s*)?(?:我|目前我?)?(?:无法|不能|没办法|没有办法|不便)"
     r"|作为(?:一个|一名)?\s*(?:AI|人工智能)"
     r"|我(?:无法|不能)(?:查看|看到|识别|处理|提供|回答|协助|帮助|完成)"
@@ -133,18 +148,21 @@ _REFUSAL = re.compile(
 )
 
 _PREAMBLE_INTERJECTION = re.compile(
-    r"^\s*(?:好的|好|当然(?:可以)?|没问题|可以|嗯|sure|certainly|of course|okay|ok|absolutely)"
-    r"\s*[，,！!。.~～]+\s*",
+    r"^\s*+(?:好的|好|当然(?:可以)?|没问题|可以|嗯|sure|certainly|of course|okay|ok|absolutely)"
+    r"\s*+[，,！!。.~～]++\s*+",
     re.IGNORECASE,
 )
 _PREAMBLE_LEAD_IN = re.compile(
-    r"^\s*(?:以下|下面)(?:是|为)[^\n]{0,40}(?:描述|介绍|说明|分析|解读)[^\n]{0,10}[：:]\s*(?:\n|$)"
-    r"|^\s*(?:here\s+is|here's|below\s+is)[^\n]{0,80}(?:description|analysis|overview|breakdown)"
-    r"[^\n]{0,20}[:：]\s*(?:\n|$)",
+    # The blanks after the colon up to their last line break (or to the end): what "\s*(?:\n|$)"
+    # takes, spelled so a long run of blanks is read once.
+    r"^\s*+(?:以下|下面)(?:是|为)[^\n]{0,40}(?:描述|介绍|说明|分析|解读)[^\n]{0,10}[：:]"
+    r"(?:(?:[^\S\n]*+\n)++(?:[^\S\n]*+$)?|[^\S\n]*+$)"
+    r"|^\s*+(?:here\s+is|here's|below\s+is)[^\n]{0,80}(?:description|analysis|overview|breakdown)"
+    r"[^\n]{0,20}[:：](?:(?:[^\S\n]*+\n)++(?:[^\S\n]*+$)?|[^\S\n]*+$)",
     re.IGNORECASE,
 )
 _TRAILING_NOTE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*[（(]?\s*(?:"
+    r"^\s*+(?:\*\*|__)?\s*+[（(]?\s*+(?:"
     r"注\s*[:：]|备注\s*[:：]|免责声明|"
     r"以上(?:是|为|就是|便是|对话|问答|内容|描述|回答)|"
     r"希望(?:以上|这些|这个|我的|本次|上述)|"
@@ -346,7 +364,12 @@ def parse_answer(task_type: str, language: str, text: str, instruction_for_detai
         raise ValueError("a description sample needs instruction_for_detail for its human turn")
 
     notes = _Notes()
-    text = (text or "").replace("\r\n", "\n").replace("\r", "\n")
+    text = text or ""
+    if len(text) > MAX_ANSWER_CHARS:
+        return _failure("answer_too_long", notes)
+    if _INVALID_CHARACTERS.search(text):
+        return _failure("invalid_characters", notes)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         return _failure("empty_answer", notes)
     if task_type == "detail":

@@ -24,6 +24,13 @@ class StorageError(RuntimeError):
     """The object store refused or could not be reached; the message says which endpoint and key."""
 
 
+class ObjectMissingError(StorageError):
+    """The store answered, and the object is not there: a fact about that one key, not an outage."""
+
+
+_MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+
+
 def raw_key(sha256: str, ext: str) -> str:
     return f"raw/{sha256[:2]}/{sha256}.{ext}"
 
@@ -71,7 +78,7 @@ class ObjectStore:
             self.client.stat_object(self.bucket, key)
             return True
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            if exc.code in _MISSING_CODES:
                 return False
             raise self._fail("stat", key, exc) from exc
         except urllib3.exceptions.HTTPError as exc:
@@ -97,7 +104,11 @@ class ObjectStore:
             finally:
                 response.close()
                 response.release_conn()
-        except (S3Error, urllib3.exceptions.HTTPError) as exc:
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                raise ObjectMissingError(f"object store {self.endpoint} bucket {self.bucket!r}: no object {key!r}") from exc
+            raise self._fail("get", key, exc) from exc
+        except urllib3.exceptions.HTTPError as exc:
             raise self._fail("get", key, exc) from exc
 
     def list_keys(self, prefix: str) -> list[str]:

@@ -44,7 +44,9 @@ from bench.common import (
 from tuwen.db.session import get_engine
 from tuwen.domain import SEED_TASK_MIX
 from tuwen.quality.checks import question_similarity
-from tuwen.quality.run import QualityGateFailed, ReleaseScope, run_quality_gate
+from tuwen.quality.run import QualityGateFailed, run_quality_gate
+from tuwen.quality.scope import ReleaseScope
+from tuwen.resources import Resources
 
 N_SAMPLES = sum(SEED_TASK_MIX.values())  # 641,868
 FIRST_DAY = dt.date(2026, 10, 1)
@@ -273,7 +275,7 @@ def main(n: int = N_SAMPLES) -> dict[str, Any]:
         cpu0 = _cpu_s()
         t0 = time.perf_counter()
         try:
-            outcome = run_quality_gate(settings, ReleaseScope(), report_dir=Path(tmp) / "report")
+            outcome = run_quality_gate(Resources.from_settings(settings), ReleaseScope(), report_dir=Path(tmp) / "report")
             success = True
         except QualityGateFailed as exc:
             print(f"gate FAILED: {exc}")

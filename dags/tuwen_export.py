@@ -62,12 +62,15 @@ def tuwen_export() -> None:
     @task(retries=0)  # a failed gate is a verdict, not a transient error
     def quality_gate() -> dict:
         from tuwen.config import Settings
-        from tuwen.quality.run import ReleaseScope, run_quality_gate
+        from tuwen.quality.run import run_quality_gate
+        from tuwen.quality.scope import ReleaseScope
+        from tuwen.resources import Resources
 
         context = get_current_context()
         # Raises QualityGateFailed below the bar (export_release is then skipped as upstream_failed);
         # the QC report is published to qc/<qc_run>/report/ either way.
-        result = run_quality_gate(Settings.from_env(), ReleaseScope.from_params(context["params"]),
+        result = run_quality_gate(Resources.from_settings(Settings.from_env()),
+                                  ReleaseScope.from_params(context["params"]),
                                   dag_id=context["dag"].dag_id, run_id=context["run_id"])
         return result.as_dict()
 

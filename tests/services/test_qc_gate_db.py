@@ -14,7 +14,9 @@ from tests.conftest import insert_labelled, labelled_rows
 from tuwen.config import Settings
 from tuwen.quality.checks import QCConfig
 from tuwen.quality.near_duplicates import find_near_duplicate_answers
-from tuwen.quality.run import NEAR_DUPLICATE_REASON, QualityGateFailed, ReleaseScope, run_quality_gate
+from tuwen.quality.run import NEAR_DUPLICATE_REASON, QualityGateFailed, run_quality_gate
+from tuwen.quality.scope import ReleaseScope
+from tuwen.resources import Resources
 
 # The labelled set holds one Japanese-language sample (expected to fail structure.task_type), so the
 # scope takes every language the set uses; min_pass_rate 0: these tests are about verdicts, not the bar.
@@ -26,7 +28,7 @@ COPY_ID = "zz-copy-of-good-detail-lake"  # sorts after the original, so the orig
 def _gate(settings: Settings, config: QCConfig | None = None) -> int:
     """Run the gate; the verdicts are the point here, so a failed batch decision is not an error."""
     try:
-        return run_quality_gate(settings, SCOPE, config=config, report=False).qc_run_id
+        return run_quality_gate(Resources.from_settings(settings), SCOPE, config=config, report=False).qc_run_id
     except QualityGateFailed:
         with create_engine(settings.database_url).connect() as conn:
             return conn.execute(text("SELECT max(id) FROM qc_run")).scalar_one()
@@ -179,10 +181,11 @@ def test_worker_processes_give_the_same_verdicts(settings: Settings, labelled: d
                     for r in conn.execute(text("SELECT id, qc_status, qc_reasons, qc_metrics FROM sample"))}
 
     with pytest.raises(QualityGateFailed):  # 37% pass rate against the default 80% minimum
-        run_quality_gate(settings, ReleaseScope(languages=("zh", "en", "ja")), report=False, workers=0)
+        run_quality_gate(Resources.from_settings(settings), ReleaseScope(languages=("zh", "en", "ja")),
+                         report=False, workers=0)
     in_process = stored()
     monkeypatch.setattr(tuwen.quality.run, "_CHUNK_ROWS", 7)  # ranges are cut in this process, workers just read
-    second = run_quality_gate(settings, SCOPE, report=False, workers=2)
+    second = run_quality_gate(Resources.from_settings(settings), SCOPE, report=False, workers=2)
     assert stored() == in_process
     assert in_process[COPY_ID][1] == [NEAR_DUPLICATE_REASON]
     assert second.n_samples == len(labelled) + 1

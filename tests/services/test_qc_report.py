@@ -20,7 +20,9 @@ from tests.conftest import insert_labelled, labelled_rows
 from tuwen.config import Settings
 from tuwen.quality.checks import QCConfig
 from tuwen.quality.report import N_TOP_REASONS, fetch_qc_report, report_prefix
-from tuwen.quality.run import QualityGateFailed, ReleaseScope, run_quality_gate
+from tuwen.quality.run import QualityGateFailed, run_quality_gate
+from tuwen.quality.scope import ReleaseScope
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 
 SCOPE = ReleaseScope(languages=("zh", "en", "ja"))
@@ -68,7 +70,7 @@ def _screenshot(driver: webdriver.Chrome, name: str) -> None:
 def _gate(settings: Settings, **kwargs) -> None:
     # The labelled set is mostly rejects: the gate fails, and that is when the report matters most.
     with contextlib.suppress(QualityGateFailed):
-        run_quality_gate(settings, SCOPE, **kwargs)
+        run_quality_gate(Resources.from_settings(settings), SCOPE, **kwargs)
 
 
 def test_report_renders_and_loads_in_chromium(settings: Settings, tmp_path: Path, browser: webdriver.Chrome) -> None:
@@ -127,21 +129,22 @@ def test_report_renders_and_loads_in_chromium(settings: Settings, tmp_path: Path
     _screenshot(browser, "samples.png")
 
     # The release copy is the published one, and it renders the same way.
-    copy = fetch_qc_report(settings, run.id, tmp_path / "release" / "qc_report")
+    copy = fetch_qc_report(store, run.id, tmp_path / "release" / "qc_report")
     assert copy.read_bytes() == (report_dir / "index.html").read_bytes()
     browser.get(copy.as_uri())
     assert all(img["complete"] and img["width"] > 0 for img in _images(browser))
     engine.dispose()
 
 
-def test_report_draw_is_deterministic(settings: Settings, tmp_path: Path) -> None:
+def test_report_draw_is_deterministic(settings: Settings, resources: Resources, tmp_path: Path) -> None:
     """Same lineage, same page of passed samples (seeded draw), so two renders can be compared."""
     from tuwen.quality.report import render_qc_report
 
     rows = [row for row in labelled_rows() if row["expected"] == "pass"]
     insert_labelled(settings, rows, image_size=(96, 64))
-    outcome = run_quality_gate(settings, ReleaseScope(languages=("zh", "en"), min_pass_rate=0.0), report=False)
-    first = render_qc_report(settings, outcome.qc_run_id, tmp_path / "a").with_name("samples.html")
-    second = render_qc_report(settings, outcome.qc_run_id, tmp_path / "b").with_name("samples.html")
+    outcome = run_quality_gate(resources, ReleaseScope(languages=("zh", "en"), min_pass_rate=0.0), report=False)
+    engine, store = resources.engine, resources.store
+    first = render_qc_report(engine, store, outcome.qc_run_id, tmp_path / "a").with_name("samples.html")
+    second = render_qc_report(engine, store, outcome.qc_run_id, tmp_path / "b").with_name("samples.html")
     assert first.read_text(encoding="utf-8") == second.read_text(encoding="utf-8")
     assert first.read_text(encoding="utf-8").count('class="card passed-sample"') == 12

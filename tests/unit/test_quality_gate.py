@@ -80,7 +80,7 @@ def test_validation_result_is_json_and_names_rules(good_result) -> None:
     } <= rules
     assert {f"pass_rate.{name}" for name in CHECKS} <= rules
     assert {f"task_mix.{task}" for task in TASK_TYPES} <= rules
-    assert "tuwen_qc" in text
+    assert "tuwen_samples" in text
 
 
 def test_data_docs_site_is_built(good_result) -> None:
@@ -90,7 +90,7 @@ def test_data_docs_site_is_built(good_result) -> None:
     assert validation_pages, "the validation result page is part of the site"
     page = validation_pages[0].read_text(encoding="utf-8")
     assert "rounds" in page and "passed" in page
-    assert "tuwen_qc" in index.read_text(encoding="utf-8")
+    assert "tuwen_samples" in index.read_text(encoding="utf-8")
 
 
 def test_low_pass_rate_fails_and_names_the_rules() -> None:

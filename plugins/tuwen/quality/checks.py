@@ -3,8 +3,8 @@
 `run_checks(sample, config)` runs every check in `CHECKS` and returns a `SampleVerdict`: passed, the
 failing reasons (stable names, the keys of `CHECKS`) and a few metrics. The gate runs this over every
 sample of a partition (640k in the seed-sized release), so the code favours C-level work (compiled
-regexes with literal prefixes, `str` methods, byte counts) over Python loops per character; measured
-on the 2-core development machine: ~70-130 µs per sample on the labelled set (load-dependent).
+regexes with literal prefixes, `str` methods, byte counts) over Python loops per character; its cost is
+measured by `python -m bench qc` (docs/BENCHMARKS.md).
 
 Quoted spans (“…”, 「…」, 《…》, "…") are treated as evidence copied from the image, not as the model's own
 language: a Traditional-Chinese shop sign or an English slogan quoted inside a Simplified answer is
@@ -232,10 +232,9 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------
 # Character classes and patterns, compiled once.
 #
-# Cost model (CPython 3.11, measured): `ch in text` for one character ~0.05 ns/char (memchr), a regex
-# with a literal prefix ~1.5 ns/char, bytes.translate ~2 ns/byte, a regex starting with a character
-# class ~10 ns/char. So rare single characters gate the expensive patterns, and counting happens on
-# UTF-8 bytes.
+# A test for one character (`ch in text`, memchr) is far cheaper than a regex, and a regex with a
+# literal prefix far cheaper than one starting with a character class: rare single characters gate the
+# expensive patterns, and counting happens on UTF-8 bytes.
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 CJK_RUN_RE = re.compile(f"[{_CJK}]+")
@@ -321,8 +320,8 @@ QUESTION_FILLER_RE = re.compile(
 def traditional_only_chars() -> frozenset[str]:
     """Characters that OpenCC's t2s converts and that are never Simplified themselves.
 
-    Built once from opencc's character tables (converting text with opencc-python-reimplemented costs
-    ~1 µs per character, far too slow for 640k samples); a character that is both Traditional and
+    Built once from opencc's character tables (converting every answer with opencc-python-reimplemented
+    is far too slow for 640k samples); a character that is both Traditional and
     Simplified (乾, 著, 覆, 后, 里, 只…) is left out so correct Simplified text never counts.
     """
     import opencc
@@ -349,8 +348,8 @@ def traditional_only_chars() -> frozenset[str]:
 
 @cache
 def _traditional_re() -> re.Pattern[str]:
-    # Only BMP characters: a class holding astral code points makes sre fall back to a slow path
-    # (~100x), and the ~350 astral Traditional-only characters are rare Extension-B forms.
+    # Only BMP characters: a class holding astral code points makes sre fall back to a slow path, and
+    # the few hundred astral Traditional-only characters are rare Extension-B forms.
     return re.compile("[" + "".join(sorted(c for c in traditional_only_chars() if ord(c) < 0x10000)) + "]")
 
 

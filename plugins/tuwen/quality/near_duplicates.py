@@ -5,11 +5,8 @@ pre-mix; `answer_minhash` returns the datasketch object and a test checks the tw
 layout (b bands of r rows) is the one datasketch's `MinHashLSH` picks for the threshold (with false
 negatives weighted 0.9, see `lsh_bands`). What differs
 is the execution: signatures are computed for a chunk of texts at once with numpy, and the bands are
-grouped by sorting instead of inserting into `MinHashLSH`'s dict-of-sets index. Measured (CPU time,
-2-core development machine, 400 characters per answer, 64 permutations): the plain datasketch path
-(`MinHash.update_batch` with SHA-1 shingles, then `MinHashLSH.query`/`insert`) costs ~375 µs a sample,
-about 4 minutes for 641,868 samples; this path costs ~64 µs a sample, about 41 s, and holds
-641,868 × 64 × 4 bytes = 164 MB of signatures.
+grouped by sorting instead of inserting into `MinHashLSH`'s dict-of-sets index (docs/QUALITY.md
+compares the two). Signatures take num_perm × 4 bytes a sample.
 
 Duplicates are resolved over connected components of verified candidate pairs: the smallest sample id
 of a component is kept, every later one maps to it. A component can chain (A~B, B~C)

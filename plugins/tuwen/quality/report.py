@@ -1,6 +1,6 @@
 """The QC report people look at: one static HTML site per qc_run, rendered from the lineage database.
 
-`write_qc_report(settings, qc_run_id, out_dir)` renders the site and uploads it to
+`write_qc_report(engine, store, qc_run_id, out_dir)` renders the site and uploads it to
 qc/<qc_run_id>/report/ in the bucket (index.html is the key recorded in qc_run.results["report_key"]);
 `fetch_qc_report` copies a published report into a folder (the release's `qc_report/`). The report
 covers the samples this run labelled (sample.qc_run_id), i.e. the scope the gate was called with —
@@ -37,10 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from tuwen.config import Settings
-from tuwen.db.session import get_engine
 from tuwen.domain import TASK_TYPES
 from tuwen.storage import ObjectStore
 
@@ -108,15 +106,15 @@ def _fetch_images(store: ObjectStore, out: Path, wanted: Mapping[str, str]) -> N
             target.write_bytes(store.get_bytes(key))
 
 
-def _load_metrics(settings: Settings, qc_run_id: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per task type, arrays of the metrics the distributions plot. COPY out as CSV: 640k rows in ~1 s
-    and a few MB, instead of a Python tuple per row."""
+def _load_metrics(engine: Engine, qc_run_id: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per task type, arrays of the metrics the distributions plot. COPY out as CSV: a few MB at seed
+    size, instead of a Python tuple per row."""
     sql = (f"COPY (SELECT task_type, qc_status, (qc_metrics->>'answer_chars')::real, "
            f"(qc_metrics->>'rounds')::real, (qc_metrics->>'cjk_ratio')::real, "
            f"(qc_metrics->>'ocr_coverage')::real FROM sample WHERE qc_run_id = {int(qc_run_id)}) "
            "TO STDOUT WITH (FORMAT csv)")
     buffer = io.BytesIO()
-    raw = get_engine(settings.database_url).raw_connection()
+    raw = engine.raw_connection()
     try:
         with closing(raw.cursor()) as cur:
             cur.copy_expert(sql, buffer)
@@ -356,7 +354,7 @@ def _sample_views(rows: Sequence[Any], max_turns: int, max_chars: int) -> tuple[
     return views, images
 
 
-def render_qc_report(settings: Settings, qc_run_id: int, out_dir: Path, *, seed: int = 0,
+def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir: Path, *, seed: int = 0,
                      n_passed_samples: int = N_PASSED_SAMPLES) -> Path:
     """Render the report of one qc_run into out_dir (created); returns index.html."""
     import jinja2
@@ -366,7 +364,6 @@ def render_qc_report(settings: Settings, qc_run_id: int, out_dir: Path, *, seed:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
-    engine = get_engine(settings.database_url)
     with engine.connect() as conn:
         run = conn.execute(text("SELECT * FROM qc_run WHERE id = :id"), {"id": qc_run_id}).one()
         history = conn.execute(text(
@@ -394,12 +391,12 @@ def render_qc_report(settings: Settings, qc_run_id: int, out_dir: Path, *, seed:
     reasons = sorted((results.get("failed_reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:N_TOP_REASONS]
     examples, example_images = _sample_views(examples_rows, EXCERPT_TURNS, EXCERPT_CHARS)
     samples, sample_images = _sample_views(passed_rows, 10, 600)
-    _fetch_images(ObjectStore(settings), out_dir, example_images | sample_images)
+    _fetch_images(store, out_dir, example_images | sample_images)
 
     plots = out_dir / "plots"
     _plot_history(history, qc_run_id, plots / "pass_rate_history.png")
     _plot_by_date(by_date, plots / "pass_rate_by_crawl_date.png")
-    _plot_distributions(_load_metrics(settings, qc_run_id), _thresholds(run.config or {}), plots / "distributions.png")
+    _plot_distributions(_load_metrics(engine, qc_run_id), _thresholds(run.config or {}), plots / "distributions.png")
     if reasons:
         _plot_reasons(reasons, run.n_samples, plots / "top_reasons.png")
 
@@ -422,9 +419,8 @@ def render_qc_report(settings: Settings, qc_run_id: int, out_dir: Path, *, seed:
     return index
 
 
-def publish_qc_report(settings: Settings, qc_run_id: int, report_dir: Path) -> str:
+def publish_qc_report(store: ObjectStore, qc_run_id: int, report_dir: Path) -> str:
     """Upload a rendered report to qc/<qc_run_id>/report/; returns the key of index.html."""
-    store = ObjectStore(settings)
     prefix = report_prefix(qc_run_id)
     for path in sorted(p for p in report_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(report_dir).as_posix()
@@ -435,24 +431,23 @@ def publish_qc_report(settings: Settings, qc_run_id: int, report_dir: Path) -> s
     return prefix + "index.html"
 
 
-def write_qc_report(settings: Settings, qc_run_id: int, out_dir: Path | None = None) -> str:
+def write_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir: Path | None = None) -> str:
     """Render and publish the report of a qc_run; record its key in qc_run.results["report_key"].
     With out_dir the rendered files stay there; otherwise they live in a temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         target = out_dir if out_dir is not None else Path(tmp)
-        render_qc_report(settings, qc_run_id, target)
-        key = publish_qc_report(settings, qc_run_id, target)
-    with get_engine(settings.database_url).begin() as conn:
+        render_qc_report(engine, store, qc_run_id, target)
+        key = publish_qc_report(store, qc_run_id, target)
+    with engine.begin() as conn:
         conn.execute(text("UPDATE qc_run SET results = results || jsonb_build_object('report_key', CAST(:key AS text)) "
                           "WHERE id = :id"), {"key": key, "id": qc_run_id})
     log.info("QC report of qc_run %d at s3 %s%s", qc_run_id, key, f" and {out_dir}" if out_dir else "")
     return key
 
 
-def fetch_qc_report(settings: Settings, qc_run_id: int, dest: Path) -> Path:
+def fetch_qc_report(store: ObjectStore, qc_run_id: int, dest: Path) -> Path:
     """Copy a published report from the bucket into dest (e.g. <release>/qc_report); returns index.html.
     Copied, not re-rendered: the release carries exactly the report the gate decided on."""
-    store = ObjectStore(settings)
     prefix = report_prefix(qc_run_id)
     keys = store.list_keys(prefix)
     if not keys:

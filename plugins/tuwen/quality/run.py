@@ -17,7 +17,6 @@ soon as their signature is taken.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 import mimetypes
@@ -33,11 +32,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import insert, update
+from sqlalchemy import Engine, insert, update
 
-from tuwen.config import Settings
 from tuwen.db.models import QCRun
-from tuwen.db.session import get_engine, session_scope
+from tuwen.db.session import get_engine
 from tuwen.domain import TASK_TYPES
 from tuwen.quality.checks import (
     CHECKS,
@@ -47,7 +45,10 @@ from tuwen.quality.checks import (
     describe_checks,
     run_checks,
 )
+from tuwen.quality.gate import SUITE_NAME
 from tuwen.quality.near_duplicates import NEAR_DUPLICATE_REASON, find_near_duplicate_answers
+from tuwen.quality.scope import ReleaseScope
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUITE_NAME = "tuwen_samples"
 # Bit i of a sample's failure mask is REASONS[i]: the per-sample checks in registry order, then the
 # cross-sample near-duplicate rule. A mask of 0 is a pass.
 REASONS: tuple[str, ...] = (*CHECKS, NEAR_DUPLICATE_REASON)
@@ -67,52 +67,6 @@ _MAX_WORKERS = 4
 
 class QualityGateFailed(RuntimeError):
     """The batch is below the quality bar; the export must not happen. The message says why."""
-
-
-def _date(value: Any, name: str) -> dt.date | None:
-    if value in (None, ""):
-        return None
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise ValueError(f"param {name} must be a date like 2026-11-20, got {value!r}") from None
-
-
-@dataclass(frozen=True)
-class ReleaseScope:
-    """Which samples a gate (and the release after it) looks at."""
-
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    languages: tuple[str, ...] = ("zh",)
-    task_types: tuple[str, ...] = TASK_TYPES
-    min_pass_rate: float | None = None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ReleaseScope:
-        task_types = tuple(params.get("task_types") or TASK_TYPES)
-        unknown = set(task_types) - set(TASK_TYPES)
-        if unknown:
-            raise ValueError(f"unknown task types {sorted(unknown)}; known: {', '.join(TASK_TYPES)}")
-        rate = params.get("min_pass_rate")
-        return cls(
-            date_from=_date(params.get("date_from"), "date_from"),
-            date_to=_date(params.get("date_to"), "date_to"),
-            languages=tuple(params.get("languages") or ("zh",)),
-            task_types=task_types,
-            min_pass_rate=float(rate) if rate is not None else None,
-        )
-
-    @property
-    def label(self) -> str:
-        return f"{self.date_from or 'start'}..{self.date_to or 'end'}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "date_from": self.date_from.isoformat() if self.date_from else None,
-            "date_to": self.date_to.isoformat() if self.date_to else None,
-            "languages": list(self.languages), "task_types": list(self.task_types),
-        }
 
 
 @dataclass
@@ -166,11 +120,11 @@ def _scope_sql(scope: ReleaseScope) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def _chunk_bounds(settings: Settings, scope: ReleaseScope, chunk_rows: int) -> list[tuple[str, str]]:
+def _chunk_bounds(engine: Engine, scope: ReleaseScope, chunk_rows: int) -> list[tuple[str, str]]:
     """(first id, last id) of consecutive id ranges of about chunk_rows samples of the scope. Only the
-    ids are read here (~1 s at seed size); each chunk's rows are then read by whoever judges it."""
+    ids are read here; each chunk's rows are then read by whoever judges it."""
     sql, params = _scope_sql(scope)
-    raw = get_engine(settings.database_url).raw_connection()
+    raw = engine.raw_connection()
     try:
         with closing(raw.cursor()) as cur:
             cur.execute("SELECT s.id " + sql[sql.index("FROM "):] + " ORDER BY s.id", params)
@@ -193,10 +147,13 @@ class _ChunkVerdicts:
     answers: list[tuple[str, str]]  # (id, answer text) of the samples that passed their checks
 
 
-def _judge_chunk(database_url: str, scope: ReleaseScope, config: QCConfig, bounds: tuple[str, str]) -> _ChunkVerdicts:
-    """Read one id range of the scope and run the checks on it (in a worker process at seed size)."""
+def _judge_chunk(database: Engine | str, scope: ReleaseScope, config: QCConfig,
+                 bounds: tuple[str, str]) -> _ChunkVerdicts:
+    """Read one id range of the scope and run the checks on it. In-process `database` is the handed-in
+    engine; a spawned worker gets its URL instead, since an engine's connections cannot cross processes."""
     sql, params = _scope_sql(scope)
-    raw = get_engine(database_url).raw_connection()
+    engine = get_engine(database) if isinstance(database, str) else database
+    raw = engine.raw_connection()
     try:
         with closing(raw.cursor()) as cur:
             cur.execute(sql + " AND s.id BETWEEN %(lo)s AND %(hi)s", {**params, "lo": bounds[0], "hi": bounds[1]})
@@ -233,7 +190,7 @@ def _judge_chunk(database_url: str, scope: ReleaseScope, config: QCConfig, bound
                           "".join(lines), answers)
 
 
-def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig, out: IO[str],
+def _judge_scope(engine: Engine, scope: ReleaseScope, config: QCConfig, out: IO[str],
                  workers: int | None = None) -> tuple[_Verdicts, dict[str, str]]:
     """Run the checks over the scope, writing the COPY lines to `out`, and find near-duplicate
     answers among the samples that passed them.
@@ -242,17 +199,18 @@ def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig, out:
     read and judge ranges while this process feeds each finished range's answers to the MinHash pass
     and drops them, so checks and MinHash run on different cores and no answer outlives its signature.
     Small scopes are judged in-process: starting workers costs more than it saves."""
-    bounds = _chunk_bounds(settings, scope, _CHUNK_ROWS)
+    bounds = _chunk_bounds(engine, scope, _CHUNK_ROWS)
     if workers is None:
         workers = min(os.cpu_count() or 1, _MAX_WORKERS) if len(bounds) > 2 else 0
     ids: list[str] = []
     parts: dict[str, list[bytes]] = {"task_codes": [], "rounds": [], "masks": []}
 
     def chunks() -> Iterator[_ChunkVerdicts]:
-        jobs = ((settings.database_url, scope, config, b) for b in bounds)
         if not workers:
-            yield from (_judge_chunk(*job) for job in jobs)
+            yield from (_judge_chunk(engine, scope, config, b) for b in bounds)
             return
+        url = engine.url.render_as_string(hide_password=False)
+        jobs = ((url, scope, config, b) for b in bounds)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             # map() submits every range up front; results come back in order, one range at a time.
             yield from pool.map(_judge_chunk, *zip(*jobs, strict=True))
@@ -275,11 +233,11 @@ def _judge_scope(settings: Settings, scope: ReleaseScope, config: QCConfig, out:
     return verdicts, near_dups
 
 
-def _write_verdicts(settings: Settings, qc_run_id: int, copy_file: IO[str], near_dups: dict[str, str]) -> None:
+def _write_verdicts(engine: Engine, qc_run_id: int, copy_file: IO[str], near_dups: dict[str, str]) -> None:
     """COPY the verdicts into a temp table, mark near-duplicates there, apply everything with one
     UPDATE. Taken-down samples keep their status even if a takedown landed while the gate ran."""
     copy_file.seek(0)
-    raw = get_engine(settings.database_url).raw_connection()
+    raw = engine.raw_connection()
     try:
         with closing(raw.cursor()) as cur:
             cur.execute("CREATE TEMP TABLE qc_verdict (id text, reasons jsonb, metrics jsonb) "
@@ -326,12 +284,11 @@ def gate_frame(verdicts: _Verdicts) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _publish_data_docs(settings: Settings, qc_run_id: int, docs_dir: Path) -> str | None:
+def _publish_data_docs(store: ObjectStore, qc_run_id: int, docs_dir: Path) -> str | None:
     """Upload the Data Docs site to qc/<qc_run>/data-docs/ in the bucket; the key of its index page."""
     files = [p for p in docs_dir.rglob("*") if p.is_file()]
     if not files:
         return None
-    store = ObjectStore(settings)
     prefix = f"qc/{qc_run_id}/data-docs/"
     for path in files:
         rel = path.relative_to(docs_dir).as_posix()
@@ -343,7 +300,7 @@ def _copy_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfig | None = None,
+def run_quality_gate(resources: Resources, scope: ReleaseScope, *, config: QCConfig | None = None,
                      dag_id: str | None = None, run_id: str | None = None,
                      report_dir: Path | None = None, report: bool = True,
                      workers: int | None = None) -> GateOutcome:
@@ -358,9 +315,10 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
     started = time.perf_counter()
     timings: dict[str, float] = {}
     config = config or QCConfig()
+    settings, engine = resources.settings, resources.engine
     min_pass_rate = scope.min_pass_rate if scope.min_pass_rate is not None else settings.qc_min_pass_rate
-    with session_scope(settings.database_url) as session:
-        qc_run_id = session.execute(
+    with engine.begin() as conn:
+        qc_run_id = conn.execute(
             insert(QCRun).values(suite=SUITE_NAME, suite_version=f"checks-v{QC_CHECKS_VERSION}",
                                  scope=scope.as_json(), config={"min_pass_rate": min_pass_rate,
                                                                 "checks": describe_checks(config)},
@@ -369,10 +327,10 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
 
     # The COPY lines (~250 bytes a sample) go to disk, not memory: 160 MB at seed size.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as copy_file:
-        verdicts, near_dups = _judge_scope(settings, scope, config, copy_file, workers)
+        verdicts, near_dups = _judge_scope(engine, scope, config, copy_file, workers)
         timings["read_check_minhash_s"] = time.perf_counter() - started
         mark = time.perf_counter()
-        _write_verdicts(settings, qc_run_id, copy_file, near_dups)
+        _write_verdicts(engine, qc_run_id, copy_file, near_dups)
         timings["write_verdicts_s"] = time.perf_counter() - mark
 
     n = len(verdicts.ids)
@@ -385,15 +343,15 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
         gate = run_gate(frame, GateConfig(min_pass_rate=min_pass_rate, task_mix=settings.task_mix),
                         partition=scope.label, data_docs_dir=docs_dir)
         del frame
-        data_docs_key = _publish_data_docs(settings, qc_run_id, Path(docs_dir))
+        data_docs_key = _publish_data_docs(resources.store, qc_run_id, Path(docs_dir))
     timings["gx_s"] = time.perf_counter() - mark
     pass_rate = n_passed / n if n else 0.0
     success = bool(gate.success) and n > 0
     results = {"failed_reasons": failed_reasons, "check_pass_rates": gate.check_pass_rates,
                "task_mix": gate.task_mix, "failed_expectations": gate.failed_expectations,
                "skipped": gate.skipped, "gx": gate.validation_result}
-    with session_scope(settings.database_url) as session:
-        session.execute(update(QCRun).where(QCRun.id == qc_run_id).values(
+    with engine.begin() as conn:
+        conn.execute(update(QCRun).where(QCRun.id == qc_run_id).values(
             n_samples=n, n_passed=n_passed, n_failed=n - n_passed, pass_rate=pass_rate, success=success,
             data_docs_key=data_docs_key, results=results,
         ))
@@ -402,7 +360,7 @@ def run_quality_gate(settings: Settings, scope: ReleaseScope, *, config: QCConfi
         from tuwen.quality.report import write_qc_report
 
         mark = time.perf_counter()
-        report_key = write_qc_report(settings, qc_run_id, report_dir)
+        report_key = write_qc_report(engine, resources.store, qc_run_id, report_dir)
         timings["report_s"] = time.perf_counter() - mark
     outcome = GateOutcome(qc_run_id, n, n_passed, pass_rate, success, failed_reasons, data_docs_key,
                           time.perf_counter() - started, report_key, timings)

@@ -612,7 +612,7 @@ def _copy_qc_report(settings: Settings, qc_run_id: int | None, out: Path) -> dic
         return {}
     from tuwen.quality.report import fetch_qc_report
 
-    fetch_qc_report(settings, qc_run_id, out / QC_REPORT_DIR)
+    fetch_qc_report(ObjectStore(settings), qc_run_id, out / QC_REPORT_DIR)
     return {path.relative_to(out).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted((out / QC_REPORT_DIR).rglob("*")) if path.is_file()}
 

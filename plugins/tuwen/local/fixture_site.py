@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -569,56 +569,80 @@ def _near_duplicate_variants(original_file: Path) -> dict[str, tuple[bytes, int]
     return variants
 
 
-def _generate_standard(b: _SiteBuilder) -> SiteManifest:
-    rng = b.rng
-    sections = list(SECTIONS)
-    # -- pages: index, 5 section pages (+ a second list page each), 6 articles per section, about.
-    articles: dict[str, list[_Page]] = {}
-    for sec in sections:
-        articles[sec] = []
-        for n in range(1, 7):
-            title = _fill(rng.choice(TITLES[sec]), rng)
-            intro = [_fill(s, rng) for s in rng.sample(SENTENCES[sec], 3)]
-            articles[sec].append(_Page(f"/{sec}/{n}.html", title, sec, intro))
-    all_articles = [a for sec in sections for a in articles[sec]]
+# The standard profile: a city news site. Its content is laid out in the order below; the order is part
+# of the site, since every choice draws from the builder's seeded generators (same seed, same bytes).
 
-    def section_kind(page: _Page) -> str:
-        return rng.choice(SECTION_TEXT_KINDS[page.section or "news"])
 
-    def place(page: _Page, entry: ExpectedImage, how: str = "img", **fig: Any) -> None:
+@dataclass
+class _Standard:
+    """The standard site while it is built: its articles and the rule that places an image on a page."""
+
+    b: _SiteBuilder
+    articles: dict[str, list[_Page]]  # section -> its six articles
+    ordinary: list[ExpectedImage] = field(default_factory=list)
+
+    @property
+    def all_articles(self) -> list[_Page]:
+        return [a for sec in SECTIONS for a in self.articles[sec]]
+
+    def article(self, index: int) -> _Page:
+        articles = self.all_articles
+        return articles[index % len(articles)]
+
+    def section_kind(self, page: _Page) -> str:
+        return self.b.rng.choice(SECTION_TEXT_KINDS[page.section or "news"])
+
+    def place(self, page: _Page, entry: ExpectedImage, how: str = "img", **fig: Any) -> None:
+        rng = self.b.rng
         entry.pages.append(PageRef(page.path, how))
         alt = (entry.text[0] if entry.text else rng.choice(["街景", "风景照片", "现场图片", "实拍图"]))
         caption = _fill(rng.choice(SENTENCES[page.section or "news"]), rng)
         page.blocks.append(_figure(fig.pop("shown_src", entry.url), alt, caption, how, **fig))
 
-    # -- ordinary accepted images: 120 text, 20 photos, dealt over the articles.
-    ordinary: list[ExpectedImage] = []
+
+def _standard_articles(b: _SiteBuilder) -> _Standard:
+    """Six articles per section, each with a seeded title and three intro sentences."""
+    rng = b.rng
+    articles: dict[str, list[_Page]] = {}
+    for sec in SECTIONS:
+        articles[sec] = []
+        for n in range(1, 7):
+            title = _fill(rng.choice(TITLES[sec]), rng)
+            intro = [_fill(s, rng) for s in rng.sample(SENTENCES[sec], 3)]
+            articles[sec].append(_Page(f"/{sec}/{n}.html", title, sec, intro))
+    return _Standard(b, articles)
+
+
+def _ordinary_images(s: _Standard) -> None:
+    """120 text images and 20 photos dealt over the articles; a few shown on a second page too."""
+    b = s.b
     for i in range(140):
-        page = all_articles[i % len(all_articles)]
-        ext = ".png" if rng.random() < 0.2 else ".jpg"
+        page = s.article(i)
+        ext = ".png" if b.rng.random() < 0.2 else ".jpg"
         if i % 7 == 3:
             entry = b.photo_image(f"/img/{page.section}/photo-{i:03d}{ext}")
         else:
-            entry = b.text_image(f"/img/{page.section}/{i:03d}{ext}", section_kind(page))
-        place(page, entry)
-        ordinary.append(entry)
-    # A few images are shown on a second page too: one URL, two mentions.
-    for i in range(5, 30, 6):
-        place(all_articles[(i + 11) % len(all_articles)], ordinary[i])
+            entry = b.text_image(f"/img/{page.section}/{i:03d}{ext}", s.section_kind(page))
+        s.place(page, entry)
+        s.ordinary.append(entry)
+    for i in range(5, 30, 6):  # one URL, two mentions
+        s.place(s.article(i + 11), s.ordinary[i])
 
-    # -- a boundary case: shorter side exactly MIN_SIDE is kept.
-    place(all_articles[1], b.text_image("/img/banner/slim-480x224.jpg", "road", size=(480, MIN_SIDE)))
-    # -- lazy loading.
+
+def _lazy_and_responsive_images(s: _Standard) -> None:
+    """A MIN_SIDE boundary case, lazy loading, srcset and <picture>: where real pages hide images."""
+    b, rng = s.b, s.b.rng
+    s.place(s.article(1), b.text_image("/img/banner/slim-480x224.jpg", "road", size=(480, MIN_SIDE)))
     for k in range(6):
         how = "data-src" if k < 3 else "data-original"
-        page = all_articles[(k * 5 + 2) % len(all_articles)]
+        page = s.article(k * 5 + 2)
         url = f"/img/lazy/{k + 1}.jpg"
-        entry = b.text_image(url, section_kind(page)) if k % 2 == 0 else b.photo_image(url)
-        place(page, entry, how, placeholder=k in (0, 3))
-    # -- srcset: three widths of one picture; only the largest is fetched.
+        entry = b.text_image(url, s.section_kind(page)) if k % 2 == 0 else b.photo_image(url)
+        s.place(page, entry, how, placeholder=k in (0, 3))
+    # srcset: three widths of one picture; only the largest is fetched.
     for g in range(3):
-        page = all_articles[(g * 9 + 4) % len(all_articles)]
-        big, lines = b.text_picture(section_kind(page), size=(1200, 800))
+        page = s.article(g * 9 + 4)
+        big, lines = b.text_picture(s.section_kind(page), size=(1200, 800))
         widths = (480, 800, 1200)
         urls = [f"/img/srcset/g{g + 1}-{w}w.jpg" for w in widths]
         for w, url in zip(widths, urls, strict=True):
@@ -635,10 +659,10 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
             b.images[url].pages.append(PageRef(page.path, "srcset"))
         page.blocks.append(_figure(fallback, lines[0], _fill(rng.choice(SENTENCES[page.section or "news"]), rng),
                                    "srcset", srcset=srcset))
-    # -- <picture><source srcset>: the source's largest candidate is taken, the <img> fallback is not.
+    # <picture><source srcset>: the source's largest candidate is taken, the <img> fallback is not.
     for g in range(2):
-        page = all_articles[(g * 13 + 7) % len(all_articles)]
-        big, lines = b.text_picture(section_kind(page), size=(1280, 720))
+        page = s.article(g * 13 + 7)
+        big, lines = b.text_picture(s.section_kind(page), size=(1280, 720))
         small_url, big_url = f"/img/picture/p{g + 1}-640w.jpg", f"/img/picture/p{g + 1}-1280w.jpg"
         b.add_image(big_url, _encode(big, "JPEG"), outcome="accepted", reason=None, kind="text", text=lines,
                     variant="1280w")
@@ -649,15 +673,19 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
             b.images[url].pages.append(PageRef(page.path, "picture"))
         page.blocks.append(_figure(small_url, lines[0], lines[-1], "picture",
                                    srcset=f"{small_url} 640w, {big_url} 1280w"))
-    # -- raw Chinese file names.
+
+
+def _names_modes_and_serving(s: _Standard) -> None:
+    """Raw Chinese file names, grayscale and transparent-palette images, a redirect, a lying Content-Type."""
+    b = s.b
     for k, url in enumerate(["/图片/菜单.jpg", "/图片/海报.png", "/商品/保温杯-特价.jpg"]):
-        place(all_articles[(k * 7 + 3) % len(all_articles)], b.text_image(url, ["menu", "poster", "price"][k]))
-    # -- grayscale and palette-with-transparency images: kept, converted to RGB downstream.
+        s.place(s.article(k * 7 + 3), b.text_image(url, ["menu", "poster", "price"][k]))
+    # Kept, converted to RGB downstream.
     for k in range(2):
         img, lines = b.text_picture("notice")
         entry = b.add_image(f"/img/gray/{k + 1}.jpg", _encode(img.convert("L"), "JPEG"), outcome="accepted",
                             reason=None, kind="text", text=lines)
-        place(all_articles[(k * 11 + 6) % len(all_articles)], entry)
+        s.place(s.article(k * 11 + 6), entry)
         img, lines = b.text_picture("sign", fmt="PNG")
         pal = img.quantize(colors=64, method=Image.Quantize.FASTOCTREE)
         corner = pal.getpixel((0, 0))
@@ -665,30 +693,33 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
         pal.save(buf, "PNG", transparency=corner)
         entry = b.add_image(f"/img/palette/{k + 1}.png", buf.getvalue(), outcome="accepted", reason=None,
                             kind="text", text=lines)
-        place(all_articles[(k * 11 + 8) % len(all_articles)], entry)
-    # -- a working redirect, and a real JPEG served as application/octet-stream.
+        s.place(s.article(k * 11 + 8), entry)
     entry = b.photo_image("/img/redirected/photo.jpg")
     b.images.pop(entry.url)
     entry.url, entry.final_url = "/go/photo.jpg", "/img/redirected/photo.jpg"
     b.images[entry.url] = entry
     b.routes["/go/photo.jpg"] = {"status": 301, "location": "/img/redirected/photo.jpg"}
-    place(all_articles[9], entry)
+    s.place(s.article(9), entry)
     entry = b.photo_image("/download/photo-raw", content_type="application/octet-stream")
     b.routes["/download/photo-raw"] = {"content_type": "application/octet-stream"}
-    place(all_articles[21], entry)
+    s.place(s.article(21), entry)
 
-    # -- exact duplicates: the same bytes under another URL, on another page.
-    for k, original in enumerate(ordinary[2:120:31]):
+
+def _duplicates(s: _Standard) -> None:
+    """Exact duplicates (same bytes, another URL and page) and near duplicates of two JPEG originals."""
+    b = s.b
+    all_articles = s.all_articles
+    for k, original in enumerate(s.ordinary[2:120:31]):
         ext = Path(original.url).suffix
         data = (b.www / (original.file or "")).read_bytes()
         dup = b.add_image(f"/uploads/2024/{k + 1:02d}/copy-{k + 1}{ext}", data, outcome="duplicate",
                           reason="duplicate", kind=original.kind, text=original.text, duplicate_of=original.url)
         origin_index = [a.path for a in all_articles].index(original.pages[0].page)
-        place(all_articles[(origin_index + 8) % len(all_articles)], dup)
-    # -- near duplicates of two JPEG originals: another quality, 90% size, 2.5% cropped per edge.
+        s.place(s.article(origin_index + 8), dup)
+    # Another quality, 90% size, 2% cropped per edge.
     duplicated = {e.duplicate_of for e in b.images.values() if e.duplicate_of}
     for k, wanted_kind in enumerate(["text", "photo"]):
-        for original in (e for e in ordinary if e.url.endswith(".jpg") and e.kind == wanted_kind
+        for original in (e for e in s.ordinary if e.url.endswith(".jpg") and e.kind == wanted_kind
                          and e.url not in duplicated):
             variants = _near_duplicate_variants(b.www / (original.file or ""))
             if variants:  # the first original whose variants stay within the promised margin
@@ -699,105 +730,149 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
             near = b.add_image(f"/img/similar/{k + 1}-{name}.jpg", data, outcome="near_duplicate",
                                reason="near_duplicate", kind=original.kind, text=original.text,
                                duplicate_of=original.url, variant=name, phash_distance=distance)
-            place(all_articles[(k * 3 + v * 10 + 12) % len(all_articles)], near)
+            s.place(s.article(k * 3 + v * 10 + 12), near)
 
-    # -- hard cases that are rejected.
-    logo = b.add_image("/img/icons/logo-64.png", _encode(_photo_image(b.nrng, 64, 64, 0), "PNG"),
-                       outcome="rejected", reason="too_small", kind="icon")
-    dot = b.add_image("/img/icons/dot-11.png", _encode(_photo_image(b.nrng, 11, 11, 0), "PNG"),
-                      outcome="rejected", reason="too_small", kind="icon")
-    for k in range(4):
-        place(all_articles[k * 6], dot)
-    place(all_articles[14], b.photo_image("/img/thumbs/thumb-400x200.jpg", size=(400, 200),
-                                          outcome="rejected", reason="too_small"))
-    jpeg = _encode(_photo_image(b.nrng, 900, 600), "JPEG")
-    place(all_articles[15], b.add_image("/img/broken/truncated.jpg", jpeg[: len(jpeg) // 2], outcome="rejected",
-                                        reason="corrupt", kind="hard_case", width=900, height=600,
-                                        format="JPEG"))
-    for k, url in enumerate(["/img/missing/gone.jpg", "/图片/已删除.jpg"]):
-        place(all_articles[16 + k], b.add_image(url, None, outcome="rejected", reason="http_404", kind="hard_case"))
-    fake_jpeg = b.add_image("/img/fake/banner.jpg", _not_image_html("页面未找到"), outcome="rejected",
-                            reason="not_image", kind="hard_case", content_type="image/jpeg")
-    fake_png = b.add_image("/api/image/ad-42", _not_image_html("广告位招租"), outcome="rejected",
-                           reason="not_image", kind="hard_case", content_type="image/png")
-    b.routes[fake_jpeg.url] = {"content_type": "image/jpeg"}
-    b.routes[fake_png.url] = {"content_type": "image/png"}
-    place(all_articles[18], fake_jpeg)
-    place(all_articles[19], fake_png)
-    for k, tag in enumerate(["noai", "noimageai"]):
-        entry = b.text_image(f"/img/noai/{k + 1}.jpg", "poster", outcome="rejected", reason="noai")
-        b.routes[entry.url] = {"headers": {"X-Robots-Tag": tag}}
-        place(all_articles[20 + k], entry)
-    loop = b.add_image("/loop/a.jpg", None, outcome="rejected", reason="redirect_loop", kind="hard_case")
-    b.routes["/loop/a.jpg"] = {"status": 302, "location": "/loop/b.jpg"}
-    b.routes["/loop/b.jpg"] = {"status": 302, "location": "/loop/a.jpg"}
-    place(all_articles[22], loop)
-    bomb = b.add_image("/img/bomb/huge.png", _bomb_png(20000, 20000), outcome="rejected",
-                       reason="decompression_bomb", kind="hard_case", width=20000, height=20000, format="PNG",
-                       mode="1")
-    place(all_articles[23], bomb)
-    # ~20 MB of incompressible pixels: over MAX_BYTES, yet only 6.8 MP.
-    noise = b.nrng.integers(0, 256, size=(2600, 2600, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(noise, "RGB").save(buf, "PNG", compress_level=0)  # noise does not compress anyway
-    place(all_articles[24], b.add_image("/img/large/poster-20mb.png", buf.getvalue(), outcome="rejected",
-                                        reason="too_large_bytes", kind="hard_case"))
-    place(all_articles[25], b.add_image("/img/large/panorama-34mp.jpg",
-                                        _encode(_photo_image(b.nrng, 7200, 4800, noise=0), "JPEG", quality=80),
-                                        outcome="rejected", reason="too_many_pixels", kind="hard_case"))
+
+def _served_as(b: _SiteBuilder, entry: ExpectedImage, route: dict[str, Any]) -> ExpectedImage:
+    b.routes[entry.url] = route
+    return entry
+
+
+def _animated_gif(b: _SiteBuilder) -> bytes:
     frames = [_photo_image(b.nrng, 480, 360, 0).quantize(colors=64, method=Image.Quantize.FASTOCTREE)
               for _ in range(4)]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
-    place(all_articles[26], b.add_image("/img/anim/banner.gif", buf.getvalue(), outcome="rejected",
-                                        reason="animated", kind="hard_case"))
-    place(all_articles[27], b.text_image("/img/banner/strip-3000x250.jpg", "road", size=(3000, 250),
-                                         outcome="rejected", reason="extreme_aspect"))
+    return buf.getvalue()
 
-    # -- not fetched: off-domain and robots-disallowed.
-    for k, url in enumerate(["http://cdn.example.invalid/x.jpg", "https://img.example.invalid/banner/2.png"]):
-        place(all_articles[28 + k], b.add_image(url, None, outcome="not_fetched", reason="off_domain",
-                                                kind="hard_case"))
-    for k, url in enumerate(["/private/a.jpg", "/private/b.png"]):
-        entry = b.text_image(url, "notice", outcome="not_fetched", reason="robots_disallowed")
-        place(all_articles[(k * 4 + 2) % len(all_articles)], entry)
 
-    # -- section pages: og:image, article lists (articles 4-6 only on the second list page: depth 3).
+def _incompressible_png(b: _SiteBuilder) -> bytes:
+    """~20 MB of noise pixels: over MAX_BYTES, yet only 6.8 MP."""
+    noise = b.nrng.integers(0, 256, size=(2600, 2600, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise, "RGB").save(buf, "PNG", compress_level=0)  # noise does not compress anyway
+    return buf.getvalue()
+
+
+def _truncated_jpeg(b: _SiteBuilder) -> bytes:
+    jpeg = _encode(_photo_image(b.nrng, 900, 600), "JPEG")
+    return jpeg[: len(jpeg) // 2]
+
+
+def _redirect_loop(b: _SiteBuilder) -> ExpectedImage:
+    b.routes["/loop/a.jpg"] = {"status": 302, "location": "/loop/b.jpg"}
+    b.routes["/loop/b.jpg"] = {"status": 302, "location": "/loop/a.jpg"}
+    return b.add_image("/loop/a.jpg", None, outcome="rejected", reason="redirect_loop", kind="hard_case")
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One image an ideal crawler refuses, the articles (by index) that show it, and how it is made."""
+
+    articles: tuple[int, ...]
+    make: Callable[[_SiteBuilder], ExpectedImage]
+
+
+def _hard(url: str, data: Callable[[_SiteBuilder], bytes | None], reason: str, outcome: str = "rejected",
+          **extra: Any) -> Callable[[_SiteBuilder], ExpectedImage]:
+    return lambda b: b.add_image(url, data(b), outcome=outcome, reason=reason, kind="hard_case", **extra)
+
+
+# In site order; each case is made, then placed, before the next.
+REFUSED_CASES: list[_Case] = [
+    _Case((0, 6, 12, 18), lambda b: b.add_image("/img/icons/dot-11.png", _encode(_photo_image(b.nrng, 11, 11, 0), "PNG"),
+                                                outcome="rejected", reason="too_small", kind="icon")),
+    _Case((14,), lambda b: b.photo_image("/img/thumbs/thumb-400x200.jpg", size=(400, 200), outcome="rejected",
+                                         reason="too_small")),
+    _Case((15,), _hard("/img/broken/truncated.jpg", _truncated_jpeg, "corrupt", width=900, height=600,
+                       format="JPEG")),
+    _Case((16,), _hard("/img/missing/gone.jpg", lambda b: None, "http_404")),
+    _Case((17,), _hard("/图片/已删除.jpg", lambda b: None, "http_404")),
+    _Case((18,), lambda b: _served_as(b, _hard("/img/fake/banner.jpg", lambda b: _not_image_html("页面未找到"),
+                                               "not_image", content_type="image/jpeg")(b),
+                                      {"content_type": "image/jpeg"})),
+    _Case((19,), lambda b: _served_as(b, _hard("/api/image/ad-42", lambda b: _not_image_html("广告位招租"),
+                                               "not_image", content_type="image/png")(b),
+                                      {"content_type": "image/png"})),
+    *(_Case((20 + k,), lambda b, k=k, tag=tag: _served_as(
+        b, b.text_image(f"/img/noai/{k + 1}.jpg", "poster", outcome="rejected", reason="noai"),
+        {"headers": {"X-Robots-Tag": tag}})) for k, tag in enumerate(["noai", "noimageai"])),
+    _Case((22,), _redirect_loop),
+    _Case((23,), _hard("/img/bomb/huge.png", lambda b: _bomb_png(20000, 20000), "decompression_bomb",
+                       width=20000, height=20000, format="PNG", mode="1")),
+    _Case((24,), _hard("/img/large/poster-20mb.png", _incompressible_png, "too_large_bytes")),
+    _Case((25,), _hard("/img/large/panorama-34mp.jpg",
+                       lambda b: _encode(_photo_image(b.nrng, 7200, 4800, noise=0), "JPEG", quality=80),
+                       "too_many_pixels")),
+    _Case((26,), _hard("/img/anim/banner.gif", _animated_gif, "animated")),
+    _Case((27,), lambda b: b.text_image("/img/banner/strip-3000x250.jpg", "road", size=(3000, 250),
+                                        outcome="rejected", reason="extreme_aspect")),
+    # Never fetched: off-domain and robots-disallowed.
+    _Case((28,), _hard("http://cdn.example.invalid/x.jpg", lambda b: None, "off_domain", outcome="not_fetched")),
+    _Case((29,), _hard("https://img.example.invalid/banner/2.png", lambda b: None, "off_domain",
+                       outcome="not_fetched")),
+    _Case((2,), lambda b: b.text_image("/private/a.jpg", "notice", outcome="not_fetched",
+                                       reason="robots_disallowed")),
+    _Case((6,), lambda b: b.text_image("/private/b.png", "notice", outcome="not_fetched",
+                                       reason="robots_disallowed")),
+]
+
+
+def _refused_images(s: _Standard) -> None:
+    for case in REFUSED_CASES:
+        entry = case.make(s.b)
+        for index in case.articles:
+            s.place(s.article(index), entry)
+
+
+def _navigation_pages(s: _Standard) -> tuple[list[_Page], _Page]:
+    """Section pages (og:image, article lists; articles 4-6 only on a second list page: depth 3), article
+    links, the home page and about page; and the robots-disallowed members page."""
+    b, rng = s.b, s.b.rng
     section_pages: list[_Page] = []
     extra_pages: list[_Page] = []
-    for sec in sections:
+    for sec in SECTIONS:
         name, blurb = SECTIONS[sec]
         og = b.text_image(f"/img/og/{sec}.jpg", SECTION_TEXT_KINDS[sec][0], size=(1200, 630))
         page = _Page(f"/{sec}/index.html", name, sec, [blurb, _fill(rng.choice(SENTENCES[sec]), rng)])
         page.og_image = og.url
         og.pages.append(PageRef(page.path, "og"))
-        page.links = [(a.path, a.title) for a in articles[sec][:3]] + [(f"/{sec}/list-2.html", "下一页")]
+        page.links = [(a.path, a.title) for a in s.articles[sec][:3]] + [(f"/{sec}/list-2.html", "下一页")]
         more = _Page(f"/{sec}/list-2.html", f"{name}（第2页）", sec, [blurb])
-        more.links = [(a.path, a.title) for a in articles[sec][3:]] + [(page.path, "上一页")]
+        more.links = [(a.path, a.title) for a in s.articles[sec][3:]] + [(page.path, "上一页")]
         section_pages.append(page)
         extra_pages.append(more)
-    for sec in sections:
-        items = articles[sec]
+    for sec in SECTIONS:
+        items = s.articles[sec]
         for n, article in enumerate(items):
             if n + 1 < len(items) and n != 2:  # article 3 does not link on, so 4-6 are reached via list-2
                 article.links.append((items[n + 1].path, "下一篇：" + items[n + 1].title))
             article.links.append((f"/{sec}/index.html", "返回" + SECTIONS[sec][0]))
     index = _Page("/index.html", "城市生活网", None,
                   ["城市生活网汇集本地新闻、购物、旅游、美食和活动信息。", "每天更新，欢迎收藏。"])
-    hero = b.text_image("/img/home/hero.jpg", "poster", size=(1200, 500))
-    place(index, hero)
-    for article in (articles["news"][0], articles["food"][1]):
-        featured = next(e for e in ordinary if e.pages[0].page == article.path)
-        place(index, featured)
-    index.links = [(a.path, a.title) for a in (articles["news"][0], articles["travel"][0])]
+    s.place(index, b.text_image("/img/home/hero.jpg", "poster", size=(1200, 500)))
+    for article in (s.articles["news"][0], s.articles["food"][1]):
+        s.place(index, next(e for e in s.ordinary if e.pages[0].page == article.path))
+    index.links = [(a.path, a.title) for a in (s.articles["news"][0], s.articles["travel"][0])]
     index.links.append(("/private/members.html", "会员中心"))
     about = _Page("/about.html", "关于我们", None, ["城市生活网是一个用于测试爬虫的示例站点。", "联系邮箱：contact@example.invalid"])
+    private = _Page("/private/members.html", "会员中心", None, ["本页面仅对登录会员开放。"])
+    return [index, *section_pages, *extra_pages, *s.all_articles, about], private
 
-    pages = [index, *section_pages, *extra_pages, *all_articles, about]
+
+def _generate_standard(b: _SiteBuilder) -> SiteManifest:
+    s = _standard_articles(b)
+    _ordinary_images(s)
+    _lazy_and_responsive_images(s)
+    _names_modes_and_serving(s)
+    _duplicates(s)
+    logo = b.add_image("/img/icons/logo-64.png", _encode(_photo_image(b.nrng, 64, 64, 0), "PNG"),
+                       outcome="rejected", reason="too_small", kind="icon")
+    _refused_images(s)
+    pages, private = _navigation_pages(s)
     for page in pages:
         logo.pages.append(PageRef(page.path, "img"))
         b.write(page.path, _render_page(page, logo.url))
-    private = _Page("/private/members.html", "会员中心", None, ["本页面仅对登录会员开放。"])
     b.write(private.path, _render_page(private, logo.url))
     robots = "User-agent: *\nDisallow: /private/\n"
     b.write("/robots.txt", robots.encode())

@@ -8,18 +8,19 @@
 #                  (SELECT on the v_* views, nothing on base tables) is granted by the lineage
 #                  migrations (sql/analyst_role.sql, migration 0004), the single source of truth.
 #
-# Passwords come from the container's environment (docker-compose.yaml, from .env); psql quotes
-# them as literals with :'var', so no password is ever part of the SQL text.
+# Passwords come from the container's environment (docker-compose.yaml, from .env): psql reads them
+# with \getenv, so none is on a command line (visible in ps), and quotes them as literals with :'var',
+# so none is ever part of the SQL text.
 set -euo pipefail
 
 : "${POSTGRES_AIRFLOW_PASSWORD:?}"
 : "${POSTGRES_TUWEN_PASSWORD:?}"
 : "${POSTGRES_ANALYST_PASSWORD:?}"
 
-psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname "${POSTGRES_DB:-postgres}" \
-  -v airflow_password="$POSTGRES_AIRFLOW_PASSWORD" \
-  -v tuwen_password="$POSTGRES_TUWEN_PASSWORD" \
-  -v analyst_password="$POSTGRES_ANALYST_PASSWORD" <<'SQL'
+psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname "${POSTGRES_DB:-postgres}" <<'SQL'
+\getenv airflow_password POSTGRES_AIRFLOW_PASSWORD
+\getenv tuwen_password POSTGRES_TUWEN_PASSWORD
+\getenv analyst_password POSTGRES_ANALYST_PASSWORD
 CREATE ROLE airflow LOGIN PASSWORD :'airflow_password';
 CREATE DATABASE airflow OWNER airflow ENCODING 'UTF8';
 REVOKE ALL ON DATABASE airflow FROM PUBLIC;

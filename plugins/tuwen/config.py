@@ -1,182 +1,484 @@
-"""Settings read from the environment (documented in .env.example).
+"""Every setting tuwen reads from the environment, declared once: variable, type, default and meaning.
 
-One frozen object built by `Settings.from_env()`; every other module takes what it needs from it,
-so tests can build their own without touching os.environ.
+`Settings` (the pipeline's settings) and `CrawlSettings` (the Scrapy process's) are frozen dataclasses
+whose fields are the declaration: the variable is TUWEN_ + the field's name in capitals, the annotation
+is its type with its bounds, the field's default is the default and `setting(...)` gives the meaning.
+Pydantic checks every value whenever an object is built (`from_env()` at a process's start,
+`Settings(...)`, `dataclasses.replace(...)`), and a bad value raises one ConfigError that names the
+variable and what it accepts.
+
+`.env.example` and README's configuration table are generated from this declaration
+(`python -m tuwen.config --write`) and tests/unit/test_docker_compose.py keeps them equal to it.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
-from dataclasses import dataclass, field
+import re
+import sys
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple, Self, cast, get_type_hints
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, HttpUrl, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from tuwen.domain import SEED_TASK_MIX, TASK_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ENV_PREFIX = "TUWEN_"
 
 # Qwen2.5-VL sees 28x28-pixel patches per visual token; 1280 tokens is its default max_pixels budget.
 QWEN_PATCH = 28
 DEFAULT_MAX_PIXELS = 1280 * QWEN_PATCH * QWEN_PATCH
 DEFAULT_MIN_PIXELS = 4 * QWEN_PATCH * QWEN_PATCH
+# One patch is the least a model copy can hold; 16384 tokens is the ceiling of Qwen2.5-VL's processor.
+MIN_PIXEL_BUDGET = QWEN_PATCH * QWEN_PATCH
+MAX_PIXEL_BUDGET = 16384 * QWEN_PATCH * QWEN_PATCH
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+    """A setting is malformed; the message names the variable and what it accepts."""
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+class ImageMode(StrEnum):
+    """How an image reaches the model."""
+
+    DATA_URL = "data_url"  # base64, inline in the request
+    PRESIGNED_URL = "presigned_url"  # vLLM fetches it from the object store
 
 
-def _int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
+# --------------------------------------------------------------------------- value types
+
+
+def _postgres_url(value: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        backend = make_url(value).get_backend_name()
+    except (ArgumentError, ValueError):
+        backend = ""
+    if backend != "postgresql":
+        raise ValueError("must be a PostgreSQL URL like postgresql+psycopg2://user@host:5432/tuwen")
+    return value
 
 
-def _float(name: str, default: float) -> float:
-    raw = _env(name, str(default))
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _http_url(value: str) -> str:
     try:
-        return float(raw)
+        _HTTP_URL.validate_python(value)
+    except ValidationError:
+        raise ValueError("must be an http(s) URL like http://127.0.0.1:8000/v1") from None
+    return value
+
+
+def _host_port(value: str) -> str:
+    """host:port for the minio client, which takes no scheme and no path."""
+    problem = "must be host:port with no scheme or path, like 127.0.0.1:9000"
+    parts = urlsplit("//" + value)
+    try:
+        port = parts.port
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        raise ValueError(f"{problem} (port 1-65535)") from None
+    if any(c in value for c in "/?#@") or not parts.hostname or port == 0:
+        raise ValueError(problem)
+    return value
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = _env(name, "true" if default else "false").lower()
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+def _bucket_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError("must be an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens")
+    return value
 
 
-def parse_task_mix(raw: str) -> dict[str, int]:
-    """'247431:194646:199791' -> weights per task type, in TASK_TYPES order."""
-    parts = raw.split(":")
+def _task_mix_weights(value: Any) -> Any:
+    """'247431:194646:199791' -> weights per task type, in TASK_TYPES order; a mapping passes through."""
+    if not isinstance(value, str):
+        return value
+    parts = value.split(":")
     if len(parts) != len(TASK_TYPES):
-        raise ConfigError(f"TUWEN_TASK_MIX needs {len(TASK_TYPES)} weights like 5:4:4, got {raw!r}")
+        raise ValueError(f"needs {len(TASK_TYPES)} weights like 5:4:4 ({':'.join(TASK_TYPES)})")
     try:
         weights = [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"TUWEN_TASK_MIX weights must be integers, got {raw!r}") from None
-    if any(w < 0 for w in weights) or sum(weights) == 0:
-        raise ConfigError(f"TUWEN_TASK_MIX weights must be non-negative and not all zero, got {raw!r}")
+        raise ValueError("weights must be integers like 5:4:4") from None
     return dict(zip(TASK_TYPES, weights, strict=True))
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen"
-    s3_endpoint: str = "127.0.0.1:9000"
-    s3_access_key: str = "tuwen-local"
-    s3_secret_key: str = "tuwen-local-secret"
-    s3_secure: bool = False
-    s3_region: str = "us-east-1"
-    s3_bucket: str = "tuwen"
-    vlm_base_url: str = "http://127.0.0.1:8000/v1"
-    vlm_model: str = "tuwen-standin-vlm"
-    vlm_api_key: str = "EMPTY"
-    vlm_timeout_s: float = 120.0
-    vlm_max_retries: int = 4
-    vlm_max_in_flight: int = 32
-    vlm_image_mode: str = "data_url"  # or "presigned_url" where vLLM can reach the object store
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 1234
-    max_tokens: dict[str, int] = field(
-        default_factory=lambda: {"conversation": 2048, "complex_reasoning": 1536, "detail": 1536}
-    )
-    task_mix: dict[str, int] = field(default_factory=lambda: dict(SEED_TASK_MIX))
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    batch_size: int = 64
-    sites_file: Path = REPO_ROOT / "config" / "sites.local.yaml"
-    release_dir: Path = REPO_ROOT / "releases"
-    prompts_dir: Path = REPO_ROOT / "prompts"
-    ocr_enabled: bool = True
-    min_image_side: int = 224
-    qc_min_pass_rate: float = 0.8
+def _task_mix_complete(mix: dict[str, int]) -> dict[str, int]:
+    if set(mix) != set(TASK_TYPES):
+        raise ValueError(f"needs a weight for each of {', '.join(TASK_TYPES)}")
+    if any(w < 0 for w in mix.values()) or sum(mix.values()) == 0:
+        raise ValueError("weights must be non-negative and not all zero")
+    return {task: mix[task] for task in TASK_TYPES}
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Text = Annotated[str, Field(min_length=1)]
+PixelBudget = Annotated[int, Field(ge=MIN_PIXEL_BUDGET, le=MAX_PIXEL_BUDGET)]
+PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
+WebUrl = Annotated[str, AfterValidator(_http_url)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+BucketName = Annotated[str, AfterValidator(_bucket_name)]
+TaskMix = Annotated[dict[str, int], BeforeValidator(_task_mix_weights), AfterValidator(_task_mix_complete)]
+LogLevel = Annotated[Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], BeforeValidator(_upper)]
+
+
+def setting(default: Any = None, meaning: str = "", *, kind: str = "", secret: bool = False,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A declared setting: its default and one line on what it means (`kind` names its accepted form
+    where the type alone does not say; a `secret` value is never repeated in an error)."""
+    metadata = {"meaning": meaning, "kind": kind, "secret": secret}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- declaration machinery
+
+
+class Variable(NamedTuple):
+    """One environment variable as documented: name, accepted form, default (as text) and meaning."""
+
+    name: str
+    kind: str
+    default: str
+    meaning: str
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def env_text(value: Any) -> str:
+    """A value as its variable spells it, so that `from_env` reads back the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Mapping):
+        return ":".join(str(value[task]) for task in TASK_TYPES)
+    return "" if value is None else str(value)
+
+
+_ADAPTERS: dict[type, dict[str, TypeAdapter[Any]]] = {}
+
+
+def _adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
+    """One validator per field, built from its annotation the first time the class is used."""
+    if cls not in _ADAPTERS:
+        hints = get_type_hints(cls, include_extras=True)
+        _ADAPTERS[cls] = {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+    return _ADAPTERS[cls]
+
+
+def _problem(error: ErrorDetails) -> str:
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be an integer"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return "must be a finite number"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if kind in ("enum", "literal_error"):
+        return f"must be one of {ctx['expected']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be more than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return error["msg"].replace("Input should be", "must be", 1)
+
+
+def _shown(field: dataclasses.Field[Any], value: Any) -> str:
+    if field.metadata.get("secret"):
+        return "(a secret, not shown)"
+    # A URL's password stays out of error messages (they end up in task logs).
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", repr(value))
+
+
+class _Declared:
+    """What `Settings` and `CrawlSettings` share: validation when built, reading and writing the env."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for field in dataclasses.fields(cast(Any, self)):
+            value = getattr(self, field.name)
+            try:
+                checked = _adapters(type(self))[field.name].validate_python(value)
+            except ValidationError as exc:
+                problem = _problem(exc.errors()[0])
+                problems.append(f"{env_name(field.name)} {problem}, got {_shown(field, value)}")
+                continue
+            object.__setattr__(self, field.name, checked)
+        if not problems:
+            problems = self._inconsistencies()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _inconsistencies(self) -> list[str]:
+        """Rules between settings, checked once each one is valid on its own."""
+        return []
 
     @classmethod
-    def from_env(cls) -> Settings:
-        d = cls()
-        return cls(
-            database_url=_env("TUWEN_DATABASE_URL", d.database_url),
-            s3_endpoint=_env("TUWEN_S3_ENDPOINT", d.s3_endpoint),
-            s3_access_key=_env("TUWEN_S3_ACCESS_KEY", d.s3_access_key),
-            s3_secret_key=_env("TUWEN_S3_SECRET_KEY", d.s3_secret_key),
-            s3_secure=_bool("TUWEN_S3_SECURE", d.s3_secure),
-            s3_region=_env("TUWEN_S3_REGION", d.s3_region),
-            s3_bucket=_env("TUWEN_S3_BUCKET", d.s3_bucket),
-            vlm_base_url=_env("TUWEN_VLM_BASE_URL", d.vlm_base_url),
-            vlm_model=_env("TUWEN_VLM_MODEL", d.vlm_model),
-            vlm_api_key=_env("TUWEN_VLM_API_KEY", d.vlm_api_key),
-            vlm_timeout_s=_float("TUWEN_VLM_TIMEOUT_S", d.vlm_timeout_s),
-            vlm_max_retries=_int("TUWEN_VLM_MAX_RETRIES", d.vlm_max_retries),
-            vlm_max_in_flight=_int("TUWEN_VLM_MAX_IN_FLIGHT", d.vlm_max_in_flight),
-            vlm_image_mode=_env("TUWEN_VLM_IMAGE_MODE", d.vlm_image_mode),
-            temperature=_float("TUWEN_TEMPERATURE", d.temperature),
-            top_p=_float("TUWEN_TOP_P", d.top_p),
-            seed=_int("TUWEN_SEED", d.seed),
-            max_tokens={
-                "conversation": _int("TUWEN_MAX_TOKENS_CONVERSATION", d.max_tokens["conversation"]),
-                "complex_reasoning": _int(
-                    "TUWEN_MAX_TOKENS_COMPLEX_REASONING", d.max_tokens["complex_reasoning"]
-                ),
-                "detail": _int("TUWEN_MAX_TOKENS_DETAIL", d.max_tokens["detail"]),
-            },
-            task_mix=parse_task_mix(_env("TUWEN_TASK_MIX", ":".join(str(v) for v in d.task_mix.values()))),
-            max_pixels=_int("TUWEN_MAX_PIXELS", d.max_pixels),
-            min_pixels=_int("TUWEN_MIN_PIXELS", d.min_pixels),
-            batch_size=_int("TUWEN_BATCH_SIZE", d.batch_size),
-            sites_file=Path(_env("TUWEN_SITES_FILE", str(d.sites_file))),
-            release_dir=Path(_env("TUWEN_RELEASE_DIR", str(d.release_dir))),
-            prompts_dir=Path(_env("TUWEN_PROMPTS_DIR", str(d.prompts_dir))),
-            ocr_enabled=_bool("TUWEN_OCR_ENABLED", d.ocr_enabled),
-            min_image_side=_int("TUWEN_MIN_IMAGE_SIDE", d.min_image_side),
-            qc_min_pass_rate=_float("TUWEN_QC_MIN_PASS_RATE", d.qc_min_pass_rate),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings from the TUWEN_* variables; an unset or empty variable means the default."""
+        environ = os.environ if environ is None else environ
+        given = {}
+        for field in dataclasses.fields(cast(Any, cls)):
+            value = environ.get(env_name(field.name), "").strip()
+            if value:
+                given[field.name] = value
+        return cast(Self, cast(Any, cls)(**given))
 
     def to_env(self) -> dict[str, str]:
         """The TUWEN_* variables that rebuild these settings with `from_env()` in another process
         (Airflow tasks, the spider subprocess)."""
+        return {env_name(f.name): env_text(getattr(self, f.name)) for f in dataclasses.fields(cast(Any, self))}
 
-        def flag(value: bool) -> str:
-            return "true" if value else "false"
+    @classmethod
+    def variables(cls) -> list[Variable]:
+        """The declaration as documentation: every variable with its accepted form, default and meaning."""
+        defaults = cast(Any, cls)()
+        return [
+            Variable(env_name(f.name), f.metadata["kind"] or _kind(_adapters(cls)[f.name]),
+                     _doc_default(getattr(defaults, f.name)), f.metadata["meaning"])
+            for f in dataclasses.fields(cast(Any, cls))
+        ]
 
+
+def _doc_default(value: Any) -> str:
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return str(value.relative_to(REPO_ROOT))
+    return env_text(value)
+
+
+def _kind(adapter: TypeAdapter[Any]) -> str:
+    """The accepted form, read from the type's JSON schema: 'integer ≥ 1', 'data_url | presigned_url'."""
+    schema = adapter.json_schema()
+    optional = ""
+    if "anyOf" in schema:
+        schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
+        optional = ", or empty"
+    if "$ref" in schema:
+        schema = adapter.json_schema()["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    if "enum" in schema:
+        return " | ".join(str(v) for v in schema["enum"]) + optional
+    name = {"integer": "integer", "number": "number", "boolean": "true | false", "string": "text"}.get(
+        schema.get("type", ""), "text")
+    if schema.get("format") == "path":
+        name = "path"
+    bounds = [f"{sign} {schema[key]}" for key, sign in
+              (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤")) if key in schema]
+    return " ".join([name, ", ".join(bounds)]).strip() + optional
+
+
+# --------------------------------------------------------------------------- the declaration
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(_Declared):
+    """The pipeline's settings; every other module takes what it needs from one of these, so tests build
+    their own (`Settings(...)`, `dataclasses.replace`) without touching os.environ."""
+
+    database_url: PostgresUrl = setting(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen", "Lineage database (SQLAlchemy URL).",
+        kind="PostgreSQL URL")
+    s3_endpoint: HostPort = setting(
+        "127.0.0.1:9000", "S3 API endpoint; locally the S3 server of `make up`, in production MinIO.",
+        kind="host:port")
+    s3_access_key: Text = setting("tuwen-local", "S3 access key id.", secret=True)
+    s3_secret_key: Text = setting("tuwen-local-secret", "S3 secret key.", secret=True)
+    s3_secure: bool = setting(False, "Use HTTPS to the S3 endpoint.")
+    s3_region: Text = setting("us-east-1", "S3 region name sent with requests.")
+    s3_bucket: BucketName = setting("tuwen", "Bucket for raw/, model/ and exports/ (private).",
+                                    kind="bucket name")
+    vlm_base_url: WebUrl = setting(
+        "http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the VLM (vLLM; locally the stand-in).",
+        kind="http(s) URL")
+    vlm_model: Text = setting(
+        "tuwen-standin-vlm", "Model name sent in requests (vLLM's served name); recorded on every generation.")
+    vlm_api_key: Text = setting("EMPTY", "Bearer token for the VLM endpoint (vLLM's VLLM_API_KEY).",
+                                secret=True)
+    vlm_timeout_s: Seconds = setting(120.0, "Per-request timeout in seconds.")
+    vlm_max_retries: NonNegativeInt = setting(4, "Retries per request (the only retry layer around the VLM).")
+    vlm_max_in_flight: PositiveInt = setting(32, "Concurrent requests per task; see VLM_POOL_SLOTS.")
+    vlm_image_mode: ImageMode = setting(
+        ImageMode.DATA_URL, "How images reach the model: inline base64, or a presigned URL vLLM fetches.")
+    temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = setting(0.7, "Sampling temperature.")
+    top_p: Share = setting(0.9, "Nucleus sampling top_p.")
+    seed: int = setting(1234, "Sampling seed (part of each request key).")
+    max_tokens_conversation: PositiveInt = setting(2048, "max_tokens of the 5-turn conversation task.")
+    max_tokens_complex_reasoning: PositiveInt = setting(1536, "max_tokens of the complex reasoning task.")
+    max_tokens_detail: PositiveInt = setting(1536, "max_tokens of the detailed description task.")
+    task_mix: TaskMix = setting(
+        factory=lambda: dict(SEED_TASK_MIX),
+        meaning="Task weights conversation:complex_reasoning:detail (the seed dataset's counts).",
+        kind="weights a:b:c")
+    max_pixels: PixelBudget = setting(
+        DEFAULT_MAX_PIXELS, "Pixel budget of the model-ready copy (Qwen2.5-VL: 1280 tokens x 28 x 28 px).")
+    min_pixels: PixelBudget = setting(
+        DEFAULT_MIN_PIXELS, "Least pixels of the model-ready copy (4 x 28 x 28 px); at most TUWEN_MAX_PIXELS.")
+    batch_size: PositiveInt = setting(64, "Images per mapped synthesis batch task.")
+    sites_file: Path = setting(REPO_ROOT / "config" / "sites.local.yaml", "Crawl targets for the spiders.")
+    release_dir: Path = setting(REPO_ROOT / "releases", "Local directory where releases are assembled.")
+    prompts_dir: Path = setting(REPO_ROOT / "prompts", "Versioned prompt files.")
+    ocr_enabled: bool = setting(True, "Run OCR on images (Chinese-text checks and OCR grounding).")
+    min_image_side: PositiveInt = setting(224, "Images with a shorter side are rejected (px).")
+    qc_min_pass_rate: Share = setting(0.8, "A QC run fails below this share of passing samples.")
+
+    @property
+    def max_tokens(self) -> dict[str, int]:
+        """max_tokens per task type."""
         return {
-            "TUWEN_DATABASE_URL": self.database_url,
-            "TUWEN_S3_ENDPOINT": self.s3_endpoint,
-            "TUWEN_S3_ACCESS_KEY": self.s3_access_key,
-            "TUWEN_S3_SECRET_KEY": self.s3_secret_key,
-            "TUWEN_S3_SECURE": flag(self.s3_secure),
-            "TUWEN_S3_REGION": self.s3_region,
-            "TUWEN_S3_BUCKET": self.s3_bucket,
-            "TUWEN_VLM_BASE_URL": self.vlm_base_url,
-            "TUWEN_VLM_MODEL": self.vlm_model,
-            "TUWEN_VLM_API_KEY": self.vlm_api_key,
-            "TUWEN_VLM_TIMEOUT_S": str(self.vlm_timeout_s),
-            "TUWEN_VLM_MAX_RETRIES": str(self.vlm_max_retries),
-            "TUWEN_VLM_MAX_IN_FLIGHT": str(self.vlm_max_in_flight),
-            "TUWEN_VLM_IMAGE_MODE": self.vlm_image_mode,
-            "TUWEN_TEMPERATURE": str(self.temperature),
-            "TUWEN_TOP_P": str(self.top_p),
-            "TUWEN_SEED": str(self.seed),
-            "TUWEN_MAX_TOKENS_CONVERSATION": str(self.max_tokens["conversation"]),
-            "TUWEN_MAX_TOKENS_COMPLEX_REASONING": str(self.max_tokens["complex_reasoning"]),
-            "TUWEN_MAX_TOKENS_DETAIL": str(self.max_tokens["detail"]),
-            "TUWEN_TASK_MIX": ":".join(str(self.task_mix[t]) for t in TASK_TYPES),
-            "TUWEN_MAX_PIXELS": str(self.max_pixels),
-            "TUWEN_MIN_PIXELS": str(self.min_pixels),
-            "TUWEN_BATCH_SIZE": str(self.batch_size),
-            "TUWEN_SITES_FILE": str(self.sites_file),
-            "TUWEN_RELEASE_DIR": str(self.release_dir),
-            "TUWEN_PROMPTS_DIR": str(self.prompts_dir),
-            "TUWEN_OCR_ENABLED": flag(self.ocr_enabled),
-            "TUWEN_MIN_IMAGE_SIDE": str(self.min_image_side),
-            "TUWEN_QC_MIN_PASS_RATE": str(self.qc_min_pass_rate),
+            "conversation": self.max_tokens_conversation,
+            "complex_reasoning": self.max_tokens_complex_reasoning,
+            "detail": self.max_tokens_detail,
         }
+
+    def _inconsistencies(self) -> list[str]:
+        if self.min_pixels > self.max_pixels:
+            return [f"TUWEN_MIN_PIXELS ({self.min_pixels}) must not be more than TUWEN_MAX_PIXELS "
+                    f"({self.max_pixels})"]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class CrawlSettings(_Declared):
+    """The Scrapy process's settings (crawler/tuwen_crawler/settings.py hands them to Scrapy)."""
+
+    crawl_user_agent: Text = setting(
+        "tuwen-crawler/0.1 (+https://example.invalid/tuwen-bot; research dataset)",
+        "User-Agent the crawler sends (say who you are and how to reach you).")
+    crawl_robots_agent: Text = setting("tuwen-crawler", "Product token matched against robots.txt groups.")
+    crawl_concurrent_requests: PositiveInt = setting(32, "Scrapy CONCURRENT_REQUESTS across one crawl's sites.")
+    crawl_download_timeout_s: PositiveInt = setting(30, "Download timeout in seconds.")
+    crawl_max_bytes: PositiveInt = setting(
+        15 * 1024 * 1024, "Largest download in bytes; bigger files are rejected as too_large_bytes.")
+    crawl_max_redirects: NonNegativeInt = setting(5, "Redirects followed per request.")
+    crawl_memory_limit_mb: PositiveInt = setting(2048, "Scrapy MEMUSAGE_LIMIT_MB for one crawl process.")
+    crawl_log_level: LogLevel = setting("INFO", "Scrapy log level.")
+    crawl_workers: PositiveInt = setting(6, "Threads in the crawl process that judge, upload and record images.")
+    crawl_image_processes: NonNegativeInt | None = setting(
+        None, "Processes for the image work (decode, checks, hashes, copy); 0: in the threads; empty: one per core.")
+    near_dup_distance: Annotated[int, Field(ge=0, le=64)] = setting(
+        6, "Perceptual-hash Hamming distance at or below which an image is a near duplicate.")
+    max_source_pixels: PositiveInt = setting(
+        30_000_000, "Largest image (width x height) accepted; bigger ones are rejected as too_many_pixels.")
+    max_aspect_ratio: Annotated[float, Field(ge=1, allow_inf_nan=False)] = setting(
+        8.0, "Largest aspect ratio (long side / short side) accepted.")
+
+    @property
+    def image_processes(self) -> int:
+        """TUWEN_CRAWL_IMAGE_PROCESSES, one per core when unset."""
+        return os.cpu_count() or 1 if self.crawl_image_processes is None else self.crawl_image_processes
+
+
+def parse_task_mix(raw: str) -> dict[str, int]:
+    """'247431:194646:199791' -> weights per task type, in TASK_TYPES order."""
+    return Settings(task_mix=raw).task_mix  # type: ignore[arg-type]  # the text form is validated
+
+
+DECLARATIONS: tuple[type[_Declared], ...] = (Settings, CrawlSettings)
+
+
+def declared_variables() -> list[Variable]:
+    """Every TUWEN_* variable tuwen reads, in declaration order."""
+    return [v for cls in DECLARATIONS for v in cls.variables()]
+
+
+# --------------------------------------------------------------------------- generated documentation
+
+ENV_BEGIN = "# --- generated from plugins/tuwen/config.py by `python -m tuwen.config --write`; edit it there ---"
+ENV_END = "# --- end of the generated settings ---"
+README_BEGIN = "<!-- generated from plugins/tuwen/config.py by `python -m tuwen.config --write`; edit it there -->"
+README_END = "<!-- end of the generated settings -->"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+README = REPO_ROOT / "README.md"
+
+
+def env_example_block() -> str:
+    lines = [ENV_BEGIN]
+    for cls in DECLARATIONS:
+        lines.append(f"# {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for v in cls.variables():
+            lines += [f"# {v.meaning} ({v.kind})", f"# {v.name}={v.default}"]
+    return "\n".join([*lines, ENV_END])
+
+
+def markdown_table() -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [README_BEGIN, "| variable | accepts | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{v.name}` | {cell(v.kind)} | {f'`{v.default}`' if v.default else '(empty)'} | {cell(v.meaning)} |"
+              for v in declared_variables()]
+    return "\n".join([*lines, README_END])
+
+
+def generated_block(text: str, begin: str, end: str) -> str | None:
+    """The block from `begin` to `end` (both lines included) in text, or None."""
+    match = re.search(re.escape(begin) + r".*?" + re.escape(end), text, re.DOTALL)
+    return match.group(0) if match else None
+
+
+def _rewrite(path: Path, block: str, begin: str, end: str) -> bool:
+    text = path.read_text(encoding="utf-8")
+    old = generated_block(text, begin, end)
+    if old is None:
+        raise SystemExit(f"{path}: no generated block ({begin!r} ... {end!r}) to replace")
+    if old == block:
+        return False
+    path.write_text(text.replace(old, block), encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuwen.config", description=__doc__.splitlines()[0])
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--markdown", action="store_true", help="print README's configuration table")
+    what.add_argument("--env-example", action="store_true", help="print .env.example's settings block")
+    what.add_argument("--write", action="store_true", help="rewrite both generated blocks in place")
+    what.add_argument("--check", action="store_true", help="validate the current environment's settings")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table())
+    elif args.env_example:
+        print(env_example_block())
+    elif args.write:
+        for path, block, begin, end in ((ENV_EXAMPLE, env_example_block(), ENV_BEGIN, ENV_END),
+                                        (README, markdown_table(), README_BEGIN, README_END)):
+            print(f"{path.name}: {'rewritten' if _rewrite(path, block, begin, end) else 'unchanged'}")
+    else:
+        try:
+            for cls in DECLARATIONS:
+                cls.from_env()
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        print("settings ok")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,52 +1,245 @@
-"""Settings from the environment: defaults, round trip to another process, clear errors."""
+"""Settings from the environment: one declaration, defaults, round trip to another process, and every
+malformed value refused at start with the variable's name and what it accepts."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tuwen.config import ConfigError, Settings, parse_task_mix
+from tuwen.config import (
+    MAX_PIXEL_BUDGET,
+    ConfigError,
+    CrawlSettings,
+    ImageMode,
+    Settings,
+    declared_variables,
+    parse_task_mix,
+)
 from tuwen.domain import SEED_TASK_MIX
 
 
-def test_defaults_are_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings().to_env():
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No TUWEN_* variable from the machine running the tests."""
+    for name in list(os.environ):
+        if name.startswith("TUWEN_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_are_the_local_stack(clean_env: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env()
     assert settings == Settings()
     assert settings.task_mix == SEED_TASK_MIX
     assert settings.vlm_model == "tuwen-standin-vlm"  # never a real model's name by default
+    assert settings.max_tokens == {"conversation": 2048, "complex_reasoning": 1536, "detail": 1536}
+    assert settings.vlm_image_mode is ImageMode.DATA_URL
+    assert CrawlSettings.from_env() == CrawlSettings()
 
 
-def test_to_env_round_trips_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_variables_mean_the_default(clean_env: pytest.MonkeyPatch) -> None:
+    """Compose passes unset tunables as empty strings."""
+    for name in Settings().to_env():
+        clean_env.setenv(name, "  ")
+    assert Settings.from_env() == Settings()
+
+
+def test_to_env_round_trips_every_field(clean_env: pytest.MonkeyPatch) -> None:
     custom = dataclasses.replace(
         Settings(), database_url="postgresql+psycopg2://u@db:5433/x", s3_secure=True, vlm_timeout_s=7.5,
-        max_tokens={"conversation": 11, "complex_reasoning": 12, "detail": 13},
+        max_tokens_conversation=11, max_tokens_complex_reasoning=12, max_tokens_detail=13,
         task_mix={"conversation": 1, "complex_reasoning": 0, "detail": 2}, sites_file=Path("/tmp/s.yaml"),
-        ocr_enabled=False, qc_min_pass_rate=0.5, batch_size=3,
+        ocr_enabled=False, qc_min_pass_rate=0.5, batch_size=3, vlm_image_mode=ImageMode.PRESIGNED_URL,
     )
     for name, value in custom.to_env().items():
-        monkeypatch.setenv(name, value)
+        clean_env.setenv(name, value)
     assert Settings.from_env() == custom
+    crawl = CrawlSettings(crawl_workers=3, crawl_image_processes=0, crawl_log_level="DEBUG", max_aspect_ratio=4.5)
+    for name, value in crawl.to_env().items():
+        clean_env.setenv(name, value)
+    assert CrawlSettings.from_env() == crawl
+
+
+def test_the_declaration_lists_every_variable_once_with_a_meaning() -> None:
+    variables = declared_variables()
+    names = [v.name for v in variables]
+    assert len(names) == len(set(names))
+    assert set(Settings().to_env()) | set(CrawlSettings().to_env()) == set(names)
+    for variable in variables:
+        assert variable.name.startswith("TUWEN_") and variable.kind and variable.meaning.endswith((".", ")"))
+    kinds = {v.name: v.kind for v in variables}
+    assert kinds["TUWEN_VLM_IMAGE_MODE"] == "data_url | presigned_url"
+    assert kinds["TUWEN_BATCH_SIZE"] == "integer ≥ 1"
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("TUWEN_VLM_MAX_IN_FLIGHT", "many", "TUWEN_VLM_MAX_IN_FLIGHT must be an integer"),
+        ("TUWEN_VLM_MAX_IN_FLIGHT", "many", "TUWEN_VLM_MAX_IN_FLIGHT must be an integer, got 'many'"),
         ("TUWEN_S3_SECURE", "perhaps", "TUWEN_S3_SECURE must be true or false"),
-        ("TUWEN_TASK_MIX", "1:2", "needs 3 weights"),
-        ("TUWEN_TASK_MIX", "0:0:0", "not all zero"),
-        ("TUWEN_TEMPERATURE", "hot", "TUWEN_TEMPERATURE must be a number"),
+        ("TUWEN_TASK_MIX", "1:2", "TUWEN_TASK_MIX needs 3 weights"),
+        ("TUWEN_TASK_MIX", "0:0:0", "TUWEN_TASK_MIX weights must be non-negative and not all zero"),
+        ("TUWEN_TASK_MIX", "1:-1:2", "TUWEN_TASK_MIX weights must be non-negative"),
+        ("TUWEN_TEMPERATURE", "hot", "TUWEN_TEMPERATURE must be a finite number"),
+        # 0 divided by zero when planning batches; a negative size planned nothing, silently.
+        ("TUWEN_BATCH_SIZE", "0", "TUWEN_BATCH_SIZE must be at least 1, got '0'"),
+        ("TUWEN_BATCH_SIZE", "-5", "TUWEN_BATCH_SIZE must be at least 1"),
+        ("TUWEN_MAX_TOKENS_DETAIL", "0", "TUWEN_MAX_TOKENS_DETAIL must be at least 1"),
+        ("TUWEN_MAX_TOKENS_CONVERSATION", "-1", "TUWEN_MAX_TOKENS_CONVERSATION must be at least 1"),
+        ("TUWEN_VLM_MAX_IN_FLIGHT", "0", "TUWEN_VLM_MAX_IN_FLIGHT must be at least 1"),
+        ("TUWEN_VLM_MAX_RETRIES", "-1", "TUWEN_VLM_MAX_RETRIES must be at least 0"),
+        ("TUWEN_VLM_TIMEOUT_S", "0", "TUWEN_VLM_TIMEOUT_S must be more than 0"),
+        ("TUWEN_VLM_TIMEOUT_S", "-3", "TUWEN_VLM_TIMEOUT_S must be more than 0"),
+        ("TUWEN_VLM_TIMEOUT_S", "inf", "TUWEN_VLM_TIMEOUT_S must be a finite number"),
+        ("TUWEN_QC_MIN_PASS_RATE", "1.5", "TUWEN_QC_MIN_PASS_RATE must be at most 1"),
+        ("TUWEN_QC_MIN_PASS_RATE", "-0.1", "TUWEN_QC_MIN_PASS_RATE must be at least 0"),
+        ("TUWEN_TOP_P", "nan", "TUWEN_TOP_P must be a finite number"),
+        ("TUWEN_MIN_IMAGE_SIDE", "0", "TUWEN_MIN_IMAGE_SIDE must be at least 1"),
+        # An unknown mode used to fall back to data_url without a word.
+        ("TUWEN_VLM_IMAGE_MODE", "presigned", "TUWEN_VLM_IMAGE_MODE must be one of 'data_url' or 'presigned_url'"),
+        ("TUWEN_MAX_PIXELS", "100", "TUWEN_MAX_PIXELS must be at least 784"),
+        ("TUWEN_MAX_PIXELS", str(MAX_PIXEL_BUDGET + 1), f"TUWEN_MAX_PIXELS must be at most {MAX_PIXEL_BUDGET}"),
+        ("TUWEN_MIN_PIXELS", "0", "TUWEN_MIN_PIXELS must be at least 784"),
+        ("TUWEN_S3_ENDPOINT", "http://minio:9000", "TUWEN_S3_ENDPOINT must be host:port with no scheme"),
+        ("TUWEN_S3_ENDPOINT", "minio:70000", "TUWEN_S3_ENDPOINT must be host:port"),
+        ("TUWEN_S3_ENDPOINT", "minio:0", "TUWEN_S3_ENDPOINT must be host:port"),
+        ("TUWEN_S3_ENDPOINT", "minio:port", "TUWEN_S3_ENDPOINT must be host:port"),
+        ("TUWEN_S3_BUCKET", "My_Bucket", "TUWEN_S3_BUCKET must be an S3 bucket name"),
+        ("TUWEN_VLM_BASE_URL", "vllm:8000/v1", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
+        ("TUWEN_VLM_BASE_URL", "file:///etc/passwd", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
+        ("TUWEN_VLM_BASE_URL", "http://vllm:99999/v1", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
+        ("TUWEN_DATABASE_URL", "mysql://u@db/tuwen", "TUWEN_DATABASE_URL must be a PostgreSQL URL"),
+        ("TUWEN_DATABASE_URL", "not a url", "TUWEN_DATABASE_URL must be a PostgreSQL URL"),
     ],
 )
-def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError, match=message):
+def test_bad_values_name_the_variable(clean_env: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as error:
         Settings.from_env()
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_min_pixels_above_max_pixels_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    """It made 8680x11564 model copies: the resize aimed at min_pixels and ignored the budget."""
+    clean_env.setenv("TUWEN_MIN_PIXELS", "2000000")
+    clean_env.setenv("TUWEN_MAX_PIXELS", "1003520")
+    with pytest.raises(ConfigError, match=r"TUWEN_MIN_PIXELS \(2000000\) must not be more than TUWEN_MAX_PIXELS"):
+        Settings.from_env()
+    clean_env.setenv("TUWEN_MIN_PIXELS", "1003520")
+    assert Settings.from_env().min_pixels == 1003520  # equal is fine
+
+
+def test_every_bad_variable_is_named_at_once(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TUWEN_BATCH_SIZE", "0")
+    clean_env.setenv("TUWEN_VLM_IMAGE_MODE", "base64")
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env()
+    assert "TUWEN_BATCH_SIZE" in str(error.value) and "TUWEN_VLM_IMAGE_MODE" in str(error.value)
+
+
+def test_secrets_are_not_repeated_in_errors(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TUWEN_DATABASE_URL", "mysql://tuwen:hunter2secret@db/tuwen")
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env()
+    assert "hunter2secret" not in str(error.value) and "TUWEN_DATABASE_URL" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        Settings(vlm_api_key="")
+    assert "TUWEN_VLM_API_KEY must not be empty" in str(error.value)
+
+
+def test_values_are_typed(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TUWEN_VLM_IMAGE_MODE", "presigned_url")
+    clean_env.setenv("TUWEN_S3_SECURE", "TRUE")
+    clean_env.setenv("TUWEN_VLM_TIMEOUT_S", "30")
+    clean_env.setenv("TUWEN_SITES_FILE", "/etc/tuwen/sites.yaml")
+    settings = Settings.from_env()
+    assert settings.vlm_image_mode is ImageMode.PRESIGNED_URL and settings.vlm_image_mode == "presigned_url"
+    assert settings.s3_secure is True
+    assert settings.vlm_timeout_s == 30.0 and isinstance(settings.vlm_timeout_s, float)
+    assert settings.sites_file == Path("/etc/tuwen/sites.yaml")
+
+
+def test_replace_is_checked_like_the_environment() -> None:
+    """Code and tests derive settings with dataclasses.replace; a bad value is refused there too."""
+    assert dataclasses.replace(Settings(), batch_size=8).batch_size == 8
+    assert dataclasses.replace(Settings(), vlm_image_mode="presigned_url").vlm_image_mode is ImageMode.PRESIGNED_URL
+    with pytest.raises(ConfigError, match="TUWEN_BATCH_SIZE must be at least 1"):
+        dataclasses.replace(Settings(), batch_size=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().batch_size = 3  # type: ignore[misc]
 
 
 def test_task_mix_parses_in_task_order() -> None:
     assert parse_task_mix("5:4:4") == {"conversation": 5, "complex_reasoning": 4, "detail": 4}
+    with pytest.raises(ConfigError, match="TUWEN_TASK_MIX weights must be integers"):
+        parse_task_mix("5:four:4")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TUWEN_CRAWL_WORKERS", "six", "TUWEN_CRAWL_WORKERS must be an integer"),
+        ("TUWEN_CRAWL_WORKERS", "0", "TUWEN_CRAWL_WORKERS must be at least 1"),
+        ("TUWEN_CRAWL_CONCURRENT_REQUESTS", "0", "TUWEN_CRAWL_CONCURRENT_REQUESTS must be at least 1"),
+        ("TUWEN_CRAWL_DOWNLOAD_TIMEOUT_S", "0", "TUWEN_CRAWL_DOWNLOAD_TIMEOUT_S must be at least 1"),
+        ("TUWEN_CRAWL_MAX_BYTES", "-1", "TUWEN_CRAWL_MAX_BYTES must be at least 1"),
+        ("TUWEN_CRAWL_MEMORY_LIMIT_MB", "0", "TUWEN_CRAWL_MEMORY_LIMIT_MB must be at least 1"),
+        ("TUWEN_CRAWL_IMAGE_PROCESSES", "-2", "TUWEN_CRAWL_IMAGE_PROCESSES must be at least 0"),
+        ("TUWEN_CRAWL_LOG_LEVEL", "LOUD", "TUWEN_CRAWL_LOG_LEVEL must be one of 'CRITICAL'"),
+        ("TUWEN_NEAR_DUP_DISTANCE", "65", "TUWEN_NEAR_DUP_DISTANCE must be at most 64"),
+        ("TUWEN_MAX_ASPECT_RATIO", "0.5", "TUWEN_MAX_ASPECT_RATIO must be at least 1"),
+        ("TUWEN_MAX_SOURCE_PIXELS", "lots", "TUWEN_MAX_SOURCE_PIXELS must be an integer"),
+    ],
+)
+def test_bad_crawler_variables_name_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        CrawlSettings.from_env()
+
+
+def test_crawler_log_level_and_image_processes(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TUWEN_CRAWL_LOG_LEVEL", "debug")
+    assert CrawlSettings.from_env().crawl_log_level == "DEBUG"  # Scrapy's logging wants the capital name
+    assert CrawlSettings().image_processes == (os.cpu_count() or 1)
+    assert CrawlSettings(crawl_image_processes=0).image_processes == 0
+
+
+def test_scrapy_settings_refuse_a_bad_variable_by_name() -> None:
+    """The Scrapy project's settings module reads the same declaration: a bad value stops it, named
+    (it used to fail with `invalid literal for int()` and no variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUWEN_")}
+    probe = [sys.executable, "-c", "import tuwen_crawler.settings as s; print(s.TUWEN_CRAWL_WORKERS, s.LOG_LEVEL)"]
+    bad = subprocess.run(probe, env={**env, "TUWEN_CRAWL_WORKERS": "many"}, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0
+    assert "TUWEN_CRAWL_WORKERS must be an integer, got 'many'" in bad.stderr
+    good = subprocess.run(probe, env={**env, "TUWEN_CRAWL_WORKERS": "3", "TUWEN_CRAWL_LOG_LEVEL": "warning"},
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.split() == ["3", "WARNING"]
+
+
+def test_cli_reports_a_bad_setting_in_one_line(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuwen.cli.main import main
+
+    clean_env.setenv("TUWEN_BATCH_SIZE", "0")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "tuwen: configuration error: TUWEN_BATCH_SIZE must be at least 1, got '0'"
+
+
+def test_check_command_validates_the_environment(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuwen.config import main
+
+    assert main(["--check"]) == 0
+    clean_env.setenv("TUWEN_CRAWL_MAX_REDIRECTS", "-1")
+    assert main(["--check"]) == 2
+    assert "TUWEN_CRAWL_MAX_REDIRECTS must be at least 0" in capsys.readouterr().err

@@ -22,7 +22,18 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tuwen.config import QWEN_PATCH, Settings
+from tuwen.config import (
+    ENV_BEGIN,
+    ENV_END,
+    QWEN_PATCH,
+    README_BEGIN,
+    README_END,
+    Settings,
+    declared_variables,
+    env_example_block,
+    generated_block,
+    markdown_table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -65,18 +76,22 @@ PLACEHOLDER_SECRETS = {"", "change-me"}
 # --------------------------------------------------------------------------- helpers
 
 
-SETTINGS_SOURCES = (
-    ROOT / "plugins" / "tuwen" / "config.py",  # tuwen's settings
-    ROOT / "crawler" / "tuwen_crawler" / "settings.py",  # the Scrapy project's settings from env
-)
-
-
 def tuwen_setting_names() -> set[str]:
-    """Every TUWEN_* name tuwen reads from the environment; a renamed setting changes this set."""
-    names: set[str] = set()
-    for path in SETTINGS_SOURCES:
-        names |= set(re.findall(r'"(TUWEN_[A-Z0-9_]+)"', path.read_text(encoding="utf-8")))
-    return names
+    """Every TUWEN_* name tuwen reads from the environment, from its declaration (tuwen.config)."""
+    return {variable.name for variable in declared_variables()}
+
+
+# The tuwen settings that are secrets, and the only Airflow services that get them: tasks run on the
+# Celery workers alone, and airflow-init migrates the lineage database.
+TUWEN_SECRETS = {"TUWEN_DATABASE_URL", "TUWEN_S3_ACCESS_KEY", "TUWEN_S3_SECRET_KEY", "TUWEN_VLM_API_KEY"}
+TUWEN_SECRETS_BY_SERVICE = {
+    "airflow-worker": TUWEN_SECRETS,
+    "airflow-init": {"TUWEN_DATABASE_URL"},
+    "airflow-apiserver": set(),
+    "airflow-scheduler": set(),
+    "airflow-dag-processor": set(),
+    "airflow-triggerer": set(),
+}
 
 
 def env_example() -> tuple[dict[str, str], set[str]]:
@@ -323,12 +338,66 @@ def test_every_tuwen_setting_is_documented_in_env_example():
 def test_every_tuwen_setting_reaches_the_airflow_services(raw, services):
     common = set(raw["x-airflow-common"]["environment"])
     wired = {name for name in common if name.startswith("TUWEN_")}
-    assert wired == tuwen_setting_names(), {
-        "not passed to Airflow": sorted(tuwen_setting_names() - wired),
-        "not read by tuwen": sorted(wired - tuwen_setting_names()),
+    assert wired == tuwen_setting_names() - TUWEN_SECRETS, {
+        "not passed to Airflow": sorted(tuwen_setting_names() - TUWEN_SECRETS - wired),
+        "not read by tuwen, or a secret": sorted(wired - (tuwen_setting_names() - TUWEN_SECRETS)),
     }
     for name, svc in airflow_services(services).items():
         assert wired <= set(environment(svc)), f"{name} does not inherit the tuwen settings"
+    assert tuwen_setting_names() <= set(environment(services["airflow-worker"])), "tasks need every setting"
+
+
+def test_each_airflow_service_gets_only_the_tuwen_secrets_it_uses(services):
+    assert set(TUWEN_SECRETS_BY_SERVICE) == set(airflow_services(services))
+    for name, svc in airflow_services(services).items():
+        given = {key for key in environment(svc) if key in TUWEN_SECRETS}
+        assert given == TUWEN_SECRETS_BY_SERVICE[name], f"{name} gets {sorted(given)}"
+    for name in ("postgres", "redis", "minio", "vllm"):
+        assert not TUWEN_SECRETS & set(environment(services[name])), name
+
+
+def test_published_ports_are_loopback_only(raw, services):
+    """The Airflow UI/API, psql and the MinIO console listen on 127.0.0.1 of the host, never on all
+    interfaces; nothing else is published."""
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"postgres", "minio", "airflow-apiserver"}, sorted(published)
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert raw["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:${AIRFLOW_API_PORT:-8080}:8080"]
+
+
+def test_no_secret_is_on_a_command_line(raw, services):
+    """Arguments show in `ps`, `docker inspect` and the servers' own logs; secrets go in the environment."""
+    assigned, _ = env_example()
+    secret_names = {name for name in assigned if SECRET_KEY_NAME.search(name)} | {"TUWEN_VLM_API_KEY"}
+    for name, svc in raw["services"].items():
+        for arg in command_args(svc) + [str(a) for a in (svc.get("entrypoint") or [])]:
+            assert not SECRET_FLAG.match(arg), f"{name}: secret flag {arg!r} on the command line"
+            for match in INTERPOLATION.finditer(arg.replace("$$", "")):
+                assert match.group("name") not in secret_names, f"{name}: ${{{match.group('name')}}} in {arg!r}"
+    init = POSTGRES_INIT.read_text(encoding="utf-8")
+    assert not re.search(r"-v\s+\w*password", init), "postgres-init.sh passes a password as a psql argument"
+    for variable in ("POSTGRES_AIRFLOW_PASSWORD", "POSTGRES_TUWEN_PASSWORD", "POSTGRES_ANALYST_PASSWORD"):
+        assert re.search(rf"^\\getenv \w+ {variable}$", init, re.MULTILINE), variable
+
+
+def test_settings_documentation_is_generated_from_the_declaration():
+    """.env.example and README's table are the declaration's output, byte for byte
+    (regenerate with `python -m tuwen.config --write`)."""
+    env_text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert generated_block(env_text, ENV_BEGIN, ENV_END) == env_example_block()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert generated_block(readme, README_BEGIN, README_END) == markdown_table()
+    _, documented = env_example()
+    lines = env_text.splitlines()
+    for variable in declared_variables():
+        assert f"# {variable.name}={variable.default}" in lines, variable.name
+        assert f"| `{variable.name}` |" in readme, variable.name
+    readme_names = set(re.findall(r"`(TUWEN_[A-Z0-9_]+)`", readme))
+    assert readme_names <= tuwen_setting_names() | local_stack_names(), sorted(
+        readme_names - tuwen_setting_names() - local_stack_names()
+    )
 
 
 def test_tuwen_settings_in_the_stack_parse_and_point_at_its_services(services, monkeypatch):
@@ -424,10 +493,12 @@ def test_vllm_serves_qwen_under_tuwen_model_name(raw, services):
     assert environment(services["airflow-worker"])["TUWEN_VLM_MODEL"] == flag_value(
         command_args(services["vllm"]), "--served-model-name"
     )
-    assert (
-        flag_value(command_args(services["vllm"]), "--api-key")
-        == (environment(services["airflow-worker"])["TUWEN_VLM_API_KEY"])
+    # vLLM checks the key the workers send; it reads it from VLLM_API_KEY, not from an argument.
+    assert environment(services["vllm"])["VLLM_API_KEY"] == environment(services["airflow-worker"])["TUWEN_VLM_API_KEY"]
+    assert INTERPOLATION.fullmatch(environment(raw["services"]["vllm"])["VLLM_API_KEY"]).group("name") == (
+        "TUWEN_VLM_API_KEY"
     )
+    assert not any("api-key" in arg for arg in command_args(services["vllm"]))
 
 
 def test_vllm_takes_one_image_per_prompt(services):

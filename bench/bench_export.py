@@ -272,6 +272,7 @@ def run_library_queries(settings: Settings, params: dict[str, str]) -> list[tupl
 
 def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
     from tuwen.release.export import ReleaseParams, write_release
+    from tuwen.resources import Resources
 
     command = f"python -m bench.bench_export{'' if n == SEED_SAMPLES else f' {n}'}"
     print(f"== export benchmark ({machine()}): {n:,} samples, seed task mix ==")
@@ -286,7 +287,7 @@ def main(n: int = SEED_SAMPLES) -> dict[str, Any]:
         load_before = f"{os.getloadavg()[0]:.1f}"
         with _PeakRss() as peak:
             t0, cpu0 = time.perf_counter(), time.process_time()
-            result = write_release(settings, params, qc_run_id=seed.qc_run_id)
+            result = write_release(Resources.from_settings(settings), params, qc_run_id=seed.qc_run_id)
             export_s, export_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
         sizes = sum(f["bytes"] for f in result.files.values())
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())

@@ -11,10 +11,13 @@ to `exports/<release>/` in the bucket (manifest last) and to the local release f
 of passed samples with their images) is published by the gate to `qc/<qc_run>/report/` and copied
 into the release as `qc_report/`, listed in its manifest.
 
-**Params**: `release` (name; default `tuwen-<date>`), `date_from`/`date_to` (crawl dates; empty:
+**Params**: `release` (name: letters, digits, `.`, `_`, `-`, at most 120; default `tuwen-<run id>`,
+unique per run), `overwrite` (a published name is refused without it; with it the new version is
+published and the old one kept as `superseded`), `date_from`/`date_to` (crawl dates; empty:
 all), `languages`, `task_types`, `qc_statuses`, `max_samples`, `mix` (task weights, e.g.
 `{"conversation": 5, "complex_reasoning": 4, "detail": 4}`), `images` (`folder`, `tar` shards, `both`,
-`none`), `shard_max_files`, `jsonl`, `english_json` (an English LLaVA-Instruct JSON to interleave),
+`none`), `shard_max_files`, `jsonl`, `english_json` (an English LLaVA-Instruct JSON to interleave,
+uploaded under `inputs/` in the bucket),
 `include_images`, `min_pass_rate` (empty: config). Same params over the same lineage give
 byte-identical files.
 """
@@ -36,7 +39,11 @@ from tuwen.domain import TASK_TYPES
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
     params={
-        "release": Param(None, type=["null", "string"], description="release name; empty = tuwen-<date>"),
+        "release": Param(None, type=["null", "string"], maxLength=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                         description="release name (letters, digits, . _ -); empty = tuwen-<run id>"),
+        "overwrite": Param(False, type="boolean",
+                           description="replace a published release of this name (the old one is kept as "
+                                       "superseded); without it a published name is refused"),
         "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
         "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),
         "languages": Param(["zh"], type="array", description="sample languages to include"),
@@ -50,7 +57,8 @@ from tuwen.domain import TASK_TYPES
         "shard_max_files": Param(10000, type="integer", minimum=1, description="images per tar shard"),
         "jsonl": Param(True, type="boolean", description="also write the JSONL variant"),
         "english_json": Param(None, type=["null", "string"],
-                              description="path of an English LLaVA-Instruct JSON to interleave into one more file"),
+                              description="object key under inputs/ in the bucket of an English LLaVA-Instruct "
+                                          "JSON to interleave into one more file"),
         "include_images": Param(True, type="boolean", description="copy the images into the release"),
         "min_pass_rate": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                description="QC gate minimum; empty = TUWEN_QC_MIN_PASS_RATE"),
@@ -64,29 +72,33 @@ def tuwen_export() -> None:
         from tuwen.config import Settings
         from tuwen.quality.run import run_quality_gate
         from tuwen.quality.scope import ReleaseScope
+        from tuwen.release.export import check_can_publish
+        from tuwen.release.params import release_params_for_run
         from tuwen.resources import Resources
 
         context = get_current_context()
+        resources = Resources.from_settings(Settings.from_env())
+        # The params are parsed once, and the release's name and params checked before the gate runs:
+        # a bad name or a published one (without overwrite) fails here, not after the gate.
+        scope = ReleaseScope.from_params(context["params"])
+        release = release_params_for_run(context["params"], context["run_id"], context.get("logical_date"), scope)
+        check_can_publish(resources.engine, release)
         # Raises QualityGateFailed below the bar (export_release is then skipped as upstream_failed);
         # the QC report is published to qc/<qc_run>/report/ either way.
-        result = run_quality_gate(Resources.from_settings(Settings.from_env()),
-                                  ReleaseScope.from_params(context["params"]),
-                                  dag_id=context["dag"].dag_id, run_id=context["run_id"])
-        return result.as_dict()
+        result = run_quality_gate(resources, scope, dag_id=context["dag"].dag_id, run_id=context["run_id"])
+        return {**result.as_dict(), "release": release.name}
 
     @task
     def export_release(gate: dict) -> dict:
         from tuwen.config import Settings
-        from tuwen.release.export import ReleaseParams, write_release
+        from tuwen.release.export import write_release
+        from tuwen.release.params import ReleaseParams
+        from tuwen.resources import Resources
 
         context = get_current_context()
-        params = context["params"]
-        name = params.get("release") or f"tuwen-{context['ds']}"
-        settings = Settings.from_env()
-        # ReleaseParams.from_params reads every export param (mix, images, english_json, ...), not only the
-        # gate's scope.
-        result = write_release(settings, ReleaseParams.from_params(name, params), dag_id=context["dag"].dag_id,
-                               run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
+        params = ReleaseParams.from_params(gate["release"], context["params"])
+        result = write_release(Resources.from_settings(Settings.from_env()), params,
+                               dag_id=context["dag"].dag_id, run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
         # The report the gate decided on is part of the release (qc_report/, listed in the manifest).
         report = result.local_path / "qc_report" / "index.html"
         print(f"release {result.name}: {result.n_samples} samples {result.counts_by_task} "

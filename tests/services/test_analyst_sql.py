@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from tests.services.test_export import seed
 from tuwen.config import Settings
 from tuwen.release.export import ReleaseParams, write_release
+from tuwen.resources import Resources
 
 REPO = Path(__file__).resolve().parents[2]
 QUERIES = sorted((REPO / "sql" / "queries").glob("*.sql"))
@@ -55,9 +56,9 @@ def test_analyst_reads_views_only(lineage_db: str) -> None:
     assert sorted(set(grants)) == sorted(views) and all(v.startswith("v_") for v in views)
 
 
-def test_every_library_query_runs_as_the_analyst(settings: Settings) -> None:
+def test_every_library_query_runs_as_the_analyst(settings: Settings, resources: Resources) -> None:
     passed = seed(settings, 20, with_images=False)
-    write_release(settings, ReleaseParams(name="lib", include_images=False))
+    write_release(resources, ReleaseParams(name="lib", include_images=False))
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         sample = conn.execute(text("""SELECT s.id, i.sha256, src.url, src.page_url, src.site, g.prompt_id, g.model

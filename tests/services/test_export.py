@@ -18,7 +18,15 @@ from sqlalchemy import create_engine, text
 from bench.bench_export import seed_lineage
 from bench.common import seed_images
 from tuwen.config import Settings
-from tuwen.release.export import ExportError, ReleaseParams, mix_quotas, size_label, write_release
+from tuwen.domain import ParamError
+from tuwen.release.export import (
+    ExportError,
+    ReleaseExists,
+    ReleaseParams,
+    mix_quotas,
+    size_label,
+    write_release,
+)
 from tuwen.release.trainer_formats import (
     check_record,
     load_llamafactory,
@@ -26,6 +34,7 @@ from tuwen.release.trainer_formats import (
     load_qwen_finetune,
     read_records,
 )
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 
 DAY = dt.date(2026, 11, 18)
@@ -64,9 +73,9 @@ def tar_index(release: Path) -> dict[str, bytes]:
     return members
 
 
-def test_release_loads_in_every_trainer_with_nothing_dropped(settings: Settings) -> None:
+def test_release_loads_in_every_trainer_with_nothing_dropped(settings: Settings, resources: Resources) -> None:
     passed = seed(settings)
-    result = write_release(settings, ReleaseParams(name="r1", images="both", shard_max_files=8))
+    result = write_release(resources, ReleaseParams(name="r1", images="both", shard_max_files=8))
     release = result.local_path
     assert result.n_samples == len(passed) and sum(result.counts_by_task.values()) == len(passed)
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
@@ -132,17 +141,20 @@ def test_release_loads_in_every_trainer_with_nothing_dropped(settings: Settings)
     assert {f"exports/r1/{rel}" for rel in manifest["files"]} | {"exports/r1/manifest.json"} == keys
 
 
-def test_same_params_same_lineage_give_byte_identical_files(settings: Settings) -> None:
+def test_same_params_same_lineage_give_byte_identical_files(settings: Settings, resources: Resources) -> None:
     seed(settings, 20)
     engine = create_engine(settings.database_url)
     samples_sql = text("SELECT md5(string_agg(id || conversations::text || qc_status, ',' ORDER BY id)) FROM sample")
     with engine.connect() as conn:
         before = conn.execute(samples_sql).scalar()
     params = ReleaseParams(name="same", images="tar", shard_max_files=6)
-    first = file_hashes(write_release(settings, params).local_path)
-    second = file_hashes(write_release(settings, params).local_path)
-    assert first == second and len(first) > 8
-    other = file_hashes(write_release(settings, dataclasses.replace(params, name="same-again")).local_path)
+    published = write_release(resources, params)
+    first = file_hashes(published.local_path)
+    # Re-exporting a published name needs overwrite; identical files leave the published version as it is.
+    again = write_release(resources, dataclasses.replace(params, overwrite=True))
+    second = file_hashes(again.local_path)
+    assert first == second and len(first) > 8 and again.export_id == published.export_id
+    other = file_hashes(write_release(resources, dataclasses.replace(params, name="same-again")).local_path)
     data_files = [f for f in first if f.endswith((".json", ".jsonl", ".tar", ".sha256"))
                   and f not in ("manifest.json", "dataset_info.json")]
     assert data_files and all(first[f] == other[f] for f in data_files)  # only the name differs elsewhere
@@ -151,11 +163,11 @@ def test_same_params_same_lineage_give_byte_identical_files(settings: Settings) 
     engine.dispose()
 
 
-def test_mix_picks_a_deterministic_subset_meeting_the_ratio(settings: Settings) -> None:
+def test_mix_picks_a_deterministic_subset_meeting_the_ratio(settings: Settings, resources: Resources) -> None:
     passed = set(seed(settings, 40, with_images=False))
     params = ReleaseParams(name="mix", include_images=False, mix={"conversation": 2, "complex_reasoning": 1,
                                                                   "detail": 1}, max_samples=12)
-    result = write_release(settings, params)
+    result = write_release(resources, params)
     assert result.counts_by_task == {"conversation": 6, "complex_reasoning": 3, "detail": 3}
     manifest = json.loads((result.local_path / "manifest.json").read_text())
     records = read_records(result.local_path / manifest["data_files"]["all"])
@@ -181,14 +193,16 @@ def test_mix_quotas_and_size_label() -> None:
     assert [size_label(n) for n in (0, 7, 999, 1000, 1999, 247_431)] == ["0", "7", "999", "1k", "1k", "247k"]
 
 
-def test_english_mix_interleaves_untouched_records(settings: Settings, tmp_path: Path) -> None:
+def test_english_mix_interleaves_untouched_records(settings: Settings, resources: Resources, tmp_path: Path) -> None:
     passed = seed(settings, 12, with_images=False)
     english = [{"id": f"0000000{i:05d}", "image": f"coco/train2017/0000000{i:05d}.jpg",
                 "conversations": [{"from": "human", "value": "What is in the image?\n<image>"},
                                   {"from": "gpt", "value": f"A cat number {i}."}]} for i in range(4)]
     source = tmp_path / "llava_instruct_en.json"
     source.write_text(json.dumps(english, indent=2), encoding="utf-8")
-    result = write_release(settings, ReleaseParams(name="bi", include_images=False, english_json=str(source)))
+    resources.store.put_file("inputs/llava_instruct_en.json", source)  # read from the bucket, never the worker's disk
+    result = write_release(resources, ReleaseParams(name="bi", include_images=False,
+                                                    english_json="inputs/llava_instruct_en.json"))
     manifest = json.loads((result.local_path / "manifest.json").read_text())
     mix = manifest["english_mix"]
     assert (mix["records_zh"], mix["records_en"], mix["share_en"]) == (len(passed), 4, round(4 / (len(passed) + 4), 4))
@@ -199,7 +213,7 @@ def test_english_mix_interleaves_untouched_records(settings: Settings, tmp_path:
     assert load_llamafactory(result.local_path, "bi_with_en", lambda _: True).dropped == []
 
 
-def test_a_sample_trainers_would_drop_stops_the_release(settings: Settings) -> None:
+def test_a_sample_trainers_would_drop_stops_the_release(settings: Settings, resources: Resources) -> None:
     seed(settings, 10, with_images=False)
     engine = create_engine(settings.database_url)
     with engine.begin() as conn:
@@ -209,7 +223,7 @@ def test_a_sample_trainers_would_drop_stops_the_release(settings: Settings) -> N
                                    WHERE id = (SELECT min(id) FROM sample WHERE qc_status = 'passed')
                                    RETURNING id""")).scalar_one()
     with pytest.raises(ExportError, match=bad):
-        write_release(settings, ReleaseParams(name="broken", include_images=False))
+        write_release(resources, ReleaseParams(name="broken", include_images=False))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM export WHERE name = 'broken'")).scalar() == "failed"
         assert conn.execute(text("SELECT count(*) FROM export_item")).scalar() == 0
@@ -222,7 +236,100 @@ def test_release_params_from_dag_params() -> None:
     params = ReleaseParams.from_params("r", {"date_from": "2026-11-01", "mix": {"detail": "2"}, "max_samples": "",
                                             "images": "tar", "task_types": ["detail"]})
     assert params.date_from == dt.date(2026, 11, 1) and params.mix == {"detail": 2} and params.max_samples is None
-    with pytest.raises(ExportError):
+    with pytest.raises(ParamError, match="param mix"):
         ReleaseParams(name="r", mix={"conversation": 1}, task_types=("detail",))
-    with pytest.raises(ExportError):
+    with pytest.raises(ParamError, match="param qc_statuses"):
         ReleaseParams(name="r", qc_statuses=("passed", "taken_down"))
+
+
+# --- published releases are immutable ------------------------------------------------------------
+
+
+def _state(settings: Settings, store: ObjectStore) -> dict[str, object]:
+    """Everything a release name touches: export rows, their items, objects (with bytes), local files."""
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        exports = [tuple(r) for r in conn.execute(text(
+            "SELECT id, name, version, status, n_samples, files::text, s3_prefix, local_path, published_at "
+            "FROM export ORDER BY id")).all()]
+        items = [tuple(r) for r in conn.execute(text(
+            "SELECT export_id, sample_id, position, file, image_path FROM export_item ORDER BY 1, 3")).all()]
+    engine.dispose()
+    objects = {key: hashlib.sha256(store.get_bytes(key)).hexdigest() for key in sorted(store.list_keys("exports/"))}
+    return {"exports": exports, "items": items, "objects": objects,
+            "local": {p.name: file_hashes(p) for p in sorted(settings.release_dir.iterdir()) if p.is_dir()}}
+
+
+def test_a_published_name_is_refused_without_overwrite_and_nothing_changes(settings: Settings,
+                                                                           resources: Resources) -> None:
+    seed(settings, 12)
+    write_release(resources, ReleaseParams(name="pub", images="folder"))
+    before = _state(settings, resources.store)
+    assert before["objects"] and before["items"]
+    for params in (ReleaseParams(name="pub", images="folder"), ReleaseParams(name="pub", max_samples=3)):
+        with pytest.raises(ReleaseExists, match="already published.*overwrite"):
+            write_release(resources, params)
+        assert _state(settings, resources.store) == before
+
+
+def test_overwrite_publishes_a_new_version_and_keeps_the_old_lineage(
+        settings: Settings, resources: Resources, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(settings, 12)
+    old = write_release(resources, ReleaseParams(name="ver", images="folder"))
+    old_files = file_hashes(old.local_path)
+    old_objects = {k: resources.store.get_bytes(k) for k in resources.store.list_keys("exports/ver/")}
+    new = write_release(resources, ReleaseParams(name="ver", images="folder", max_samples=4, overwrite=True))
+    assert new.export_id != old.export_id and new.n_samples == 4 < old.n_samples
+    assert new.s3_prefix == "exports/ver@v2/" and new.local_path == settings.release_dir / "ver"
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        rows = {r.version: r for r in conn.execute(text(
+            "SELECT version, status, n_samples, s3_prefix, local_path, superseded_at FROM export "
+            "WHERE name = 'ver'")).all()}
+        old_items = conn.execute(text("SELECT count(*) FROM export_item WHERE export_id = :e"),
+                                 {"e": old.export_id}).scalar()
+        shipped_only_in_v1 = conn.execute(text("""
+            SELECT sample_id FROM export_item WHERE export_id = :old
+            EXCEPT SELECT sample_id FROM export_item WHERE export_id = :new ORDER BY 1 LIMIT 1"""),
+            {"old": old.export_id, "new": new.export_id}).scalar()
+    engine.dispose()
+    assert (rows[1].status, rows[2].status) == ("superseded", "published")
+    assert rows[1].superseded_at is not None and rows[1].s3_prefix == "exports/ver/"
+    assert old_items == old.n_samples  # the superseded release's lineage is kept
+    # The old release's objects are untouched; its local copy moved aside, byte for byte.
+    assert {k: resources.store.get_bytes(k) for k in resources.store.list_keys("exports/ver/")} == old_objects
+    assert rows[1].local_path == str(settings.release_dir / "ver@v1")
+    assert file_hashes(settings.release_dir / "ver@v1") == old_files
+    assert resources.store.exists("exports/ver@v2/manifest.json")
+    # "Which release shipped this sample" still names the superseded one.
+    from tuwen.cli import main as cli
+
+    env = {"TUWEN_DATABASE_URL": settings.database_url, "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
+           "TUWEN_S3_BUCKET": settings.s3_bucket}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        capsys.readouterr()
+        assert cli.main(["releases", "--sample", shipped_only_in_v1]) == 0
+    assert capsys.readouterr().out.startswith(f"ver\tsuperseded\t{shipped_only_in_v1}\t")
+
+
+def test_a_failed_overwrite_leaves_the_published_release_intact(settings: Settings, resources: Resources) -> None:
+    seed(settings, 10, with_images=False)
+    write_release(resources, ReleaseParams(name="keep", include_images=False))
+    before = _state(settings, resources.store)
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:  # a sample the trainers would drop: the new version fails while writing
+        conn.execute(text("""UPDATE sample SET conversations = jsonb_build_array(
+                                jsonb_build_object('from', 'gpt', 'value', '<image> a'))
+                              WHERE id = (SELECT min(id) FROM sample WHERE qc_status = 'passed')"""))
+    with pytest.raises(ExportError):
+        write_release(resources, ReleaseParams(name="keep", include_images=False, overwrite=True))
+    after = _state(settings, resources.store)
+    with engine.connect() as conn:
+        statuses = conn.execute(text("SELECT version, status FROM export WHERE name = 'keep' ORDER BY 1")).all()
+    engine.dispose()
+    assert [tuple(s) for s in statuses] == [(1, "published"), (2, "failed")]
+    assert after["items"] == before["items"] and after["objects"] == before["objects"]
+    assert after["local"] == before["local"]
+    assert [e for e in after["exports"] if e[3] == "published"] == [e for e in before["exports"] if e[3] == "published"]

@@ -15,10 +15,11 @@ from tuwen.config import Settings
 from tuwen.release.export import ReleaseParams, write_release
 from tuwen.release.takedowns import TakedownError, add_takedown, normalize, releases_with_takedowns
 from tuwen.release.trainer_formats import read_records
+from tuwen.resources import Resources
 
 
-def _release_ids(settings: Settings, name: str) -> set[str]:
-    result = write_release(settings, ReleaseParams(name=name, include_images=False))
+def _release_ids(resources: Resources, name: str) -> set[str]:
+    result = write_release(resources, ReleaseParams(name=name, include_images=False))
     manifest = json.loads((result.local_path / "manifest.json").read_text())
     return {r["id"] for r in read_records(result.local_path / manifest["data_files"]["all"])}
 
@@ -31,14 +32,14 @@ def _sample_of(engine, url_like: str) -> tuple[str, str, str]:
                             {"u": url_like}).one()
 
 
-def test_url_takedown_removes_samples_and_names_past_releases(settings: Settings) -> None:
+def test_url_takedown_removes_samples_and_names_past_releases(settings: Settings, resources: Resources) -> None:
     seed(settings, 20, with_images=False)
-    before = _release_ids(settings, "r-before")
+    before = _release_ids(resources, "r-before")
     engine = create_engine(settings.database_url)
     sample_id, url, _ = _sample_of(engine, "%")
     assert sample_id in before
 
-    result = add_takedown(settings, "url", f"  {url} ", reason="owner request")
+    result = add_takedown(resources.engine, "url", f"  {url} ", reason="owner request")
     assert (result.images, result.samples, result.releases) == (1, 1, ["r-before"])
     with engine.connect() as conn:
         image = conn.execute(text("SELECT i.status, i.taken_down_at, s.qc_status FROM sample s "
@@ -46,13 +47,13 @@ def test_url_takedown_removes_samples_and_names_past_releases(settings: Settings
         assert image.status == "taken_down" and image.taken_down_at is not None and image.qc_status == "taken_down"
         assert conn.execute(text("SELECT reason FROM takedown")).scalar() == "owner request"
 
-    after = _release_ids(settings, "r-after")
+    after = _release_ids(resources, "r-after")
     assert after == before - {sample_id}
-    hits = releases_with_takedowns(settings)
+    hits = releases_with_takedowns(resources.engine)
     assert [(h.release, h.kind, h.value, h.samples) for h in hits] == [("r-before", "url", url, 1)]
 
     # Adding it again changes nothing; the analysts' view agrees.
-    assert add_takedown(settings, "url", url).images == 1
+    assert add_takedown(resources.engine, "url", url).images == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM takedown")).scalar() == 1
         rows = conn.execute(text("SELECT release, sample_id FROM v_takedown_items WHERE release IS NOT NULL"
@@ -61,17 +62,17 @@ def test_url_takedown_removes_samples_and_names_past_releases(settings: Settings
     engine.dispose()
 
 
-def test_domain_takedown_covers_subdomains_only(settings: Settings) -> None:
+def test_domain_takedown_covers_subdomains_only(settings: Settings, resources: Resources) -> None:
     seed(settings, 20, with_images=False)
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         on_site = conn.execute(text("SELECT count(DISTINCT image_id) FROM image_source "
                                     "WHERE site = 'news.example.cn'")).scalar()
-    assert add_takedown(settings, "domain", "ews.example.cn").images == 0  # a suffix is not a subdomain
+    assert add_takedown(resources.engine, "domain", "ews.example.cn").images == 0  # a suffix is not a subdomain
     # Image URLs are on img.news.example.cn, pages on www.news.example.cn: both are subdomains.
-    result = add_takedown(settings, "domain", "https://News.Example.cn/whatever")
+    result = add_takedown(resources.engine, "domain", "https://News.Example.cn/whatever")
     assert result.value == "news.example.cn" and result.images == on_site > 0
-    ids = _release_ids(settings, "r")
+    ids = _release_ids(resources, "r")
     with engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM sample s JOIN image_source src ON src.image_id = s.image_id "
                                  "WHERE src.site = 'news.example.cn' AND s.id = ANY(:ids)"),
@@ -88,14 +89,14 @@ def test_domain_takedown_covers_subdomains_only(settings: Settings) -> None:
                           "LIMIT 1"), {"i": image_id})
         sample_id = conn.execute(text("SELECT id FROM sample WHERE image_id = :i"), {"i": image_id}).scalar()
     assert sample_id in ids
-    assert sample_id not in _release_ids(settings, "r2")
+    assert sample_id not in _release_ids(resources, "r2")
     engine.dispose()
 
 
-def test_image_hash_takedown_and_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+def test_image_hash_takedown_and_cli(settings: Settings, resources: Resources, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     seed(settings, 10, with_images=False)
-    _release_ids(settings, "shipped")
+    _release_ids(resources, "shipped")
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         sha = conn.execute(text("SELECT i.sha256 FROM sample s JOIN image i ON i.id = s.image_id "
@@ -126,16 +127,16 @@ def test_normalize_rejects_malformed_values() -> None:
     assert normalize("domain", "*.Example.COM.") == "example.com"
 
 
-def test_takedown_impact_query_names_releases(settings: Settings) -> None:
+def test_takedown_impact_query_names_releases(settings: Settings, resources: Resources) -> None:
     seed(settings, 10, with_images=False)
-    shipped = _release_ids(settings, "old")
+    shipped = _release_ids(resources, "old")
     engine = create_engine(settings.database_url)
     _, _, page = _sample_of(engine, "%")
     with engine.connect() as conn:
         on_page = conn.execute(text("SELECT s.id FROM sample s JOIN image_source src ON src.image_id = s.image_id "
                                     "WHERE src.page_url = :p"), {"p": page}).scalars().all()
     engine.dispose()
-    result = add_takedown(settings, "url", page, reason="page removed")
+    result = add_takedown(resources.engine, "url", page, reason="page removed")
     assert result.images == len(on_page) > 1  # a page URL takes down every image seen on the page
     out = subprocess.run(["psql", settings.database_url.replace("+psycopg2", ""), "-X", "-q", "-A", "-t",
                           "-F", "|", "-c", "SET ROLE tuwen_analyst", "-f", "sql/queries/11_takedown_impact.sql"],

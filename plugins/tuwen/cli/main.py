@@ -80,13 +80,16 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _takedown(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.db.session import get_engine
     from tuwen.release.takedowns import TakedownError, add_takedown, releases_with_takedowns
 
+    engine = get_engine(settings.database_url)
     if args.action == "add":
+        # `is not None`: an empty value given on purpose (--domain "") is refused with a message below.
         kind, value = next((k, v) for k, v in (("url", args.url), ("domain", args.domain),
-                                               ("image_sha256", args.image_sha256)) if v)
+                                               ("image_sha256", args.image_sha256)) if v is not None)
         try:
-            result = add_takedown(settings, kind, value, args.reason)
+            result = add_takedown(engine, kind, value, args.reason)
         except TakedownError as exc:
             print(f"tuwen: {exc}", file=sys.stderr)
             return 2
@@ -95,7 +98,7 @@ def _takedown(args: argparse.Namespace, settings: Settings) -> int:
         if result.releases:
             print(f"already shipped in: {', '.join(result.releases)} (see `tuwen takedown releases`)")
         return 0
-    hits = releases_with_takedowns(settings)
+    hits = releases_with_takedowns(engine)
     for hit in hits:
         print(f"{hit.release}\tpublished {hit.published_at:%Y-%m-%d %H:%M}\ttakedown {hit.takedown_id} "
               f"{hit.kind} {hit.value}\t{hit.samples} samples")
@@ -108,29 +111,39 @@ def _releases(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import text
 
     from tuwen.db.session import get_engine
+    from tuwen.release.takedowns import TakedownError, normalize, urls_matching
 
+    engine = get_engine(settings.database_url)
     where, binds = "", {}
     if args.sample:
         where, binds = "WHERE ei.sample_id = :v", {"v": args.sample}
     elif args.image_sha256:
         where, binds = "WHERE i.sha256 = :v", {"v": args.image_sha256.lower()}
     elif args.url:
-        where = ("WHERE ei.image_id IN (SELECT image_id FROM image_source WHERE url = :v OR page_url = :v)")
-        binds = {"v": args.url}
-    with get_engine(settings.database_url).connect() as conn:
+        try:
+            url = normalize("url", args.url)
+        except TakedownError as exc:
+            print(f"tuwen: {exc}", file=sys.stderr)
+            return 2
+        # Any spelling of the URL (case, IDN, fragment, escapes): the stored URLs are compared in normal form.
+        where = "WHERE ei.image_id = ANY(:v)"
+        with engine.connect() as conn:
+            binds = {"v": urls_matching(conn, url)}
+    with engine.connect() as conn:
         if where:
             rows = conn.execute(text(f"""
-                SELECT e.name, e.status, e.published_at, ei.sample_id, ei.file, ei.position
+                SELECT e.name, e.version, e.status, e.published_at, ei.sample_id, ei.file, ei.position
                 FROM export_item ei JOIN export e ON e.id = ei.export_id JOIN image i ON i.id = ei.image_id
-                {where} ORDER BY e.name, ei.position"""), binds).all()
+                {where} ORDER BY e.name, e.version, ei.position"""), binds).all()
             for row in rows:
-                print(f"{row.name}\t{row.status}\t{row.sample_id}\t{row.file}\t#{row.position}")
+                print(f"{row.name}\t{row.status}\t{row.sample_id}\t{row.file}\t#{row.position}"
+                      + (f"\tversion {row.version}" if row.version > 1 or row.status == "superseded" else ""))
         else:
-            rows = conn.execute(text("SELECT name, status, n_samples, published_at, local_path FROM export "
-                                     "ORDER BY created_at DESC, name")).all()
+            rows = conn.execute(text("SELECT name, version, status, n_samples, published_at, local_path FROM export "
+                                     "ORDER BY created_at DESC, name, version DESC")).all()
             for row in rows:
                 print(f"{row.name}\t{row.status}\t{row.n_samples} samples\t{row.published_at or '-'}\t"
-                      f"{row.local_path or '-'}")
+                      f"{row.local_path or '-'}" + (f"\tversion {row.version}" if row.version > 1 else ""))
     if not rows:
         print("no matching release")
     return 0

@@ -242,7 +242,9 @@ class Export(Base):
     __tablename__ = "export"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Re-exporting a published name (only with overwrite) adds the next version; the old row is kept.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
     params: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(20), server_default="writing")
     n_samples: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -254,15 +256,21 @@ class Export(Base):
     run_id: Mapped[str | None] = mapped_column(String(250))
     created_at: Mapped[dt.datetime] = _now()
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (CheckConstraint(_in("status", ("writing", "published", "failed")), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", ("writing", "published", "failed", "superseded")), name="status"),
+        UniqueConstraint("name", "version", name="uq_export_name_version"),
+        # A name has at most one published release; superseded and failed versions keep their rows.
+        Index("uq_export_published_name", "name", unique=True, postgresql_where=text("status = 'published'")),
+    )
 
 
 class ExportItem(Base):
     """Which sample went where in a release. No foreign keys (migration 0003 dropped them): the rows are
     written by one INSERT ... SELECT from the rows they point at, in one transaction, and lineage rows are
     never deleted; row-level FK checks lock every referenced sample and image (41 s of a 624k-sample
-    export, measured). Deleting a release deletes its items explicitly (`tuwen.release.export`)."""
+    export, measured). A failed release's items are deleted explicitly (`tuwen.release.export`)."""
 
     __tablename__ = "export_item"
 

@@ -7,24 +7,26 @@ their thresholds and how many samples each dropped (from the `qc_run`), OCR stat
 to load the files in LLaVA, Qwen2.5-VL fine-tuning and LLaMA-Factory.
 
 Facts are gathered by `collect_facts` (SQL over `export_item` and what it points at) and rendered by
-`render_card`, a pure function. Everything is ordered explicitly and numbers have fixed formats, so the
+`render_card`, a pure function: the Jinja template `templates/card.md.j2` holds the card's text. Everything is ordered explicitly and numbers have fixed formats, so the
 same release over the same lineage gives the same bytes; the only dates are the lineage's own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
+import jinja2
+from sqlalchemy import Connection, Engine, text
 
-from tuwen.config import Settings
-from tuwen.db.session import get_engine
 from tuwen.domain import TASK_TYPES
 from tuwen.synthesis.prompts import DETAIL_INSTRUCTIONS, PromptError, load_prompts
 
+CARD_TEMPLATE = "card.md.j2"
 TASK_NAMES = {  # the seed card's names
     "conversation": ("日常对话", "Daily Dialogue"),
     "complex_reasoning": ("复杂推理", "Complex Reasoning"),
@@ -54,9 +56,9 @@ def _rows(conn: Connection, sql: str, export_id: int) -> list[Any]:
 
 
 def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], manifest: Mapping[str, Any],
-                  prompts_dir: Any) -> CardFacts:
+                  prompts_dir: Path) -> CardFacts:
     """Everything the card says about the samples in `export_item` for this export: four queries, one
-    pass each over the release (they were ten, and took as long as writing the files)."""
+    pass each over the release."""
     facts = CardFacts(release=str(params["name"]), params=dict(params), manifest=dict(manifest))
     conn.execute(text("SET LOCAL work_mem = '256MB'"))  # hash aggregates in memory; ends with the transaction
     try:
@@ -156,10 +158,10 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
     return facts
 
 
-def build_card(settings: Settings, export_id: int, params: Any, manifest: Mapping[str, Any]) -> str:
+def build_card(engine: Engine, prompts_dir: Path, export_id: int, params: Any, manifest: Mapping[str, Any]) -> str:
     """The card for an export whose `export_item` rows are written."""
-    with get_engine(settings.database_url).begin() as conn:
-        facts = collect_facts(conn, export_id, params.as_json(), manifest, settings.prompts_dir)
+    with engine.begin() as conn:
+        facts = collect_facts(conn, export_id, params.as_json(), manifest, prompts_dir)
     return render_card(facts)
 
 
@@ -174,191 +176,57 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "–"
 
 
+def _fixed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
 def _fence(body: str) -> str:
     fence = "~~~~" if "```" in body else "```"
     return f"{fence}text\n{body}\n{fence}"
 
 
+@functools.cache
+def _template() -> jinja2.Template:
+    # Markdown, not HTML: nothing is escaped (table cells escape `|` and `<` themselves, in _qc_rules).
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("tuwen.release", "templates"), autoescape=False,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(
+        n=_n, pct=_pct, fixed=_fixed, fence=_fence,
+        json=lambda v: json.dumps(v, sort_keys=True),
+        json_text=lambda v: json.dumps(v, sort_keys=True, ensure_ascii=False),
+        json_pretty=lambda v: json.dumps(v, ensure_ascii=False, indent=1, sort_keys=True))
+    return env.get_template(CARD_TEMPLATE)
+
+
+def _qc_rules(q: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The QC table of one run: each configured check with what it dropped, then reasons no check names."""
+    reasons = dict(q["failed_reasons"])
+    rules: list[dict[str, Any]] = []
+    for check in q["checks"]:
+        rules.append({"described": True, "name": check["name"], "version": check.get("version", "?"),
+                      "description": str(check.get("description", "")).replace("<", "&lt;").replace("|", "\\|"),
+                      "thresholds": check.get("thresholds") or {}, "dropped": int(reasons.pop(check["name"], 0))})
+    rules += [{"described": False, "name": name, "dropped": int(dropped)} for name, dropped in sorted(reasons.items())]
+    return rules
+
+
 def render_card(f: CardFacts) -> str:
-    m = f.manifest
-    total = int(m["samples"])
+    """The card's Markdown: `templates/card.md.j2` over the facts (a pure function of them)."""
     by_task = {t["task_type"]: t for t in f.tasks}
-    names = m["data_files"]
-    lang = "、".join(f.params["languages"])
+    names = f.manifest["data_files"]
     models = sorted({x["model"] for x in f.models})
-    model_list = ", ".join(f"`{x}`" for x in models) or "–"
-    crawl_from, crawl_to = f.dates["crawl"]
-    gen_from, gen_to = f.dates["generation"]
-    out: list[str] = [f"# {f.release}", ""]
-
-    out += [
-        f"* 仿照 [LLaVA-Instruct-150K](https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K) 的格式，"
-        f"使用 {model_list} 合成的用于微调视觉语言模型的数据（语言：{lang}）；也可以与英文数据集混合使用，训练多语言VLM。",
-        "* 任务类型为基于单张图片的问答和对话，每个样本都对应一张不同的图片。",
-        f"* 图片从各类中文网站上爬取（{len(f.sites)} 个站点，抓取日期 {crawl_from or '–'} 至 {crawl_to or '–'}），"
-        "遵守 robots.txt；每张图片只使用一次。",
-        f"* 共 {_n(total)} 个样本，包含 {len(f.tasks)} 类任务。本说明由数据血缘数据库自动生成。",
-        "",
-        f"* Synthesised with {model_list} in the format of LLaVA-Instruct-150K, for fine-tuning vision-language "
-        f"models (language: {', '.join(f.params['languages'])}); it can be mixed with English data to train "
-        "multilingual VLMs.",
-        "* Every sample is question answering or dialogue about a single image, and every sample uses a "
-        "different image.",
-        f"* Images were crawled from Chinese websites ({len(f.sites)} sites, crawl dates {crawl_from or '–'} to "
-        f"{crawl_to or '–'}), obeying robots.txt; each image is used once.",
-        f"* {_n(total)} samples in {len(f.tasks)} task types. This card is generated from the lineage database.",
-        "",
-        "## 任务 / Tasks",
-        "",
-        "| 任务类型 | 数量 | 平均轮数 | 文件 |",
-        "|------------|---------|---------|---------|",
-    ]
-    for t in f.params["task_types"]:
-        row = by_task.get(t, {"samples": 0, "avg_rounds": 0.0})
-        out.append(f"| {TASK_NAMES[t][0]} | {_n(row['samples'])} | {row['avg_rounds']:.2f} | `{names[t]}` |")
-    out += ["", "| Task Type | Quantity | Avg. rounds | File |", "|--------------------|-----------|---------|---------|"]
-    for t in f.params["task_types"]:
-        row = by_task.get(t, {"samples": 0, "avg_rounds": 0.0})
-        out.append(f"| {TASK_NAMES[t][1]} | {_n(row['samples'])} | {row['avg_rounds']:.2f} | `{names[t]}` |")
-    out += ["", f"全部任务 / all tasks: `{names['all']}` ({_n(total)})"
-            + (f", JSONL: `{names['jsonl']}`" if "jsonl" in names else ""), ""]
-    if m.get("english_mix"):
-        mix = m["english_mix"]
-        out += [f"与英文数据混合 / mixed with English: `{mix['file']}` = {_n(mix['records_zh'])} + "
-                f"{_n(mix['records_en'])} English records from `{mix['source']}` (SHA-256 `{mix['source_sha256']}`), "
-                f"English share {100 * mix['share_en']:.2f}%, evenly interleaved; English records are unchanged "
-                "and their images are not included.", ""]
-    if f.params.get("mix"):
-        out += [f"任务配比 / task mix requested: `{json.dumps(f.params['mix'], sort_keys=True)}`"
-                + (f", max_samples {f.params['max_samples']}" if f.params.get("max_samples") else ""), ""]
-
-    out += ["## 文件格式 / Format", "",
-            "每个 JSON 文件是一个数组，元素为 `{\"id\", \"image\", \"conversations\"}`；`from` 只有 `human` 与 `gpt`，"
-            "从 human 开始严格交替、以 gpt 结束，`<image>` 恰好出现一次且在第一轮 human 中；`image` 是相对于本目录的路径。",
-            "",
-            "Each JSON file is an array of `{\"id\", \"image\", \"conversations\"}`; `from` is only `human` or `gpt`, "
-            "human first, strictly alternating, ending on gpt; exactly one `<image>`, in the first human turn; "
-            "`image` is a path relative to this folder. The JSONL file holds the same records, one per line.", ""]
-    images = m["images"]
-    if images["layout"] in ("tar", "both"):
-        out += [f"图片打包为 {len(images['shards'])} 个 tar 分片 / images are packed in {len(images['shards'])} "
-                f"tar shard(s) (`images-00000.tar` …, {_n(images['count'])} files, sorted by path). 解包 / unpack: "
-                "`for f in images-*.tar; do tar -xf \"$f\"; done` → `images/`.", ""]
-    if images["layout"] in ("folder", "both"):
-        out += [f"图片目录 / image folder: `images/` ({_n(images['count'])} files).", ""]
-    if images["layout"] != "none":
-        out += [f"校验 / verify: `sha256sum -c {images['checksums']}` (every image) and `manifest.json` "
-                f"(every other file). 平均尺寸 / mean size {f.images['avg_width']:.0f}×{f.images['avg_height']:.0f} px.",
-                ""]
-    else:
-        out += ["本次发布不含图片文件 / this release ships without image files (`images: none`); the `image` paths "
-                "name files in the full release of the same lineage.", ""]
-
-    out += ["## 模型与采样参数 / Model and sampling", "",
-            "| 模型 Model | 任务 Task | 样本 Samples | 采样参数 Sampling | 平均输入/输出 token (avg prompt/completion tokens) "
-            "| 平均延迟 Avg latency |",
-            "|---|---|---|---|---|---|"]
-    for x in f.models:
-        n = x["samples"] or 1
-        out.append(f"| `{x['model']}` | {x['task_type']} | {_n(x['samples'])} | "
-                   f"`{json.dumps(x['sampling'], sort_keys=True)}` | {x['prompt_tokens'] / n:.1f} / "
-                   f"{x['completion_tokens'] / n:.1f} | {x['latency_ms'] / n / 1000:.2f} s |")
-    out += ["", "结束原因 / finish reasons: " + (", ".join(f"`{k}` {_n(v)}" for k, v in f.finish_reasons) or "–"),
-            "", f"生成日期 / generated between {gen_from or '–'} and {gen_to or '–'}.", ""]
-
-    out += ["## 生成数据所用的 prompt / Prompts (verbatim)", "",
-            "以下为实际使用的 prompt 原文及其版本和 SHA-256（UTF-8）。",
-            "The prompts as sent, with version and SHA-256 of the UTF-8 text (part of every generation's key).", ""]
-    for p in f.prompts:
-        zh, en = TASK_NAMES[p["task_type"]]
-        out += [f"### {zh} / {en} — `{p['id']}` (version {p['version']}, {_n(p['samples'])} samples)", "",
-                f"SHA-256 `{p['sha256']}`", ""]
-        out += [_fence(p["text"]) if p["text"] is not None else
-                "（prompt 文件不在 prompts/ 中或内容已变 / prompt file missing from prompts/ or its text no longer "
-                "matches this SHA-256）", ""]
     detail_langs = sorted({p["language"] for p in f.prompts if p["task_type"] == "detail"})
-    for language in detail_langs:
-        out += [f"描述图片任务的用户指令（{language}，按图片哈希确定性地选取一条）/ Human instructions of the "
-                f"description task ({language}; one per image, picked deterministically from its hash):", "",
-                _fence("\n".join(DETAIL_INSTRUCTIONS[language])), ""]
-
-    out += ["## 图片来源 / Image sources", "",
-            f"{_n(f.sources['pages'])} 个网页 / pages, {_n(f.sources['urls'])} 个图片 URL / image URLs, "
-            f"{_n(f.sources['crawl_runs'])} 次抓取 / crawl runs. 一张图片可能出现在多个站点 / an image seen on "
-            "several sites counts once per site.", "",
-            "| 站点 Site | 图片 Images |", "|---|---|"]
-    out += [f"| {site} | {_n(n)} |" for site, n in f.sites]
-    out.append("")
-
-    out += ["## 质量控制 / Quality control", ""]
-    if not f.qc_runs:
-        out += ["这些样本没有 QC 记录 / no QC run is recorded for these samples.", ""]
-    for q in f.qc_runs:
-        out += [f"### QC run {q['id']} — `{q['suite']}` {q['suite_version']} ({q['day']})", "",
-                f"范围 / scope `{json.dumps(q['scope'], sort_keys=True, ensure_ascii=False)}`: "
-                f"{_n(q['n_samples'])} samples judged, {_n(q['n_passed'])} passed "
-                f"({_pct(q['n_passed'], q['n_samples'])}), minimum pass rate {q['min_pass_rate']}, "
-                f"gate {'passed' if q['success'] else 'failed'}. 只有通过的样本进入发布 / only passed samples "
-                "ship.", "",
-                "| 规则 Rule | 说明 Description | 阈值 Thresholds | 淘汰 Dropped | 淘汰率 Drop rate |",
-                "|---|---|---|---|---|"]
-        reasons = dict(q["failed_reasons"])
-        for check in q["checks"]:
-            dropped = int(reasons.pop(check["name"], 0))
-            thresholds = json.dumps(check.get("thresholds") or {}, sort_keys=True, ensure_ascii=False)
-            description = str(check.get("description", "")).replace("<", "&lt;").replace("|", "\\|")
-            out.append(f"| `{check['name']}` v{check.get('version', '?')} | {description} | "
-                       f"`{thresholds}` | {_n(dropped)} | {_pct(dropped, q['n_samples'])} |")
-        for name, dropped in sorted(reasons.items()):
-            out.append(f"| `{name}` | – | – | {_n(int(dropped))} | {_pct(int(dropped), q['n_samples'])} |")
-        out.append("")
-
-    o = f.ocr
-    judged = o["zh_text"] + o["no_zh_text"]
-    out += ["## 图片中的文字 / Text in images (OCR)", "",
-            f"含中文文字的图片 / images with Chinese text: {_n(o['zh_text'])} ({_pct(o['zh_text'], judged)} of "
-            f"{_n(judged)} with OCR); 无 / without: {_n(o['no_zh_text'])}; 未检测 / not run: {_n(o['unknown'])}.",
-            "", "OCR 字符数 / OCR characters per image: " + (
-                f"mean {o['avg']:.1f}, median {o['p50']}, p90 {o['p90']} (over {_n(o['measured'])} images)."
-                if o["avg"] is not None else "–"), ""]
-
-    out += _loading(f.release, names, m)
-    out += ["## 下架 / Takedowns", "",
-            "如需删除某张图片、某个网页或整个网站的内容，请提交 URL、域名或图片 SHA-256；后续发布将不再包含，"
-            "并会列出包含它的历史版本。",
-            "To have an image, a page or a whole site removed, send its URL, domain or image SHA-256: later "
-            "releases exclude it, and the releases that held it are listed (`tuwen takedown releases`).", "",
-            "## 复现 / Reproduce", "",
-            "同一参数、同一血缘数据 → 逐字节相同的文件 / the same parameters over the same lineage give "
-            "byte-identical files:", "", "```json",
-            json.dumps(f.params, ensure_ascii=False, indent=1, sort_keys=True), "```", ""]
-    return "\n".join(out)
-
-
-def _loading(release: str, names: Mapping[str, str], manifest: Mapping[str, Any]) -> list[str]:
-    all_file = names["all"]
-    unpack = ("先解包 tar 分片（见上）/ unpack the tar shards first (see above). "
-              if manifest["images"]["layout"] == "tar" else "")
-    return [
-        "## 使用方法 / How to load", "", unpack + "下文 `$DATA` 为本目录 / `$DATA` below is this folder.", "",
-        "### LLaVA", "",
-        "```bash",
-        f"python llava/train/train_mem.py ... --data_path $DATA/{all_file} --image_folder $DATA --is_multimodal True",
-        "```", "",
-        "`image` 相对于 `--image_folder` / `image` is relative to `--image_folder`.", "",
-        "### Qwen2.5-VL (qwen-vl-finetune)", "",
-        "在 `qwenvl/data/__init__.py` 注册 / register in `qwenvl/data/__init__.py`:", "",
-        "```python",
-        f'{release.upper().replace("-", "_")} = {{"annotation_path": "$DATA/{all_file}", "data_path": "$DATA"}}',
-        "```", "",
-        f"然后 / then `--dataset_use {release.lower().replace('-', '_')}`"
-        + (f"; JSONL 亦可 / the JSONL works too: `{names['jsonl']}`." if "jsonl" in names else "."), "",
-        "### LLaMA-Factory", "",
-        "本目录的 `dataset_info.json` 已定义 sharegpt 格式（`columns: {messages: conversations, images: image}`）/ "
-        "this folder's `dataset_info.json` declares the sharegpt format:", "",
-        "```bash",
-        f"llamafactory-cli train ... --dataset_dir $DATA --dataset {release}",
-        "```", "",
-        f"每个任务也有单独的数据集 / one dataset per task too: `{release}_conversation`, …; `media_dir` 默认即 "
-        "`dataset_dir` / defaults to `dataset_dir`, so `images/...` resolves.", "",
-    ]
+    return _template().render(
+        f=f, m=f.manifest, total=int(f.manifest["samples"]), names=names, images=f.manifest["images"],
+        task_names=TASK_NAMES,
+        model_list=", ".join(f"`{x}`" for x in models) or "–",
+        crawl_from=f.dates["crawl"][0], crawl_to=f.dates["crawl"][1],
+        gen_from=f.dates["generation"][0], gen_to=f.dates["generation"][1],
+        task_rows=[{"zh": TASK_NAMES[t][0], "en": TASK_NAMES[t][1], "file": names[t],
+                    "samples": by_task.get(t, {}).get("samples", 0), "avg_rounds": by_task.get(t, {}).get("avg_rounds", 0.0)}
+                   for t in f.params["task_types"]],
+        finish_reasons=", ".join(f"`{k}` {_n(v)}" for k, v in f.finish_reasons),
+        detail_instructions=[(language, "\n".join(DETAIL_INSTRUCTIONS[language])) for language in detail_langs],
+        qc_runs=[{**q, "rules": _qc_rules(q)} for q in f.qc_runs],
+    )

@@ -22,12 +22,17 @@ The release is written to a temporary local folder and renamed into place only w
 object store its files go under `exports/<name>/` and `manifest.json` is uploaded last, so a release
 without a manifest is never complete. No timestamps go into any file: same params over the same
 lineage give byte-identical files.
+
+Published releases are immutable. Re-exporting a published name is refused unless `overwrite` is set;
+then the new version goes under its own prefix (`exports/<name>@v2/`, ...) and replaces the old one
+only once complete, in one transaction that marks the old `export` row `superseded` (its items, files
+and objects are kept, so the releases that shipped a sample stay queryable). A failed export changes
+nothing that was published.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import hashlib
 import io
 import json
@@ -36,6 +41,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,15 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sqlalchemy import Connection, bindparam, delete, func, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from tuwen.config import Settings
 from tuwen.db.models import Export, ExportItem
-from tuwen.db.session import get_engine, session_scope
 from tuwen.domain import TASK_TYPES
 from tuwen.progress import progress_iter
+from tuwen.release.params import ReleaseParams
 from tuwen.release.trainer_formats import check_record, iter_json_array
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -63,10 +69,6 @@ CARD = "README.md"
 DATASET_INFO = "dataset_info.json"
 QC_REPORT_DIR = "qc_report"
 IMAGE_CHECKSUMS = "images.sha256"
-IMAGE_LAYOUTS = ("folder", "tar", "both", "none")
-# A shard closes at whichever comes first: small enough to download and retry, few enough objects.
-DEFAULT_SHARD_FILES = 10_000
-DEFAULT_SHARD_BYTES = 1_000_000_000
 _FETCH_WINDOW = 32  # images fetched ahead from the object store while earlier ones are written
 
 
@@ -74,109 +76,8 @@ class ExportError(RuntimeError):
     """The release could not be written; nothing partial was published."""
 
 
-def _date(value: Any, name: str) -> dt.date | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise ExportError(f"param {name} must be a date like 2026-11-20, got {value!r}") from None
-
-
-@dataclass(frozen=True)
-class ReleaseParams:
-    """Everything that decides a release's contents; recorded in `export.params` and the manifest.
-
-    `mix` (e.g. {"conversation": 5, "complex_reasoning": 4, "detail": 4}) picks the largest subset whose
-    per-task counts meet the ratio (to within one sample per task, largest-remainder rounding) and, with
-    `max_samples`, no more than that; within a task the samples with the smallest ids are taken (ids are
-    hashes, so that is a deterministic pseudo-random pick). Without `mix`, `max_samples` takes the first
-    samples by id across all tasks, which keeps the natural mix. `images`: "folder", "tar" shards,
-    "both", or "none". `english_json`: an English LLaVA-Instruct JSON array to interleave with the release
-    into one more file, its records untouched.
-    """
-
-    name: str
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    languages: tuple[str, ...] = ("zh",)
-    task_types: tuple[str, ...] = TASK_TYPES
-    qc_statuses: tuple[str, ...] = ("passed",)
-    max_samples: int | None = None
-    include_images: bool = True
-    mix: Mapping[str, int] | None = None
-    images: str = "folder"
-    shard_max_files: int = DEFAULT_SHARD_FILES
-    shard_max_bytes: int = DEFAULT_SHARD_BYTES
-    jsonl: bool = True
-    english_json: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ExportError(f"release name {self.name!r} must be a plain folder name")
-        unknown = set(self.task_types) - set(TASK_TYPES)
-        if unknown:
-            raise ExportError(f"unknown task types {sorted(unknown)}")
-        if not self.task_types or not self.languages or not self.qc_statuses:
-            raise ExportError("task_types, languages and qc_statuses must not be empty")
-        if "taken_down" in self.qc_statuses:
-            raise ExportError("taken-down samples never ship: remove 'taken_down' from qc_statuses")
-        if self.images not in IMAGE_LAYOUTS:
-            raise ExportError(f"images must be one of {IMAGE_LAYOUTS}, got {self.images!r}")
-        if self.max_samples is not None and self.max_samples < 0:
-            raise ExportError("max_samples must be positive")
-        if self.shard_max_files < 1 or self.shard_max_bytes < 1:
-            raise ExportError("shard_max_files and shard_max_bytes must be positive")
-        if self.mix is not None:
-            bad = {k: v for k, v in self.mix.items() if k not in self.task_types or not isinstance(v, int) or v < 0}
-            if bad or sum(self.mix.values()) == 0:
-                raise ExportError(f"mix needs non-negative integer weights for included task types "
-                                  f"{list(self.task_types)} (not all zero), got {dict(self.mix)}")
-
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> ReleaseParams:
-        """From the export DAG's params (JSON values; empty means default)."""
-        def opt_int(key: str) -> int | None:
-            value = params.get(key)
-            return int(value) if value not in (None, "") else None
-
-        mix = params.get("mix")
-        return cls(
-            name=name,
-            date_from=_date(params.get("date_from"), "date_from"),
-            date_to=_date(params.get("date_to"), "date_to"),
-            languages=tuple(params.get("languages") or ("zh",)),
-            task_types=tuple(params.get("task_types") or TASK_TYPES),
-            qc_statuses=tuple(params.get("qc_statuses") or ("passed",)),
-            max_samples=opt_int("max_samples"),
-            include_images=bool(params.get("include_images", True)),
-            mix={str(k): int(v) for k, v in mix.items()} if mix else None,
-            images=str(params.get("images") or "folder"),
-            shard_max_files=opt_int("shard_max_files") or DEFAULT_SHARD_FILES,
-            shard_max_bytes=opt_int("shard_max_bytes") or DEFAULT_SHARD_BYTES,
-            jsonl=bool(params.get("jsonl", True)),
-            english_json=params.get("english_json") or None,
-        )
-
-    @property
-    def image_layout(self) -> str:
-        return self.images if self.include_images else "none"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "date_from": self.date_from.isoformat() if self.date_from else None,
-            "date_to": self.date_to.isoformat() if self.date_to else None,
-            "languages": list(self.languages), "task_types": list(self.task_types),
-            "qc_statuses": list(self.qc_statuses), "max_samples": self.max_samples,
-            "include_images": self.include_images,
-            "mix": dict(sorted(self.mix.items())) if self.mix else None,
-            "images": self.image_layout, "shard_max_files": self.shard_max_files,
-            "shard_max_bytes": self.shard_max_bytes, "jsonl": self.jsonl,
-            "english_json": self.english_json,
-        }
+class ReleaseExists(ExportError):
+    """The name belongs to a published release, and overwrite was not asked for."""
 
 
 @dataclass
@@ -334,7 +235,8 @@ def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id
         WHERE {' AND '.join(where)}
         ORDER BY s.image_id, s.created_at DESC, s.id COLLATE "C"
     """).bindparams(*(bindparam(k, expanding=True) for k in ("qc", "tasks", "langs"))), binds)
-    counted: dict[str, int] = dict(conn.execute(text("SELECT task_type, count(*) FROM release_pick GROUP BY 1")).tuples().all())
+    counted: dict[str, int] = {t: int(n) for t, n in conn.execute(text(
+        "SELECT task_type, count(*) FROM release_pick GROUP BY 1")).all()}
     available = {t: int(counted.get(t, 0)) for t in params.task_types}
     if params.mix:
         quotas = mix_quotas(available, params.mix, params.max_samples)
@@ -366,27 +268,27 @@ def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id
     return {t: quotas[t] for t in params.task_types}
 
 
-def _iter_items(settings: Settings, export_id: int) -> Iterator[Any]:
+def _iter_items(engine: Engine, export_id: int) -> Iterator[Any]:
     # conversations::text: PostgreSQL's own rendering of the stored JSONB, passed through unchanged.
     query = text("""
         SELECT ei.position, ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
         FROM export_item ei JOIN sample s ON s.id = ei.sample_id
         WHERE ei.export_id = :e ORDER BY ei.position""")
-    with get_engine(settings.database_url).connect() as conn:
+    with engine.connect() as conn:
         yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query, {"e": export_id})
 
 
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _write_json_files(settings: Settings, params: ReleaseParams, out: Path, export_id: int,
+def _write_json_files(engine: Engine, params: ReleaseParams, out: Path, export_id: int,
                       counts: Mapping[str, int]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     names = file_names(params, counts)
     writers = {role: _JsonArrayWriter(out / name, array=role != "jsonl") for role, name in names.items()}
     written: collections.Counter[str] = collections.Counter()
     all_writer, jsonl = writers["all"], writers.get("jsonl")
     try:
-        for expected, row in enumerate(progress_iter(_iter_items(settings, export_id), f"export {params.name}",
+        for expected, row in enumerate(progress_iter(_iter_items(engine, export_id), f"export {params.name}",
                                                      log, total=sum(counts.values()), unit="samples")):
             if row.position != expected:  # a gap would mean export_item and the files disagree
                 raise ExportError(f"export_item has no position {expected} (found {row.position})")
@@ -478,12 +380,12 @@ class _ShardWriter:
         self._close_current()
 
 
-def _iter_image_bytes(settings: Settings, store: ObjectStore, export_id: int) -> Iterator[tuple[str, bytes]]:
+def _iter_image_bytes(engine: Engine, store: ObjectStore, export_id: int) -> Iterator[tuple[str, bytes]]:
     """(release path, bytes) in path order, fetched a bounded window ahead (constant memory)."""
     query = text("""SELECT ei.image_path, i.model_key FROM export_item ei JOIN image i ON i.id = ei.image_id
                     WHERE ei.export_id = :e ORDER BY ei.image_path COLLATE "C" """)
     pending: collections.deque[tuple[str, Future[bytes]]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=8) as pool, get_engine(settings.database_url).connect() as conn:
+    with ThreadPoolExecutor(max_workers=8) as pool, engine.connect() as conn:
         for row in conn.execution_options(stream_results=True, yield_per=2000).execute(query, {"e": export_id}):
             if not row.model_key:
                 raise ExportError(f"image for {row.image_path} has no model-ready copy in the object store")
@@ -496,7 +398,7 @@ def _iter_image_bytes(settings: Settings, store: ObjectStore, export_id: int) ->
             yield path, future.result()
 
 
-def _write_images(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int
+def _write_images(engine: Engine, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     layout = params.image_layout
     if layout == "none":
@@ -505,7 +407,7 @@ def _write_images(settings: Settings, params: ReleaseParams, store: ObjectStore,
     checksums = _HashingWriter(out / IMAGE_CHECKSUMS)
     count = 0
     try:
-        for path, data in _iter_image_bytes(settings, store, export_id):
+        for path, data in _iter_image_bytes(engine, store, export_id):
             checksums.write(f"{hashlib.sha256(data).hexdigest()}  {path}\n".encode())
             if layout in ("folder", "both"):
                 target = out / path
@@ -525,7 +427,18 @@ def _write_images(settings: Settings, params: ReleaseParams, store: ObjectStore,
     return files, summary
 
 
-def _interleave_english(params: ReleaseParams, out: Path, zh_file: str, n_zh: int
+def _fetch_english_json(store: ObjectStore, key: str, dest: Path) -> Path:
+    """The English source, streamed from the bucket (inputs/..., checked by ReleaseParams) to a file."""
+    if not store.exists(key):
+        raise ExportError(f"english_json: no object {key!r} in bucket {store.bucket!r}; upload it there first")
+    try:
+        store.client.fget_object(store.bucket, key, str(dest))
+    except Exception as exc:  # the client's S3/HTTP errors: a clear message, not a traceback
+        raise ExportError(f"english_json: could not download {key!r}: {exc}") from exc
+    return dest
+
+
+def _interleave_english(params: ReleaseParams, source: Path, out: Path, zh_file: str, n_zh: int
                         ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """One more file: the release and an English LLaVA-Instruct array, evenly interleaved.
 
@@ -533,9 +446,6 @@ def _interleave_english(params: ReleaseParams, out: Path, zh_file: str, n_zh: in
     order). The order is a deterministic even spread: the next record comes from whichever source is
     furthest behind its share (ties: ours).
     """
-    source = Path(params.english_json or "")
-    if not source.is_file():
-        raise ExportError(f"english_json {source} is not a file")
     n_en = 0
     for record in iter_json_array(source):
         if not isinstance(record, dict) or "conversations" not in record:
@@ -556,7 +466,8 @@ def _interleave_english(params: ReleaseParams, out: Path, zh_file: str, n_zh: in
             writer.record(next(theirs))
             j += 1
     files = {name: writer.close()}
-    summary = {"file": name, "source": source.name, "source_sha256": sha256_file(source),
+    summary = {"file": name, "source": Path(params.english_json or source.name).name,
+               "source_sha256": sha256_file(source),
                "records_zh": n_zh, "records_en": n_en,
                "share_en": round(n_en / (n_zh + n_en), 4) if n_zh + n_en else 0.0}
     return name, files, summary
@@ -600,42 +511,47 @@ def _content_type(rel: str) -> str:
     return _CONTENT_TYPES.get(Path(rel).suffix, "application/octet-stream")
 
 
-def _copy_qc_report(settings: Settings, qc_run_id: int | None, out: Path) -> dict[str, dict[str, Any]]:
+def _copy_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int | None, out: Path
+                    ) -> dict[str, dict[str, Any]]:
     """The QC report the gate decided on, copied from the bucket (not re-rendered) into `qc_report/`, so
     it is listed, checksummed and uploaded like every other file of the release; none when the QC run
     published no report."""
     if qc_run_id is None:
         return {}
-    with get_engine(settings.database_url).connect() as conn:
+    with engine.connect() as conn:
         key = conn.execute(text("SELECT results->>'report_key' FROM qc_run WHERE id = :id"), {"id": qc_run_id}).scalar()
     if not key:
         return {}
     from tuwen.quality.report import fetch_qc_report
 
-    fetch_qc_report(ObjectStore(settings), qc_run_id, out / QC_REPORT_DIR)
+    fetch_qc_report(store, qc_run_id, out / QC_REPORT_DIR)
     return {path.relative_to(out).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted((out / QC_REPORT_DIR).rglob("*")) if path.is_file()}
 
 
-def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, out: Path, export_id: int,
+def _write_files(resources: Resources, params: ReleaseParams, out: Path, export_id: int,
                  counts: Mapping[str, int], timings: dict[str, float], qc_run_id: int | None = None,
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     from tuwen.release.card import build_card  # the card reads lineage; imported here to keep imports light
 
+    engine, store = resources.engine, resources.store
     started = time.perf_counter()
-    names, files = _write_json_files(settings, params, out, export_id, counts)
+    names, files = _write_json_files(engine, params, out, export_id, counts)
     timings["json"] = time.perf_counter() - started
     started = time.perf_counter()
-    image_files, image_summary = _write_images(settings, params, store, out, export_id)
+    image_files, image_summary = _write_images(engine, params, store, out, export_id)
     timings["images"] = time.perf_counter() - started
     started = time.perf_counter()
     files |= image_files
     extra: dict[str, str] = {}
     mix_summary = None
     if params.english_json:
-        extra["with_en"], mix_files, mix_summary = _interleave_english(params, out, names["all"], sum(counts.values()))
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            source = _fetch_english_json(store, params.english_json, Path(tmp) / "english.json")
+            extra["with_en"], mix_files, mix_summary = _interleave_english(params, source, out, names["all"],
+                                                                           sum(counts.values()))
         files |= mix_files
-    report_files = _copy_qc_report(settings, qc_run_id, out)
+    report_files = _copy_qc_report(engine, store, qc_run_id, out)
     files |= report_files
     (out / DATASET_INFO).write_text(_llamafactory_info(params.name, names, extra), encoding="utf-8")
     files[DATASET_INFO] = {"sha256": sha256_file(out / DATASET_INFO), "bytes": (out / DATASET_INFO).stat().st_size}
@@ -647,7 +563,7 @@ def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, 
     }
     timings["english_mix"] = time.perf_counter() - started
     started = time.perf_counter()
-    card = build_card(settings, export_id, params, manifest)
+    card = build_card(engine, resources.settings.prompts_dir, export_id, params, manifest)
     timings["card"] = time.perf_counter() - started
     (out / CARD).write_text(card, encoding="utf-8")
     files[CARD] = {"sha256": sha256_file(out / CARD), "bytes": (out / CARD).stat().st_size}
@@ -657,79 +573,222 @@ def _write_files(settings: Settings, params: ReleaseParams, store: ObjectStore, 
     return manifest["files"], manifest
 
 
-def write_release(settings: Settings, params: ReleaseParams, *, dag_id: str | None = None,
+# --- publishing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Published:
+    """The release currently published under a name."""
+
+    export_id: int
+    version: int
+    files: dict[str, Any]
+    s3_prefix: str
+    local_path: str | None
+
+
+def _lock_name(conn: Connection, name: str) -> None:
+    """Serialise writers of one release name (until the transaction ends)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tuwen.export:' || :n))"), {"n": name})
+
+
+def _published(conn: Connection, name: str) -> _Published | None:
+    row = conn.execute(text("SELECT id, version, files, s3_prefix, local_path FROM export "
+                            "WHERE name = :n AND status = 'published'"), {"n": name}).one_or_none()
+    return None if row is None else _Published(row.id, row.version, row.files, row.s3_prefix, row.local_path)
+
+
+def check_can_publish(engine: Engine, params: ReleaseParams) -> None:
+    """Refuse, before anything is written (or a gate is run), to replace a published release without
+    `overwrite`."""
+    with engine.connect() as conn:
+        current = _published(conn, params.name)
+    if current is not None and not params.overwrite:
+        raise ReleaseExists(
+            f"release {params.name!r} is already published (version {current.version}, s3 {current.s3_prefix}); "
+            "published releases are immutable: choose another name, or re-export with overwrite=true to publish "
+            "a new version (the old one is kept as superseded)")
+
+
+def version_prefix(name: str, version: int) -> str:
+    """Where a version of a release lives in the bucket: the first at exports/<name>/, later ones beside it."""
+    return f"exports/{name}/" if version == 1 else f"exports/{name}@v{version}/"
+
+
+def _free_prefix(store: ObjectStore, name: str, version: int) -> str:
+    """The version's prefix, unless a complete release (one with a manifest) that this lineage database
+    does not know already sits there (a bucket that outlived its database): then the next free one. A
+    prefix without a manifest holds only a failed upload's leftovers and is cleared."""
+    prefix = version_prefix(name, version)
+    suffix = 1
+    while store.exists(prefix + MANIFEST):
+        log.warning("release %s: s3 %s holds a release this lineage database does not know; left as it is",
+                    name, prefix)
+        suffix += 1
+        prefix = f"exports/{name}@v{version}.{suffix}/"
+    if store.list_keys(prefix):
+        store.remove_prefix(prefix)
+    return prefix
+
+
+def _start_version(engine: Engine, params: ReleaseParams, *, dag_id: str | None, run_id: str | None,
+                   qc_run_id: int | None) -> tuple[int, int, _Published | None]:
+    """The export row this attempt writes (export id, version) and the release it would replace.
+
+    A failed or abandoned attempt under the name is reused (it never shipped); otherwise the next version
+    is added. The published release, if any, is not touched here.
+    """
+    with engine.begin() as conn:
+        _lock_name(conn, params.name)
+        current = _published(conn, params.name)
+        if current is not None and not params.overwrite:
+            raise ReleaseExists(f"release {params.name!r} is already published (version {current.version}); "
+                                "re-export with overwrite=true to publish a new version")
+        floor = current.version if current is not None else 0
+        retry = conn.execute(text("""
+            SELECT id, version FROM export WHERE name = :n AND status IN ('failed', 'writing') AND version > :v
+            ORDER BY version DESC LIMIT 1"""), {"n": params.name, "v": floor}).one_or_none()
+        values = {"params": params.as_json(), "status": "writing", "dag_id": dag_id, "run_id": run_id,
+                  "qc_run_id": qc_run_id, "published_at": None, "n_samples": 0, "files": {}}
+        if retry is not None:
+            export_id, version = int(retry.id), int(retry.version)
+            conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+            conn.execute(update(Export).where(Export.id == export_id).values(**values))
+        else:
+            version = int(conn.execute(text("SELECT coalesce(max(version), 0) + 1 FROM export WHERE name = :n"),
+                                       {"n": params.name}).scalar_one())
+            export_id = conn.execute(insert(Export).values(name=params.name, version=version, **values)
+                                     .returning(Export.id)).scalar_one()
+    return export_id, version, current
+
+
+def _upload(store: ObjectStore, params: ReleaseParams, tmp_dir: Path, files: Mapping[str, Any], prefix: str) -> None:
+    """Every file under the prefix, manifest last. With tar shards the loose image folder stays local:
+    the shards carry the same files in few objects."""
+    uploads = sorted(files)
+    if params.image_layout == "folder":
+        uploads += sorted(p.relative_to(tmp_dir).as_posix() for p in (tmp_dir / "images").rglob("*") if p.is_file())
+    # A few uploads at once: one stream to the object store does not fill the link (or the CPU).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(store.put_file, prefix + rel, tmp_dir / rel, _content_type(rel)) for rel in uploads]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # One failed upload fails the release: do not spend retries on the queued rest.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    store.put_file(prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
+
+
+def _counts_of(engine: Engine, export_id: int) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: int(n) for t, n in conn.execute(text(
+            "SELECT s.task_type, count(*) FROM export_item ei JOIN sample s ON s.id = ei.sample_id "
+            "WHERE ei.export_id = :e GROUP BY 1"), {"e": export_id}).all()}
+
+
+def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | None = None,
                   run_id: str | None = None, qc_run_id: int | None = None) -> ReleaseResult:
-    """Write and publish a release; rewriting an existing name replaces it (same bytes for same lineage)."""
+    """Write and publish a release.
+
+    A published name is immutable: without `params.overwrite` this raises ReleaseExists and changes
+    nothing. With it, the new version is written under its own prefix and, once complete, published in
+    the transaction that marks the previous one `superseded` (its rows, items and objects kept; its local
+    folder moved to `<name>@v<version>`); if the new files are byte-identical to the published ones,
+    nothing is superseded and the published release is returned. A failed export leaves the previous
+    release as it was.
+    """
     from tuwen.release.takedowns import apply_takedowns
 
+    settings, engine, store = resources.settings, resources.engine, resources.store
+    check_can_publish(engine, params)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    apply_takedowns(settings)
+    apply_takedowns(engine)
     timings["takedowns"] = time.perf_counter() - started
     started = time.perf_counter()
-    store = ObjectStore(settings)
+    export_id, version, previous = _start_version(engine, params, dag_id=dag_id, run_id=run_id, qc_run_id=qc_run_id)
     final_dir = settings.release_dir / params.name
     tmp_dir = settings.release_dir / f".tmp-{params.name}-{os.getpid()}"
-    s3_prefix = f"exports/{params.name}/"
-    with session_scope(settings.database_url) as session:
-        stmt = insert(Export).values(name=params.name, params=params.as_json(), status="writing",
-                                     dag_id=dag_id, run_id=run_id, qc_run_id=qc_run_id)
-        export_id = session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={"params": stmt.excluded.params, "status": "writing", "dag_id": dag_id, "run_id": run_id,
-                      "qc_run_id": qc_run_id, "published_at": None, "n_samples": 0,
-                      "files": text("'{}'::jsonb")},
-            ).returning(Export.id)
-        ).scalar_one()
-        session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
-        counts = _select_into_export_items(session.connection(), params, export_id)
-    timings["select"] = time.perf_counter() - started
+    s3_prefix: str | None = None
     try:
+        with engine.begin() as conn:
+            counts = _select_into_export_items(conn, params, export_id)
+        timings["select"] = time.perf_counter() - started
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
-        files, _ = _write_files(settings, params, store, tmp_dir, export_id, counts, timings, qc_run_id)
+        files, _ = _write_files(resources, params, tmp_dir, export_id, counts, timings, qc_run_id)
+        if previous is not None and previous.files == files:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            with engine.begin() as conn:
+                conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+                conn.execute(delete(Export).where(Export.id == export_id))
+            log.info("release %s: the new files are byte-identical to published version %d; nothing replaced",
+                     params.name, previous.version)
+            counts = _counts_of(engine, previous.export_id)
+            return ReleaseResult(params.name, previous.export_id, sum(counts.values()), counts,
+                                 Path(previous.local_path or final_dir), previous.s3_prefix, files, timings)
         started = time.perf_counter()
-        # Publish: objects first, manifest last; then the local folder appears in one rename. With tar
-        # shards the loose image folder stays local: the shards carry the same files in few objects.
-        if store.list_keys(s3_prefix):
-            store.remove_prefix(s3_prefix)
-        uploads = sorted(files)
-        if params.image_layout == "folder":
-            uploads += sorted(p.relative_to(tmp_dir).as_posix() for p in (tmp_dir / "images").rglob("*")
-                              if p.is_file())
-        # A few uploads at once: one stream to the object store does not fill the link (or the CPU).
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = [pool.submit(store.put_file, s3_prefix + rel, tmp_dir / rel, _content_type(rel))
-                       for rel in uploads]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                # One failed upload fails the release: do not spend retries on the queued rest.
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-        store.put_file(s3_prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        tmp_dir.rename(final_dir)
+        s3_prefix = _free_prefix(store, params.name, version)
+        with engine.begin() as conn:
+            conn.execute(update(Export).where(Export.id == export_id).values(s3_prefix=s3_prefix))
+        _upload(store, params, tmp_dir, files, s3_prefix)
         timings["upload"] = time.perf_counter() - started
+        _switch(engine, params, export_id, version, previous, files, counts, tmp_dir, final_dir, s3_prefix)
     except BaseException as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        with session_scope(settings.database_url) as session:
+        with engine.begin() as conn:
             # A failed release holds nothing: "which release contains X" must never name it.
-            session.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
-            session.execute(update(Export).where(Export.id == export_id).values(status="failed"))
+            conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
+            conn.execute(update(Export).where(Export.id == export_id).values(status="failed"))
         if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ExportError):
             raise ExportError(f"release {params.name!r} failed and was not published: {exc}") from exc
         raise
     n_samples = sum(counts.values())
-    with session_scope(settings.database_url) as session:
-        session.execute(
-            update(Export).where(Export.id == export_id).values(
-                status="published", n_samples=n_samples, files=files, s3_prefix=s3_prefix,
-                local_path=str(final_dir), published_at=func.now())
-        )
-    log.info("release %s: %d samples %s at %s and s3 %s; seconds %s", params.name, n_samples, dict(counts),
-             final_dir, s3_prefix, {k: round(v, 2) for k, v in timings.items()})
+    log.info("release %s version %d: %d samples %s at %s and s3 %s; seconds %s", params.name, version, n_samples,
+             dict(counts), final_dir, s3_prefix, {k: round(v, 2) for k, v in timings.items()})
     return ReleaseResult(params.name, export_id, n_samples, dict(counts), final_dir, s3_prefix, files, timings)
+
+
+def _switch(engine: Engine, params: ReleaseParams, export_id: int, version: int, previous: _Published | None,
+            files: Mapping[str, Any], counts: Mapping[str, int], tmp_dir: Path, final_dir: Path,
+            s3_prefix: str) -> None:
+    """Publish the complete new version: the local folder appears in one rename (the previous version's
+    folder moved aside first), and one transaction supersedes the previous row and publishes the new;
+    if that transaction fails, the folders are put back."""
+    kept_dir = final_dir.with_name(f"{params.name}@v{previous.version}") if previous is not None else None
+    moved_previous = published_new = False
+    try:
+        with engine.begin() as conn:
+            _lock_name(conn, params.name)
+            if _published(conn, params.name) != previous:
+                raise ReleaseExists(f"release {params.name!r} was published by another run while this one was "
+                                    "writing; nothing was replaced")
+            if final_dir.exists():
+                if kept_dir is not None:
+                    shutil.rmtree(kept_dir, ignore_errors=True)
+                    final_dir.rename(kept_dir)
+                    moved_previous = True
+                else:  # a folder no release in this database owns: a local copy of nothing it shipped
+                    log.warning("release %s: replacing local folder %s that no published release owns",
+                                params.name, final_dir)
+                    shutil.rmtree(final_dir)
+            tmp_dir.rename(final_dir)
+            published_new = True
+            if previous is not None:
+                log.warning("release %s: overwrite: version %d (s3 %s) supersedes version %d, which is kept "
+                            "(s3 %s, local copy %s)", params.name, version, s3_prefix, previous.version,
+                            previous.s3_prefix, kept_dir if moved_previous else None)
+                conn.execute(update(Export).where(Export.id == previous.export_id).values(
+                    status="superseded", superseded_at=func.now(),
+                    local_path=str(kept_dir) if moved_previous else None))
+            conn.execute(update(Export).where(Export.id == export_id).values(
+                status="published", n_samples=sum(counts.values()), files=dict(files), s3_prefix=s3_prefix,
+                local_path=str(final_dir), published_at=func.now()))
+    except BaseException:
+        if published_new:
+            final_dir.rename(tmp_dir)
+        if moved_previous and kept_dir is not None:
+            kept_dir.rename(final_dir)
+        raise

@@ -8,28 +8,32 @@ only accepted images and never taken-down samples, and `write_release` re-applie
 images crawled after a domain was taken down are caught too. Published releases are immutable files;
 `releases_with_takedowns` names the ones that hold taken-down items so they can be re-issued or withdrawn.
 
-Matching: `url` equals an image_source's image URL or page URL; `domain` matches the host of either URL,
-and its subdomains (`example.com` covers `img.example.com`); `image_sha256` is the image's content hash.
+Matching, in normal form (`tuwen.urls`, the crawler's own normaliser): a `url` matches an image_source's
+image URL or page URL when both normalise to the same URL — scheme and host case, IDN hosts (`例子.cn`
+is the punycode host Scrapy stored), a trailing dot, the default port, the fragment and
+percent-encoding do not matter. A `domain` matches the host of either URL and its subdomains
+(`example.com` covers `img.example.com`); a bare public suffix (`com.cn`, `cn`, `github.io`) is refused,
+it would take down every site under it. `image_sha256` is the image's content hash.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, text
+import tldextract
+from sqlalchemy import Connection, Engine, text
 
-from tuwen.config import Settings
-from tuwen.db.session import get_engine
+from tuwen.urls import UrlError, normalize_host, normalize_url
 
 TAKEDOWN_KINDS = ("url", "domain", "image_sha256")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HOST_LABELS = re.compile(r"^[a-z0-9\u00a1-\uffff]([a-z0-9\u00a1-\uffff-]*[a-z0-9\u00a1-\uffff])?"
-                          r"(\.[a-z0-9\u00a1-\uffff]([a-z0-9\u00a1-\uffff-]*[a-z0-9\u00a1-\uffff])?)*$")
-# The host of an absolute URL, lower-cased, in SQL (userinfo and port stripped): what `domain` matches.
-_HOST_SQL = r"lower(substring({col} from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#:]+)'))"
+# The host of an absolute URL, lower-cased, without a trailing dot, in SQL (userinfo and port stripped):
+# the cheap pre-filter before URLs are compared in normal form.
+_HOST_SQL = (r"rtrim(lower(substring({col} from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#:]+)')), '.')")
 
 
 class TakedownError(ValueError):
@@ -56,24 +60,90 @@ class ReleaseHit:
     samples: int
 
 
+@functools.cache
+def _public_suffixes() -> tldextract.TLDExtract:
+    # The Public Suffix List snapshot that ships with tldextract: no network, no cache directory.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+
+
+def is_public_suffix(host: str) -> bool:
+    """True for a host that is only a public suffix (`cn`, `com.cn`, `github.io`), under which
+    unrelated owners register names."""
+    parts = _public_suffixes()(host)
+    return not parts.domain and bool(parts.suffix)
+
+
 def normalize(kind: str, value: str) -> str:
-    """The canonical value stored and matched: hosts lower-cased, hashes lower-case hex, URLs trimmed."""
+    """The canonical value stored and matched: URLs and hosts in `tuwen.urls` normal form (punycode,
+    lower case, no trailing dot), hashes lower-case hex."""
     if kind not in TAKEDOWN_KINDS:
         raise TakedownError(f"unknown takedown kind {kind!r}; known: {', '.join(TAKEDOWN_KINDS)}")
+    if not isinstance(value, str) or not value.strip():
+        raise TakedownError(f"an empty {kind} cannot be taken down")
     value = value.strip()
     if kind == "image_sha256":
         value = value.lower()
         if not _SHA256.match(value):
             raise TakedownError(f"{value!r} is not a SHA-256 hex digest (64 hex characters)")
-    elif kind == "url":
-        if not urlsplit(value).scheme or not urlsplit(value).netloc:
-            raise TakedownError(f"{value!r} is not an absolute URL")
+        return value
+    if kind == "url":
+        try:
+            return normalize_url(value)
+        except UrlError as exc:
+            raise TakedownError(f"{value!r} is not an absolute http(s) URL: {exc}") from None
+    raw = value
+    if "://" in value:
+        value = urlsplit(value).hostname or ""
     else:
-        host = urlsplit(value).hostname if "://" in value else value.split("/")[0].split(":")[0]
-        value = (host or "").lower().removeprefix("*.").rstrip(".")
-        if not value or "." not in value or not _HOST_LABELS.match(value):
-            raise TakedownError(f"{value!r} is not a domain name like example.com")
-    return value
+        value = value.split("/")[0]
+        if value.count(":") == 1:  # host:port
+            value = value.split(":")[0]
+    value = value.removeprefix("*.")
+    try:
+        host = normalize_host(value)
+    except UrlError as exc:
+        raise TakedownError(f"{raw!r} is not a domain name like example.com: {exc}") from None
+    if "." not in host or host.replace(".", "").isdigit():
+        raise TakedownError(f"{raw!r} is not a domain name like example.com")
+    if is_public_suffix(host):
+        raise TakedownError(f"{raw!r} is a public suffix: it would take down every site registered under it; "
+                            "name the site's own domain (e.g. example.com.cn)")
+    return host
+
+
+def _url_matches(conn: Connection, takedowns: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(takedown id, image id) for url takedowns: image_source rows on the takedowns' hosts, compared in
+    normal form (one pass over those hosts' rows, whatever the number of takedowns)."""
+    wanted: dict[str, list[int]] = {}
+    for takedown_id, url in takedowns:
+        wanted.setdefault(url, []).append(takedown_id)
+    hosts = sorted({urlsplit(url).hostname or "" for url in wanted})
+    host_url, host_page = _HOST_SQL.format(col="src.url"), _HOST_SQL.format(col="src.page_url")
+    rows = conn.execute(text(f"""
+        SELECT DISTINCT src.image_id, src.url, src.page_url FROM image_source src
+        WHERE src.image_id IS NOT NULL AND ({host_url} = ANY(:hosts) OR {host_page} = ANY(:hosts))"""),
+        {"hosts": hosts})
+    matches: set[tuple[int, int]] = set()
+    for image_id, *urls in rows:
+        for url in urls:
+            for takedown_id in wanted.get(_normal_or_none(url) or "", ()):
+                matches.add((takedown_id, int(image_id)))
+    return sorted(matches)
+
+
+def urls_matching(conn: Connection, url: str) -> list[int]:
+    """Ids of the images seen at `url` (an image or page URL in normal form), however it was spelled."""
+    return sorted({image_id for _, image_id in _url_matches(conn, [(0, url)])})
+
+
+@functools.lru_cache(maxsize=65536)
+def _normal_or_none(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return normalize_url(url)
+    except UrlError:
+        return None
 
 
 def _link_matches(conn: Connection, takedown_ids: list[int] | None) -> None:
@@ -88,10 +158,6 @@ def _link_matches(conn: Connection, takedown_ids: list[int] | None) -> None:
             WHERE t.kind = 'image_sha256' {only}
             UNION
             SELECT t.id, src.image_id
-            FROM takedown t JOIN image_source src ON src.url = t.value OR src.page_url = t.value
-            WHERE t.kind = 'url' AND src.image_id IS NOT NULL {only}
-            UNION
-            SELECT t.id, src.image_id
             FROM takedown t JOIN image_source src
               ON {host_url} = t.value OR {host_url} LIKE '%.' || t.value
               OR {host_page} = t.value OR {host_page} LIKE '%.' || t.value
@@ -100,6 +166,16 @@ def _link_matches(conn: Connection, takedown_ids: list[int] | None) -> None:
         JOIN image i ON i.id = m.image_id
         ON CONFLICT DO NOTHING
     """), {"ids": takedown_ids or []})
+    url_takedowns = [(int(r.id), _normal_or_none(r.value) or r.value) for r in conn.execute(text(
+        f"SELECT t.id, t.value FROM takedown t WHERE t.kind = 'url' {only}"), {"ids": takedown_ids or []})]
+    if url_takedowns:
+        pairs = _url_matches(conn, url_takedowns)
+        conn.execute(text("""
+            INSERT INTO takedown_image (takedown_id, image_id, previous_status)
+            SELECT m.takedown_id, m.image_id, i.status
+            FROM unnest(CAST(:t AS bigint[]), CAST(:i AS bigint[])) AS m(takedown_id, image_id)
+            JOIN image i ON i.id = m.image_id
+            ON CONFLICT DO NOTHING"""), {"t": [p[0] for p in pairs], "i": [p[1] for p in pairs]})
     # Idempotent: every image ever linked stays down, and so do samples generated for it later.
     conn.execute(text("""
         UPDATE image SET status = 'taken_down', taken_down_at = coalesce(taken_down_at, now())
@@ -109,17 +185,17 @@ def _link_matches(conn: Connection, takedown_ids: list[int] | None) -> None:
         WHERE image_id IN (SELECT image_id FROM takedown_image) AND qc_status <> 'taken_down'"""))
 
 
-def apply_takedowns(settings: Settings) -> None:
+def apply_takedowns(engine: Engine) -> None:
     """Re-apply every takedown (cheap when there are none): catches images crawled since it was added."""
-    with get_engine(settings.database_url).begin() as conn:
+    with engine.begin() as conn:
         if conn.execute(text("SELECT EXISTS (SELECT 1 FROM takedown)")).scalar():
             _link_matches(conn, None)
 
 
-def add_takedown(settings: Settings, kind: str, value: str, reason: str | None = None) -> TakedownResult:
+def add_takedown(engine: Engine, kind: str, value: str, reason: str | None = None) -> TakedownResult:
     """Record a takedown and apply it now; adding the same (kind, value) again re-applies it."""
     value = normalize(kind, value)
-    with get_engine(settings.database_url).begin() as conn:
+    with engine.begin() as conn:
         takedown_id = conn.execute(text("""
             INSERT INTO takedown (kind, value, reason) VALUES (:kind, :value, :reason)
             ON CONFLICT (kind, value) DO UPDATE SET reason = coalesce(excluded.reason, takedown.reason)
@@ -137,9 +213,9 @@ def add_takedown(settings: Settings, kind: str, value: str, reason: str | None =
     return TakedownResult(takedown_id, kind, value, int(images), int(samples), releases)
 
 
-def releases_with_takedowns(settings: Settings) -> list[ReleaseHit]:
+def releases_with_takedowns(engine: Engine) -> list[ReleaseHit]:
     """Published releases that contain taken-down items, per takedown, with how many samples."""
-    with get_engine(settings.database_url).connect() as conn:
+    with engine.connect() as conn:
         rows = conn.execute(text("""
             SELECT e.name, e.published_at, t.id, t.kind, t.value, count(DISTINCT ei.sample_id) AS samples
             FROM takedown t

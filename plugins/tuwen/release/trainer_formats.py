@@ -145,6 +145,41 @@ def load_llava(data_path: Path | str, image_folder: Path | str, image_exists: Im
     return report
 
 
+def _qwen_user_content(text: str, pool: list[str]) -> list[dict[str, str]]:
+    """A user turn split on its placeholders; each `<image>` pops the next image of the record."""
+    content: list[dict[str, str]] = []
+    for seg in re.split(r"(<image>|<video>)", text):
+        if seg == "<video>":
+            raise ValueError("<video> placeholder without a video")
+        if seg == IMAGE_TOKEN:
+            if not pool:
+                raise ValueError("more <image> placeholders than images")
+            content.append({"type": "image", "image": pool.pop(0)})
+        elif seg.strip():
+            content.append({"type": "text", "text": seg.strip()})
+    return content
+
+
+def _qwen_messages(record: dict[str, Any], exists: ImageExists) -> tuple[list[str], list[dict[str, Any]]]:
+    """The record's images and its messages as `_build_messages` makes them; raises what the loader would."""
+    images = record.get("image") or []
+    if isinstance(images, str):
+        images = [images]
+    missing = next((image for image in images if not exists(image)), None)
+    if missing is not None:
+        raise FileNotFoundError(f"{missing} not under data_path")
+    pool = list(images)
+    messages = []
+    for turn in record["conversations"]:
+        if turn["from"] == HUMAN:
+            messages.append({"role": "user", "content": _qwen_user_content(turn["value"], pool)})
+        else:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["value"]}]})
+    if pool:
+        raise ValueError(f"{len(pool)} image(s) not consumed by placeholders")
+    return images, messages
+
+
 def load_qwen_finetune(annotation_path: Path | str, data_path: Path | str,
                        image_exists: ImageExists | None = None) -> LoadReport:
     """Qwen2.5-VL qwen-vl-finetune's LazySupervisedDataset + _build_messages."""
@@ -153,32 +188,7 @@ def load_qwen_finetune(annotation_path: Path | str, data_path: Path | str,
     for record in read_records(annotation_path):
         rid = str(record.get("id"))
         try:
-            images = record.get("image") or []
-            if isinstance(images, str):
-                images = [images]
-            pool = list(images)
-            for image in pool:
-                if not exists(image):
-                    raise FileNotFoundError(f"{image} not under data_path")
-            messages = []
-            for turn in record["conversations"]:
-                role = "user" if turn["from"] == HUMAN else "assistant"
-                if role == "user":
-                    content: list[dict[str, str]] = []
-                    for seg in re.split(r"(<image>|<video>)", turn["value"]):
-                        if seg == IMAGE_TOKEN:
-                            if not pool:
-                                raise ValueError("more <image> placeholders than images")
-                            content.append({"type": "image", "image": pool.pop(0)})
-                        elif seg == "<video>":
-                            raise ValueError("<video> placeholder without a video")
-                        elif seg.strip():
-                            content.append({"type": "text", "text": seg.strip()})
-                    messages.append({"role": role, "content": content})
-                else:
-                    messages.append({"role": role, "content": [{"type": "text", "text": turn["value"]}]})
-            if pool:
-                raise ValueError(f"{len(pool)} image(s) not consumed by placeholders")
+            images, messages = _qwen_messages(record, exists)
         except (KeyError, ValueError, FileNotFoundError, TypeError) as exc:
             report.dropped.append((rid, f"{type(exc).__name__}: {exc}"))
             continue

@@ -1,0 +1,46 @@
+"""immutable releases: versions of a release name, `superseded` status, one published release per name
+
+A published release is never overwritten in place. Re-exporting under a published name (only with an
+explicit overwrite) writes a new `export` row — the next `version` of that name, under its own object
+prefix — and, once it is complete, marks the previous one `superseded` in the same transaction that
+publishes the new one. The old row keeps its `export_item` rows, files and prefix, so "which release
+shipped this sample" still answers for it. The unique index on the name alone becomes (name, version),
+plus a partial unique index: at most one published release per name.
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("export", sa.Column("version", sa.Integer(), server_default="1", nullable=False))
+    op.add_column("export", sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=True))
+    op.drop_constraint(op.f("uq_export_name"), "export", type_="unique")
+    op.create_unique_constraint(op.f("uq_export_name_version"), "export", ["name", "version"])
+    op.create_index(op.f("uq_export_published_name"), "export", ["name"], unique=True,
+                    postgresql_where=sa.text("status = 'published'"))
+    op.drop_constraint(op.f("ck_export_status"), "export", type_="check")
+    op.create_check_constraint(op.f("ck_export_status"), "export", "status IN ('writing', 'published', 'failed', 'superseded')")
+
+
+def downgrade() -> None:
+    op.execute("DELETE FROM export_item WHERE export_id IN (SELECT id FROM export WHERE version > 1 OR "
+               "status = 'superseded')")
+    op.execute("DELETE FROM export WHERE status = 'superseded' OR version > 1")
+    op.drop_constraint(op.f("ck_export_status"), "export", type_="check")
+    op.create_check_constraint(op.f("ck_export_status"), "export", "status IN ('writing', 'published', 'failed')")
+    op.drop_index(op.f("uq_export_published_name"), table_name="export")
+    op.drop_constraint(op.f("uq_export_name_version"), "export", type_="unique")
+    op.create_unique_constraint(op.f("uq_export_name"), "export", ["name"])
+    op.drop_column("export", "superseded_at")
+    op.drop_column("export", "version")

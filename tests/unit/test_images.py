@@ -295,14 +295,78 @@ def test_a_missing_libjpeg_turbo_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     assert images.turbojpeg() is not None  # loads again once the library is back
 
 
-def test_a_jpeg_libjpeg_turbo_warns_about_leaves_the_planar_path() -> None:
-    # Scrambled bytes mid-scan: libjpeg-turbo decodes around them with a warning instead of failing.
+def test_a_jpeg_libjpeg_turbo_warns_about_is_refused_when_much_of_it_came_out_flat() -> None:
+    # Scrambled bytes mid-scan: libjpeg-turbo decodes around them with a warning instead of failing,
+    # and fills everything after the damage (here half the rows) with one colour.
     data = bytearray(encode(photo(500, 400)))
     middle = len(data) // 2
     for i in range(middle, middle + 40):
         data[i] = 0xFF if i % 7 == 0 else data[i] ^ 0x5A
-    with Image.open(io.BytesIO(bytes(data))) as header:
-        assert _decode_ycbcr_planes(bytes(data), header) is None
-    # OpenCV decodes it as browsers show it, damaged but whole (as before the planar path existed).
+    with Image.open(io.BytesIO(bytes(data))) as header, pytest.raises(images.DamagedImage, match="rows flat"):
+        _decode_ycbcr_planes(bytes(data), header)
     decision = inspect_and_normalize(bytes(data), "image/jpeg", LIMITS)
-    assert decision.accepted and decision.model is not None
+    assert (decision.accepted, decision.reason) == (False, "corrupt")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_with_most_of_its_data_missing_before_a_valid_end_marker_is_corrupt(mode: str) -> None:
+    # libjpeg decodes the missing four fifths as flat grey and only warns; colour JPEGs go through
+    # the planar decode, grey ones through the eighth-size probe.
+    whole = encode(photo(900, 600).convert(mode), quality=90)
+    cut = whole[: len(whole) // 5] + b"\xff\xd9"
+    decision = inspect_and_normalize(cut, "image/jpeg", LIMITS)
+    assert (decision.accepted, decision.reason) == (False, "corrupt")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_a_few_bytes_short_is_kept_as_a_browser_shows_it(mode: str) -> None:
+    # The last few dozen bytes missing: a sliver of the last block row is grey; the picture is whole.
+    whole = encode(photo(900, 600).convert(mode), quality=90)
+    cut = whole[:-40] + b"\xff\xd9"
+    decision = inspect_and_normalize(cut, "image/jpeg", LIMITS)
+    assert decision.accepted, decision.reason
+
+
+def test_scans_are_counted_in_marker_position_only() -> None:
+    base = encode(photo(640, 480), progressive=True)
+    assert images.jpeg_scan_count(base, LIMITS.max_jpeg_scans) == base.count(b"\xff\xda") == 10
+    # A comment segment full of the bytes FF DA (an EXIF thumbnail carries real ones) is no scan.
+    comment = b"\xff\xda" * 200
+    with_comment = base[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + base[2:]
+    assert images.jpeg_scan_count(with_comment, LIMITS.max_jpeg_scans) == 10
+    assert inspect_and_normalize(with_comment, "image/jpeg", LIMITS).accepted
+    # One scan repeated 100 times past the limit is a scan bomb, whatever the file's size.
+    last_scan = base.rindex(b"\xff\xda")
+    bomb = base[:-2] + base[last_scan:-2] * 100 + b"\xff\xd9"
+    assert images.jpeg_scan_count(bomb, LIMITS.max_jpeg_scans) == LIMITS.max_jpeg_scans + 1
+    assert inspect_and_normalize(bomb, "image/jpeg", LIMITS).reason == "scan_bomb"
+
+
+def test_the_decode_memory_budget_refuses_by_the_header_alone() -> None:
+    # 2000x1500 RGBA needs ~54 MB through the conversions; a budget of 32 MB refuses it without decoding.
+    rgba = photo(2000, 1500).convert("RGBA")
+    data = encode(rgba, "PNG", compress_level=1)
+    with Image.open(io.BytesIO(data)) as header:
+        assert images.decode_bytes_per_pixel(header) == 18
+    assert inspect_and_normalize(data, "image/png", ImageLimits(max_decode_bytes=32 << 20)).reason == "decode_memory"
+    assert inspect_and_normalize(data, "image/png", LIMITS).accepted
+
+
+def test_an_exception_from_a_decoder_is_a_corrupt_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Any class of exception (Pillow raises IndexError, struct.error, TypeError on some hostile files).
+    def broken(*args: object, **kwargs: object) -> None:
+        raise IndexError("index out of range")
+
+    data = encode(photo(400, 300))
+    monkeypatch.setattr(images, "_decode_ycbcr_planes", broken)
+    decision = inspect_and_normalize(data, "image/jpeg", LIMITS)
+    assert (decision.accepted, decision.reason) == (False, "corrupt")
+    assert decision.sha256 == hashlib.sha256(data).hexdigest() and decision.n_bytes == len(data)
+
+
+def test_an_allocation_that_fails_is_decode_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(images, "_decode_ycbcr_planes", out_of_memory)
+    assert inspect_and_normalize(encode(photo(400, 300)), "image/jpeg", LIMITS).reason == "decode_memory"

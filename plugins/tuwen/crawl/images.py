@@ -19,6 +19,15 @@ and the encode: converting between Pillow images and arrays cost a sixth of the 
 - A grey JPEG without a rotation is decoded by OpenCV into a BGR array; it wraps the same libjpeg-turbo
   as Pillow, so the pixels are identical (a test checks).
 - Everything else, and any JPEG that is not complete, is decoded by Pillow and converted to BGR.
+
+Hostile bytes are refused by their structure before anything is decoded (see docs/OPERATIONS.md's
+threat model): a progressive JPEG with more scans than any encoder writes (`scan_bomb`: each scan
+walks the whole image again), a header whose decode would need more memory than the per-image budget
+(`decode_memory`), a PNG whose pixel data holds fewer rows than its header declares, and a JPEG that
+libjpeg says ran out of data with a large part of the picture left flat (`corrupt`). Whatever still
+raises while a file is inspected is a `corrupt` rejection, never an exception. The CPU time, wall
+time and memory of one inspection are bounded by the crawler's worker processes
+(tuwen_crawler.image_pool), which enforce the `job_*` fields of ImageLimits.
 """
 
 from __future__ import annotations
@@ -26,8 +35,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
 import math
+import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,9 +48,11 @@ import cv2
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from turbojpeg import TJSAMP_420, TJCS_YCbCr, TurboJPEG
+from turbojpeg import TJFLAG_LIMITSCANS, TJPF_GRAY, TJSAMP_420, TJCS_YCbCr, TurboJPEG
 
 from tuwen.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN_PATCH, Settings
+
+logger = logging.getLogger(__name__)
 
 # Reasons an image (with bytes in hand) is refused. The crawler adds reasons for URLs that never
 # yield bytes (http_404, robots_disallowed, ...), see tuwen_crawler.outcomes.
@@ -50,6 +65,9 @@ REJECT_REASONS = (
     "decompression_bomb",
     "animated",
     "unsupported_mode",
+    "scan_bomb",  # a progressive JPEG with more scans than ImageLimits.max_jpeg_scans
+    "decode_memory",  # decoding would take more than the memory budget (by the header, or the worker's cap)
+    "decode_timeout",  # the inspection ran past its CPU or wall-time limit in a worker process
 )
 
 # Formats a browser shows in <img>; anything else Pillow can read (PSD, EPS, ICNS, ...) is not a web image.
@@ -83,6 +101,19 @@ class ImageLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_pixels: int = DEFAULT_MIN_PIXELS
     patch: int = QWEN_PATCH
+    # libjpeg's progressive script writes 10 scans for a colour image (6 for grey); every scan makes
+    # the decoder walk all of the image's blocks again, so a file repeating scans costs seconds.
+    max_jpeg_scans: int = 64
+    # Peak memory of one image's decode and conversions, estimated from its header (see
+    # decode_bytes_per_pixel): every colour JPEG up to max_source_pixels fits, a 30 MP RGBA PNG does not.
+    max_decode_bytes: int = 256 << 20
+    # What one inspection may take in an image worker process (tuwen_crawler.image_pool). A 30 MP
+    # photo takes well under a second of CPU; the wall limit allows for a crowded machine.
+    job_cpu_seconds: int = 10
+    job_wall_seconds: float = 60.0
+    # Address space a job may add to a warmed-up worker: the decode budget and room for the
+    # libraries' own buffers.
+    job_memory_bytes: int = 1 << 30
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ImageLimits:
@@ -212,6 +243,149 @@ def turbojpeg() -> TurboJPEG:
                            "libturbojpeg0 (scripts/system-deps.sh does)") from exc
 
 
+class DamagedImage(Exception):
+    """The file's data is damaged in a way a decoder papers over (libjpeg fills what it lost with grey)."""
+
+
+# A start-of-scan or any other JPEG marker in marker position: 0xFF then a code that is neither a
+# stuffed zero, a restart marker nor another 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_JPEG_SOS = 0xDA
+_JPEG_EOI = 0xD9
+
+
+def jpeg_scan_count(data: bytes, stop_after: int) -> int:
+    """The scans (start-of-scan markers) of a JPEG, counted until one more than `stop_after`.
+
+    Counting the bytes FF DA is an upper bound (C speed) that settles every ordinary file; above
+    `stop_after` the markers are walked segment by segment, since the same two bytes may sit inside
+    metadata (an EXIF thumbnail is a JPEG of its own). Linear in the file either way."""
+    upper = data.count(b"\xff\xda")
+    if upper <= stop_after:
+        return upper
+    scans, pos = 0, 2
+    while (match := _JPEG_MARKER.search(data, pos)) is not None:
+        marker, pos = data[match.start() + 1], match.end()
+        if marker == _JPEG_EOI:
+            break
+        if marker == _JPEG_SOS:
+            scans += 1
+            if scans > stop_after:
+                break
+        if marker != 0x01 and pos + 2 <= len(data):  # TEM has no length; every other marker here does
+            pos += int.from_bytes(data[pos:pos + 2], "big")  # skip the segment (a scan's header only)
+    return scans
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # per IHDR colour type
+# (first row, first column, row step, column step) of Adam7's seven passes.
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def png_data_is_short(data: bytes) -> bool:
+    """Whether a PNG's pixel data (its IDAT chunks, inflated) holds fewer bytes than its header's rows
+    need. Pillow stops quietly where a complete zlib stream ends and returns the missing rows blank,
+    so a 40-row file can pass as 3000x3000. Inflated in 1 MB pieces that are thrown away."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    bits = _PNG_CHANNELS.get(colour, 1) * depth
+    if interlace:
+        passes = [(-(-(width - c0) // cs), -(-(height - r0) // rs)) for r0, c0, rs, cs in _ADAM7]
+        expected = sum((1 + (w * bits + 7) // 8) * h for w, h in passes if w > 0 and h > 0)
+    else:
+        expected = (1 + (width * bits + 7) // 8) * height
+    view, inflater, produced, pos = memoryview(data), zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data) and produced < expected and not inflater.eof:
+        length, kind = struct.unpack(">I4s", view[pos:pos + 8])
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            pending: bytes | memoryview = view[pos + 8:pos + 8 + length]
+            while pending and produced < expected and not inflater.eof:
+                produced += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+        pos += 12 + length
+    return produced < expected
+
+
+def webp_canvas_size(data: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas from its first chunk, read before Pillow opens it: Pillow's WebP decoder
+    allocates the whole canvas (twice) as it opens the file."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
+
+
+_TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def decode_bytes_per_pixel(image: Image.Image) -> int:
+    """Peak bytes per pixel of inspecting `image` (opened, not decoded): what its decode and the
+    conversions to a BGR array hold at once. A plain JPEG goes to libjpeg-turbo's planes or OpenCV's
+    BGR array; everything else is Pillow's image (4 bytes a pixel for all but 1-byte modes; a WebP's
+    decoder keeps two canvases and a copy besides), its RGB conversion (on white, through RGBA, when
+    transparent), the array and its BGR copy."""
+    if image.format in ("JPEG", "MPO"):
+        rotated = image.getexif().get(ORIENTATION_TAG, 1) != 1  # parsed from APP1 as the file opened
+    else:
+        rotated = "exif" in image.info  # reading it could mean decoding first (a PNG's eXIf after IDAT)
+    if image.format == "JPEG" and image.mode in ("RGB", "L") and not rotated:
+        return 6
+    stored = 1 if image.mode in ("1", "L", "P") else 4
+    decoder = 12 if image.format == "WEBP" else 0
+    transparent = image.mode in _TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info)
+    converted = 8 if transparent else 0 if image.mode == "RGB" else 4
+    return stored + decoder + converted + (4 if rotated else 0) + 6
+
+
+# libjpeg-turbo warns (and decodes on) when a JPEG's data is damaged; it also warns about padding
+# before a marker, which is harmless and common.
+_HARMLESS_JPEG_WARNING = "extraneous bytes before marker"
+# A damaged JPEG is refused when at least this share of its rows, counted from the bottom, came out
+# flat: what libjpeg could not decode it fills with one colour. A file a few bytes short (a sliver of
+# grey at the bottom, as a browser shows it) is kept.
+MAX_FLAT_TAIL_SHARE = 0.1
+
+
+def _flat_tail_share(luma: np.ndarray) -> float:
+    """The share of the rows at the bottom of a luma plane that hold one value (within rounding)."""
+    rows = luma.shape[0]
+    if rows == 0:
+        return 0.0
+    varied = np.flatnonzero(np.ptp(luma, axis=1) > 1)
+    return (rows - (int(varied[-1]) + 1 if varied.size else 0)) / rows
+
+
+def _raise_if_damaged(warned: list[warnings.WarningMessage], luma: np.ndarray) -> None:
+    """DamagedImage when libjpeg-turbo warned about the data and left a large flat area at the bottom."""
+    messages = [str(w.message) for w in warned if issubclass(w.category, UserWarning)
+                and _HARMLESS_JPEG_WARNING not in str(w.message)]
+    if messages and _flat_tail_share(luma) >= MAX_FLAT_TAIL_SHARE:
+        raise DamagedImage(f"libjpeg-turbo: {messages[-1]}; {_flat_tail_share(luma):.0%} of the rows flat")
+
+
+def _probe_jpeg_damage(data: bytes) -> None:
+    """The damage check for a JPEG that does not go through the planar decode: its luma at an eighth
+    of the size (libjpeg reads every coefficient but transforms only the DC ones), raising
+    DamagedImage as _raise_if_damaged does. A file libjpeg-turbo cannot read this way (CMYK) is left to
+    Pillow's decode."""
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        try:
+            luma = turbojpeg().decode(data, pixel_format=TJPF_GRAY, scaling_factor=(1, 8),
+                                      flags=TJFLAG_LIMITSCANS)[:, :, 0]
+        except (OSError, ValueError):
+            return
+    _raise_if_damaged(warned, luma)
+
+
 def _is_plain_jpeg(data: bytes, image: Image.Image) -> bool:
     """A JPEG the array decoders read as Pillow would: no EXIF rotation to apply, and complete (ending
     in the end-of-image marker; libjpeg-turbo fills a truncated file with grey where Pillow calls it
@@ -222,7 +396,8 @@ def _is_plain_jpeg(data: bytes, image: Image.Image) -> bool:
 
 def _decode_ycbcr_planes(data: bytes, image: Image.Image) -> YCbCrPlanes | None:
     """libjpeg-turbo's planar decode of a plain colour JPEG Pillow has vetted; None when it does not apply
-    or libjpeg-turbo has anything to say about the file (it would decode it anyway, with a warning)."""
+    or libjpeg-turbo has anything to say about the file (it would decode it anyway, with a warning).
+    DamagedImage when what it says is that much of the picture is missing."""
     if image.mode != "RGB" or not _is_plain_jpeg(data, image):
         return None
     turbo = turbojpeg()
@@ -234,10 +409,13 @@ def _decode_ycbcr_planes(data: bytes, image: Image.Image) -> YCbCrPlanes | None:
             warnings.simplefilter("always")
             if turbo.decode_header(data)[3] != TJCS_YCbCr:  # grey, or an Adobe RGB/CMYK transform
                 return None
-            planes = turbo.decode_to_yuv_planes(data)
+            planes = turbo.decode_to_yuv_planes(data, flags=TJFLAG_LIMITSCANS)
     except OSError:
         return None
-    if warned or len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
+    if warned:
+        _raise_if_damaged(warned, planes[0][:image.height, :image.width])
+        return None
+    if len(planes) != 3 or planes[0].shape[0] < image.height or planes[0].shape[1] < image.width:
         return None
     # The planes are padded to whole chroma samples; crop each to the samples of the real image.
     padded = YCbCrPlanes(*planes)
@@ -340,12 +518,49 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
 
     `content_type` is the server's claim; it is only used to word the verdict, never trusted: the bytes
     decide (servers label WebP as image/jpeg and images as application/octet-stream all the time).
+    Never raises for anything in `data`: whatever a decoder raises on it is a `corrupt` rejection (an
+    allocation that fails, under a worker's memory cap, is `decode_memory`).
     """
     limits = limits or ImageLimits()
     sha = hashlib.sha256(data).hexdigest()
     n_bytes = len(data)
+    try:
+        return _inspect(data, limits, sha, n_bytes)
+    except MemoryError:
+        return _reject("decode_memory", sha, n_bytes)
+    except cv2.error as exc:
+        reason = "decode_memory" if "Insufficient memory" in str(exc) else "corrupt"
+        logger.warning("image %s: OpenCV failed on it (%s); rejected as %s", sha[:16], _short(exc), reason)
+        return _reject(reason, sha, n_bytes)
+    except DamagedImage as exc:
+        logger.info("image %s: %s; rejected as corrupt", sha[:16], exc)
+        return _reject("corrupt", sha, n_bytes)
+    except Exception as exc:  # a decoder's error on hostile bytes, whatever its class: the bytes' verdict
+        logger.warning("image %s: %s while inspecting it (%s); rejected as corrupt", sha[:16],
+                       type(exc).__name__, _short(exc))
+        return _reject("corrupt", sha, n_bytes)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _pixel_reason(n_pixels: int, limits: ImageLimits) -> str | None:
+    """The reason a declared size is refused before decoding, if it is."""
+    if n_pixels <= 0:
+        return "corrupt"
+    if n_pixels > limits.max_source_pixels:
+        return "decompression_bomb" if n_pixels > limits.bomb_pixels else "too_many_pixels"
+    return None
+
+
+def _inspect(data: bytes, limits: ImageLimits, sha: str, n_bytes: int) -> ImageDecision:
     if not data:
         return _reject("not_image", sha, n_bytes)
+    canvas = webp_canvas_size(data)
+    if canvas is not None and (reason := _pixel_reason(canvas[0] * canvas[1], limits)) is not None:
+        return _reject(reason, sha, n_bytes, width=canvas[0], height=canvas[1], format="WEBP")
     try:
         # Our own checks below replace Pillow's global MAX_IMAGE_PIXELS; silence its warning so a big
         # but legitimate image is not logged as an attack.
@@ -356,8 +571,6 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
         return _reject("decompression_bomb", sha, n_bytes)
     except UnidentifiedImageError:
         return _reject("not_image", sha, n_bytes)
-    except (OSError, SyntaxError, ValueError):
-        return _reject("corrupt", sha, n_bytes)
 
     with image:
         fmt = image.format
@@ -365,19 +578,24 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
         meta = {"width": width, "height": height, "format": fmt}
         if fmt not in WEB_FORMATS:
             return _reject("not_image", sha, n_bytes, **meta)
-        n_pixels = width * height
-        if n_pixels <= 0:
-            return _reject("corrupt", sha, n_bytes, **meta)
-        # Size checks come from the header alone, before a single pixel is decoded.
-        if n_pixels > limits.max_source_pixels:
-            reason = "decompression_bomb" if n_pixels > limits.bomb_pixels else "too_many_pixels"
+        # Size, frames, mode, memory and structure come from the headers alone, before a pixel is decoded.
+        if (reason := _pixel_reason(width * height, limits)) is not None:
             return _reject(reason, sha, n_bytes, **meta)
-        if getattr(image, "n_frames", 1) > 1 and fmt != "MPO":
+        # is_animated looks for a second frame; n_frames would read every frame of a GIF to count them.
+        if getattr(image, "is_animated", False) and fmt != "MPO":
             # MPO is a JPEG with a stereo/preview frame, not an animation.
             return _reject("animated", sha, n_bytes, **meta)
         if image.mode not in CONVERTIBLE_MODES:
             return _reject("unsupported_mode", sha, n_bytes, **meta)
+        if width * height * decode_bytes_per_pixel(image) > limits.max_decode_bytes:
+            return _reject("decode_memory", sha, n_bytes, **meta)
+        if fmt in ("JPEG", "MPO") and jpeg_scan_count(data, limits.max_jpeg_scans) > limits.max_jpeg_scans:
+            return _reject("scan_bomb", sha, n_bytes, **meta)
+        if fmt == "PNG" and png_data_is_short(data):
+            return _reject("corrupt", sha, n_bytes, **meta)
         pixels: np.ndarray | YCbCrPlanes | None = _decode_ycbcr_planes(data, image)
+        if pixels is None and fmt in ("JPEG", "MPO"):
+            _probe_jpeg_damage(data)
         if pixels is None:
             pixels = _decode_plain_jpeg(data, image)
         if pixels is None:
@@ -389,8 +607,6 @@ def inspect_and_normalize(data: bytes, content_type: str | None = None,
                     ImageOps.exif_transpose(image, in_place=True)
             except Image.DecompressionBombError:
                 return _reject("decompression_bomb", sha, n_bytes, **meta)
-            except (OSError, SyntaxError, ValueError, EOFError):
-                return _reject("corrupt", sha, n_bytes, **meta)
         # Display size after EXIF rotation is what a reader (and the model) sees.
         width, height = image.size
         meta = {"width": width, "height": height, "format": fmt}

@@ -20,9 +20,11 @@ import httpx
 from sqlalchemy import text
 
 from bench.common import bench_settings, machine, seed_images
-from tuwen.db.session import get_engine
 from tuwen.domain import Partition
-from tuwen.synthesis.runner import RunParams, plan_partition, run_batch
+from tuwen.resources import Resources
+from tuwen.synthesis.keys import RunParams
+from tuwen.synthesis.planning import plan_partition
+from tuwen.synthesis.runner import run_batch
 
 IN_FLIGHT = 128
 N_IMAGES = 3000
@@ -32,12 +34,13 @@ DAY = Partition(dt.date(2026, 11, 19), dt.date(2026, 11, 20))
 def _run(settings, standin_root: str, latency: str, label: str) -> dict:
     httpx.post(f"{standin_root}/stand-in/faults", json={"latency": latency}).raise_for_status()
     httpx.post(f"{standin_root}/stand-in/stats/reset").raise_for_status()
-    with get_engine(settings.database_url).begin() as conn:
+    resources = Resources.from_settings(settings)
+    with resources.engine.begin() as conn:
         conn.execute(text("TRUNCATE sample, generation RESTART IDENTITY CASCADE"))
-    plan = plan_partition(settings, DAY, RunParams())
+    plan = plan_partition(resources, DAY, RunParams())
     ids = [i for batch in plan.batches for i in batch["image_ids"]]
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = run_batch(settings, ids, RunParams())
+    result = run_batch(resources, ids, RunParams())
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     done = result.succeeded + result.unparseable
     rate = done / wall

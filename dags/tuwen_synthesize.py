@@ -16,7 +16,9 @@ run conf), and a small "Max active runs" (2): backfill runs are counted apart fr
 which keeps going, and every batch task of every run shares the pool `vlm`.
 
 **Params**: `language` (zh, en or mix with `en_share`), `task_types`, `prompt_version` (empty:
-latest), `limit` (at most this many new completions), `force_regenerate` (pay again on purpose).
+latest), `limit` (at most this many new completions), `force_regenerate` (pay again on purpose: the new
+answers are new generations and samples keyed by this run, the earlier ones stay, and releases
+that shipped them still reference them).
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ def tuwen_synthesize() -> None:
     def plan() -> list[dict]:
         from tuwen.config import Settings
         from tuwen.domain import resolve_partition
-        from tuwen.synthesis.runner import RunParams, plan_partition
+        from tuwen.resources import Resources
+        from tuwen.synthesis.keys import RunParams
+        from tuwen.synthesis.planning import plan_partition
 
         context = get_current_context()
-        plan = plan_partition(Settings.from_env(), resolve_partition(context), RunParams.from_params(context["params"]))
+        params = RunParams.from_params(context["params"], context["run_id"])
+        plan = plan_partition(Resources.from_settings(Settings.from_env()), resolve_partition(context), params)
         print(f"partition {plan.partition}: {plan.images} images, {plan.newly_assigned} newly assigned a task, "
               f"{plan.already_done} already stored, {plan.to_request} to request in {len(plan.batches)} batches")
         return plan.batches
@@ -66,12 +71,15 @@ def tuwen_synthesize() -> None:
     @task(pool="vlm")
     def synthesize(batch: dict) -> dict:
         from tuwen.config import Settings
-        from tuwen.synthesis.runner import AirflowIds, RunParams, run_batch
+        from tuwen.resources import Resources
+        from tuwen.synthesis.keys import RunParams
+        from tuwen.synthesis.runner import AirflowIds, run_batch
 
         context = get_current_context()
         ids = AirflowIds(context["dag"].dag_id, context["run_id"], context["task"].task_id,
                          context["ti"].map_index)
-        result = run_batch(Settings.from_env(), batch["image_ids"], RunParams.from_params(context["params"]), ids)
+        params = RunParams.from_params(context["params"], context["run_id"])
+        result = run_batch(Resources.from_settings(Settings.from_env()), batch["image_ids"], params, ids)
         return result.as_dict()
 
     @task

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tuwen.local.standin_vlm import (
     DEFAULT_MODEL,
+    HOSTILE_FAULTS,
     REFUSAL,
     FaultConfig,
     LatencySpec,
@@ -497,6 +498,29 @@ def test_refusal_fault(faulty: StandinProcess, faulty_client: openai.OpenAI) -> 
     faulty.set_faults(fault_rates={"refusal": 1.0})
     assert chat(faulty_client, CONVERSATION_ZH).choices[0].message.content == "抱歉，我无法查看这张图片。"
     assert chat(faulty_client, DETAIL_EN).choices[0].message.content == REFUSAL["en"]
+
+
+def test_hostile_faults_send_what_a_misbehaving_server_sends(faulty: StandinProcess,
+                                                             faulty_client: openai.OpenAI) -> None:
+    answers = {}
+    for kind in HOSTILE_FAULTS:
+        faulty.set_faults(fault_rates={kind: 1.0})
+        answers[kind] = chat(faulty_client, DETAIL_ZH, max_tokens=64).choices[0].message.content
+    assert "\x00" in answers["nul"]
+    assert "\udc80" in answers["surrogate"]  # sent as a JSON \\u escape, read back as a lone surrogate
+    assert " " * 8000 + "x" in answers["blank_run"]
+    assert len(answers["enormous"]) > 100_000  # max_tokens (64) ignored, as a misbehaving server does
+    assert faulty.stats()["faults_injected"] == dict.fromkeys(HOSTILE_FAULTS, 1)
+
+
+def test_a_fault_pinned_to_an_image_hits_that_image_only(faulty: StandinProcess,
+                                                         faulty_client: openai.OpenAI) -> None:
+    pinned = hashlib.sha256(SKY_OVER_RED).hexdigest()
+    faulty.set_faults(image_faults={pinned: "refusal"})
+    assert chat(faulty_client, DETAIL_ZH).choices[0].message.content == REFUSAL["zh"]
+    assert chat(faulty_client, DETAIL_ZH, image=GRASS_UNDER_WHITE).choices[0].message.content != REFUSAL["zh"]
+    with pytest.raises(httpx.HTTPStatusError):
+        faulty.set_faults(image_faults={pinned: "gremlins"})
 
 
 def test_fixed_latency(faulty: StandinProcess, faulty_client: openai.OpenAI) -> None:

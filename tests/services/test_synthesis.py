@@ -18,9 +18,11 @@ from bench.common import seed_images
 from tuwen.config import Settings
 from tuwen.domain import Partition
 from tuwen.local.standin_vlm import StandinProcess
-from tuwen.storage import ObjectStore
+from tuwen.resources import Resources
+from tuwen.synthesis.keys import RunParams
+from tuwen.synthesis.planning import plan_partition
 from tuwen.synthesis.prompts import get_prompt
-from tuwen.synthesis.runner import RunParams, plan_partition, run_batch
+from tuwen.synthesis.runner import run_batch
 from tuwen.synthesis.vlm_client import CircuitOpenError
 
 DAY = dt.date(2026, 11, 19)
@@ -36,26 +38,27 @@ def _rows(settings: Settings, sql: str) -> list:
         engine.dispose()
 
 
-def _ready(settings: Settings, n: int, **overrides) -> Settings:
-    settings = dataclasses.replace(settings, **overrides)
-    ObjectStore(settings).ensure_bucket()
-    seed_images(settings, n, DAY, width=224, height=168)
-    return settings
+def _ready(settings: Settings, n: int, **overrides) -> Resources:
+    resources = Resources.from_settings(dataclasses.replace(settings, **overrides))
+    resources.store.ensure_bucket()
+    seed_images(resources.settings, n, DAY, width=224, height=168)
+    return resources
 
 
-def _run_all(settings: Settings, params: RunParams | None = None) -> list:
+def _run_all(resources: Resources, params: RunParams | None = None) -> list:
     params = params or RunParams()
-    plan = plan_partition(settings, PARTITION, params)
-    return [run_batch(settings, batch["image_ids"], params) for batch in plan.batches]
+    plan = plan_partition(resources, PARTITION, params)
+    return [run_batch(resources, batch["image_ids"], params) for batch in plan.batches]
 
 
 def test_each_image_gets_one_sample_and_a_rerun_pays_nothing(settings: Settings) -> None:
     with StandinProcess() as vlm:
-        settings = _ready(settings, 24, vlm_base_url=vlm.base_url, batch_size=10)
-        plan = plan_partition(settings, PARTITION, RunParams())
+        resources = _ready(settings, 24, vlm_base_url=vlm.base_url, batch_size=10)
+        settings = resources.settings
+        plan = plan_partition(resources, PARTITION, RunParams())
         assert plan.images == 24 and plan.to_request == 24 and len(plan.batches) == 3
         for batch in plan.batches:
-            run_batch(settings, batch["image_ids"], RunParams())
+            run_batch(resources, batch["image_ids"], RunParams())
         assert vlm.stats()["requests"] == 24
 
         rows = _rows(settings, "SELECT g.status, g.prompt_sha256, g.task_type, s.conversations, s.rounds "
@@ -71,10 +74,10 @@ def test_each_image_gets_one_sample_and_a_rerun_pays_nothing(settings: Settings)
             assert row.rounds == 1 or row.task_type == "conversation"
 
         # Rerun: the plan finds everything done, and even a batch run directly sends nothing.
-        again = plan_partition(settings, PARTITION, RunParams())
+        again = plan_partition(resources, PARTITION, RunParams())
         assert again.to_request == 0 and again.already_done == 24 and again.batches == []
         ids = [r[0] for r in _rows(settings, "SELECT id FROM image")]
-        result = run_batch(settings, ids, RunParams())
+        result = run_batch(resources, ids, RunParams())
         assert result.requested == 0 and result.skipped_done == 24
         assert vlm.stats()["requests"] == 24
         assert _rows(settings, "SELECT count(*) FROM generation")[0][0] == 24
@@ -87,18 +90,19 @@ def test_a_new_prompt_version_or_language_is_a_new_request(settings: Settings, t
     for path in settings.prompts_dir.glob("*.txt"):
         (prompts / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     with StandinProcess() as vlm:
-        settings = _ready(settings, 6, vlm_base_url=vlm.base_url, prompts_dir=prompts)
-        _run_all(settings)
+        resources = _ready(settings, 6, vlm_base_url=vlm.base_url, prompts_dir=prompts)
+        settings = resources.settings
+        _run_all(resources)
         for task in ("conversation", "complex_reasoning", "detail"):
             text_v1 = (prompts / f"{task}.zh.v1.txt").read_text(encoding="utf-8")
             (prompts / f"{task}.zh.v2.txt").write_text(text_v1 + "\n请用简体中文回答。", encoding="utf-8")
         get_prompt.__globals__["_cached_prompts"].cache_clear()
-        _run_all(settings)  # latest = v2: every image asked again, once
-        _run_all(settings, RunParams(prompt_version=1))  # v1 answers are stored: nothing sent
+        _run_all(resources)  # latest = v2: every image asked again, once
+        _run_all(resources, RunParams(prompt_version=1))  # v1 answers are stored: nothing sent
         assert vlm.stats()["requests"] == 12
         versions = Counter(r[0] for r in _rows(settings, "SELECT prompt_version FROM generation"))
         assert versions == {1: 6, 2: 6}
-        _run_all(settings, RunParams(language="en", en_share=1.0))
+        _run_all(resources, RunParams(language="en", en_share=1.0))
         assert vlm.stats()["requests"] == 18
         langs = Counter(r[0] for r in _rows(settings, "SELECT language FROM sample"))
         assert langs == {"zh": 12, "en": 6}
@@ -107,8 +111,9 @@ def test_a_new_prompt_version_or_language_is_a_new_request(settings: Settings, t
 @pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "timeout", "truncated", "malformed", "refusal"])
 def test_every_fault_ends_with_an_answer_or_a_recorded_reason(settings: Settings, fault: str) -> None:
     with StandinProcess(fault_rates={fault: 0.4}, fault_seed=3, hang_s=3.0, retry_after_s=0) as vlm:
-        settings = _ready(settings, 12, vlm_base_url=vlm.base_url, vlm_timeout_s=1.5, vlm_max_retries=3)
-        _run_all(settings)
+        resources = _ready(settings, 12, vlm_base_url=vlm.base_url, vlm_timeout_s=1.5, vlm_max_retries=3)
+        settings = resources.settings
+        _run_all(resources)
         rows = _rows(settings, "SELECT g.request_key, g.status, g.error_type, g.raw_text, g.finish_reason, "
                                "s.id AS sample FROM generation g LEFT JOIN sample s ON s.generation_id = g.id")
         assert len(rows) == 12 and len({r.request_key for r in rows}) == 12
@@ -128,7 +133,7 @@ def test_every_fault_ends_with_an_answer_or_a_recorded_reason(settings: Settings
             assert any(r.finish_reason == "length" for r in rows)
         # Rerun: failed requests are retried, stored answers are not requested again.
         stored_before = {r.request_key for r in rows if r.status != "failed"}
-        _run_all(settings)
+        _run_all(resources)
         after = {r.request_key: r.status
                  for r in _rows(settings, "SELECT request_key, status FROM generation")}
         assert len(after) == 12
@@ -138,11 +143,12 @@ def test_every_fault_ends_with_an_answer_or_a_recorded_reason(settings: Settings
 def test_endpoint_down_stops_fast_and_marks_nothing_done(settings: Settings) -> None:
     from tuwen.local.services import free_port
 
-    settings = _ready(settings, 40, vlm_base_url=f"http://127.0.0.1:{free_port()}/v1", vlm_max_retries=4)
-    plan = plan_partition(settings, PARTITION, RunParams())
+    resources = _ready(settings, 40, vlm_base_url=f"http://127.0.0.1:{free_port()}/v1", vlm_max_retries=4)
+    settings = resources.settings
+    plan = plan_partition(resources, PARTITION, RunParams())
     started = time.monotonic()
     with pytest.raises(CircuitOpenError, match="127.0.0.1"):
-        run_batch(settings, plan.batches[0]["image_ids"], RunParams())
+        run_batch(resources, plan.batches[0]["image_ids"], RunParams())
     assert time.monotonic() - started < 30
     statuses = Counter(r[0] for r in _rows(settings, "SELECT status FROM generation"))
     assert statuses.get("succeeded", 0) == 0 and statuses.get("unparseable", 0) == 0
@@ -152,17 +158,20 @@ def test_endpoint_down_stops_fast_and_marks_nothing_done(settings: Settings) -> 
 KILL_SCRIPT = """
 import dataclasses, sys
 from tuwen.config import Settings
-from tuwen.synthesis.runner import RunParams, run_batch
+from tuwen.resources import Resources
+from tuwen.synthesis.keys import RunParams
+from tuwen.synthesis.runner import run_batch
 settings = dataclasses.replace(Settings.from_env(), vlm_max_in_flight=4)
 ids = [int(x) for x in sys.argv[1].split(",")]
-run_batch(settings, ids, RunParams())
+run_batch(Resources.from_settings(settings), ids, RunParams())
 """
 
 
 def test_sigkill_mid_batch_loses_nothing_stored_and_resends_nothing_stored(settings: Settings) -> None:
     with StandinProcess(latency="fixed:0.25") as vlm:
-        settings = _ready(settings, 60, vlm_base_url=vlm.base_url)
-        plan = plan_partition(settings, PARTITION, RunParams())
+        resources = _ready(settings, 60, vlm_base_url=vlm.base_url)
+        settings = resources.settings
+        plan = plan_partition(resources, PARTITION, RunParams())
         ids = [i for b in plan.batches for i in b["image_ids"]]
         env = {**os.environ, "TUWEN_DATABASE_URL": settings.database_url, "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
                "TUWEN_S3_BUCKET": settings.s3_bucket, "TUWEN_VLM_BASE_URL": vlm.base_url,
@@ -181,7 +190,7 @@ def test_sigkill_mid_batch_loses_nothing_stored_and_resends_nothing_stored(setti
         assert 15 <= len(stored) < 60
         requests_at_kill = vlm.stats()["requests"]
 
-        _run_all(settings)  # the rerun
+        _run_all(resources)  # the rerun
         rows = _rows(settings, "SELECT request_key, status, raw_text FROM generation")
         assert len(rows) == 60 and all(r.status == "succeeded" for r in rows)
         # Zero stored answers lost or changed.
@@ -197,8 +206,9 @@ def test_three_day_backfill_run_twice_pays_once(settings: Settings) -> None:
 
     days = [DAY - dt.timedelta(days=i) for i in range(3)]
     with StandinProcess() as vlm:
-        settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, batch_size=8)
-        ObjectStore(settings).ensure_bucket()
+        resources = Resources.from_settings(dataclasses.replace(settings, vlm_base_url=vlm.base_url, batch_size=8))
+        settings = resources.settings
+        resources.store.ensure_bucket()
         for i, day in enumerate(days):
             seed_images(settings, 6 + i, day, width=224 + 28 * i, height=168)
         totals = []
@@ -209,9 +219,9 @@ def test_three_day_backfill_run_twice_pays_once(settings: Settings) -> None:
                            "params": {}}
                 partition = resolve_partition(context)
                 assert partition.start == day
-                plan = plan_partition(settings, partition, RunParams())
+                plan = plan_partition(resources, partition, RunParams())
                 for batch in plan.batches:
-                    run_batch(settings, batch["image_ids"], RunParams())
+                    run_batch(resources, batch["image_ids"], RunParams())
             totals.append((_rows(settings, "SELECT count(*) FROM generation")[0][0],
                            _rows(settings, "SELECT count(*) FROM sample")[0][0], vlm.stats()["requests"]))
         assert totals[0] == (21, 21, 21)
@@ -223,8 +233,87 @@ def test_three_day_backfill_run_twice_pays_once(settings: Settings) -> None:
 
 def test_presigned_url_mode_lets_the_server_fetch_the_image(settings: Settings) -> None:
     with StandinProcess() as vlm:
-        settings = _ready(settings, 3, vlm_base_url=vlm.base_url, vlm_image_mode="presigned_url")
-        _run_all(settings)
+        resources = _ready(settings, 3, vlm_base_url=vlm.base_url, vlm_image_mode="presigned_url")
+        settings = resources.settings
+        _run_all(resources)
         stats = vlm.stats()
         assert stats["ok"] == 3 and len(stats["by_image"]) == 3  # the stand-in decoded 3 distinct images
         assert Counter(r[0] for r in _rows(settings, "SELECT status FROM generation")) == {"succeeded": 3}
+
+
+def test_hostile_items_are_recorded_on_their_own_and_the_batch_goes_on(settings: Settings) -> None:
+    """One missing object, a NUL answer, a lone surrogate, an enormous answer and a long run of blanks
+    in one batch: each recorded on its own generation with a reason, every other answer stored,
+    and a rerun pays for none of the stored ones."""
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 12, vlm_base_url=vlm.base_url, batch_size=64)
+        settings = resources.settings
+        images = _rows(settings, "SELECT id, sha256, model_key FROM image ORDER BY sha256")
+        missing, nul, surrogate, enormous, blanks = images[:5]
+        missing_bytes = resources.store.get_bytes(missing.model_key)
+        resources.store.remove(missing.model_key)
+        vlm.set_faults(image_faults={nul.sha256: "nul", surrogate.sha256: "surrogate",
+                                     enormous.sha256: "enormous", blanks.sha256: "blank_run"})
+
+        started = time.monotonic()
+        [result] = _run_all(resources)
+        assert time.monotonic() - started < 60  # the blank run parses in linear time
+        rows = {r.sha256: r for r in _rows(
+            settings, "SELECT i.sha256, g.status, g.error_type, g.error, g.attempts, g.raw_text, s.id AS sample "
+                      "FROM generation g JOIN image i ON i.id = g.image_id "
+                      "LEFT JOIN sample s ON s.generation_id = g.id")}
+        assert len(rows) == 12
+        assert (rows[missing.sha256].status, rows[missing.sha256].error_type) == ("failed", "image_missing")
+        assert rows[missing.sha256].attempts == 0 and missing.model_key in rows[missing.sha256].error
+        assert missing.sha256 not in vlm.stats()["by_image"]  # nothing paid for it
+        for hostile in (nul, surrogate):
+            row = rows[hostile.sha256]
+            assert (row.status, row.error) == ("unparseable", "invalid_characters") and row.sample is None
+            assert "\\u0000" in row.raw_text or "\\udc80" in row.raw_text  # kept, escaped
+        assert (rows[enormous.sha256].status, rows[enormous.sha256].error) == ("unparseable", "answer_too_long")
+        assert rows[blanks.sha256].status in ("succeeded", "unparseable")
+        others = [r for sha, r in rows.items() if sha not in {missing.sha256, nul.sha256, surrogate.sha256,
+                                                               enormous.sha256, blanks.sha256}]
+        assert len(others) == 7 and all(r.status == "succeeded" and r.sample for r in others)
+        assert result.failed_by_type == {"image_missing": 1}
+        assert result.unparseable_by_reason["invalid_characters"] == 2
+
+        # The rerun pays for nothing stored; the missing image is still missing and still not sent.
+        requests = vlm.stats()["requests"]
+        _run_all(resources)
+        assert vlm.stats()["requests"] == requests
+        # Once the object is back (a recrawl restores it), the next run asks for that one image only.
+        resources.store.put_bytes(missing.model_key, missing_bytes, "image/jpeg")
+        _run_all(resources)
+        assert vlm.stats()["requests"] == requests + 1
+        assert _rows(settings, f"SELECT status FROM generation WHERE image_id = {missing.id}")[0][0] == "succeeded"
+
+
+def test_force_regenerate_adds_samples_and_keeps_the_old_ones(settings: Settings) -> None:
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 6, vlm_base_url=vlm.base_url)
+        settings = resources.settings
+        _run_all(resources)
+        before = {r.id: (r.conversations, r.generation_id) for r in _rows(
+            settings, "SELECT id, conversations, generation_id FROM sample")}
+        forced = RunParams.from_params({"force_regenerate": True}, run_id="manual__regen-1")
+        plan = plan_partition(resources, PARTITION, forced)
+        assert plan.to_request == 6
+        for batch in plan.batches:
+            run_batch(resources, batch["image_ids"], forced)
+        assert vlm.stats()["requests"] == 12
+        samples = _rows(settings, "SELECT id, image_id, conversations, generation_id, created_at FROM sample")
+        assert len(samples) == 12 and _rows(settings, "SELECT count(*) FROM generation")[0][0] == 12
+        # The samples a release may have shipped are still there, unchanged.
+        assert {r.id: (r.conversations, r.generation_id) for r in samples if r.id in before} == before
+        # Per image the regenerated sample is the newest: the one a release's selection takes.
+        per_image: dict[int, list] = {}
+        for r in samples:
+            per_image.setdefault(r.image_id, []).append(r)
+        for pair in per_image.values():
+            old, new = sorted(pair, key=lambda r: r.id not in before)
+            assert new.created_at > old.created_at
+        # A retry of the same forced run finds its own answers; nothing is paid twice.
+        assert plan_partition(resources, PARTITION, forced).to_request == 0
+        _run_all(resources, forced)
+        assert vlm.stats()["requests"] == 12

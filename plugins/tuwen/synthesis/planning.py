@@ -1,4 +1,8 @@
-"""Which of the three tasks an image is annotated with.
+"""Planning a run: which of the three tasks an image is annotated with, and which images still need asking.
+
+`plan_partition` (at the end) persists the tasks of new images and splits the images whose answer
+is not stored yet into batches for the mapped tasks. The rest of this module is the task rule,
+a pure function.
 
 Every image is used once, for one task, and the tasks must follow the configured mix (the seed's
 247,431 : 194,646 : 199,791) within one percentage point in every partition of 1,000 images or more.
@@ -41,9 +45,17 @@ without the bias, so the mix guarantee does not change; only who gets which slot
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from tuwen.domain import TASK_TYPES
+from tuwen.domain import TASK_TYPES, Partition
+from tuwen.resources import Resources
+from tuwen.synthesis import lineage
+from tuwen.synthesis.keys import RunParams, request_spec
+
+MAX_MAPPED_BATCHES = 1024  # Airflow caps a mapped list at 1024 by default
 
 DESCRIPTION_TASK = "detail"
 
@@ -119,3 +131,39 @@ def assign_task_type(image_sha256: str, mix: Mapping[str, int], existing_counts:
     and the result persisted in one transaction, or two workers will both fill the same slot.
     """
     return deal_tasks(1, mix, existing_counts)[0]
+
+
+# --- a run's plan --------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    partition: str
+    images: int  # accepted images in the partition
+    newly_assigned: int
+    to_request: int
+    already_done: int
+    batches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def split_batches(todo: list[int], batch_size: int, partition_label: str) -> list[dict[str, Any]]:
+    """Round-robin the images over at most MAX_MAPPED_BATCHES batches of about batch_size."""
+    if not todo:
+        return []
+    n_batches = min(MAX_MAPPED_BATCHES, math.ceil(len(todo) / batch_size))
+    return [{"image_ids": todo[i::n_batches], "partition": partition_label} for i in range(n_batches)]
+
+
+def plan_partition(resources: Resources, partition: Partition, params: RunParams) -> Plan:
+    """Assign tasks, then list the images that still need a completion, split into mapped batches."""
+    settings = resources.settings
+    newly_assigned = lineage.assign_tasks(
+        resources.engine, partition, lambda new, existing: assign_task_types(new, settings.task_mix, existing))
+    rows, images = lineage.partition_images(resources.engine, partition, params.task_types)
+    keys = {row.id: request_spec(settings, params, row.sha256, row.task_type).key for row in rows}
+    done = lineage.stored_keys(resources.engine, keys.values())
+    todo = [image_id for image_id, key in keys.items() if key not in done]
+    if params.limit is not None:
+        todo = todo[: params.limit]
+    return Plan(partition.label, images, newly_assigned, len(todo), len(keys) - len(todo),
+                split_batches(todo, settings.batch_size, partition.label))

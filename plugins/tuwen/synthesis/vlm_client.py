@@ -318,10 +318,10 @@ class VLMClient:
         self.breaker_window_s = breaker_window_s
         self._rng = random.Random(rng_seed)
         # The SDK's aiohttp transport (openai.DefaultAioHttpClient, the SDK's documented choice for
-        # high concurrency): with 128 requests in flight httpx2's own pool spent a third of this
-        # process's CPU scanning its connections; aiohttp's is a deque. Measured in bench synthesis:
-        # 5.6 -> 4.4 ms CPU per sample. The pool is sized to the workers: one kept-alive connection
-        # each (no request pays a new handshake) and never more connections than requests in flight.
+        # high concurrency): httpx2's own pool scans its connections on every request, aiohttp's
+        # is a deque (figures in docs/BENCHMARKS.md). The pool is sized to the workers: one
+        # kept-alive connection each (no request pays a new handshake) and never more connections
+        # than requests in flight.
         # A short connect timeout: a host that does not accept within 10 s is down, not busy.
         self._http = openai.DefaultAioHttpClient(
             limits=httpx2.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
@@ -370,101 +370,9 @@ class VLMClient:
         raises; either way results already delivered stay delivered, results being delivered at
         that moment finish, and requests not finished get no result (a rerun picks them up).
         """
-        stats = ClientStats()
-        breaker = CircuitBreaker(self.breaker_failures, self.breaker_window_s)
-        source = _as_async_iterator(requests)
-        pull_lock = asyncio.Lock()  # an async generator cannot be advanced by two tasks at once
-        stop = asyncio.Event()
-        errors: list[BaseException] = []
-        delivering: set[asyncio.Task[None]] = set()
-        exhausted = False
-        started = time.perf_counter()
-
-        async def deliver(result: VLMResult) -> None:
-            if result.ok:
-                stats.ok += 1
-                stats.prompt_tokens += result.prompt_tokens or 0
-                stats.completion_tokens += result.completion_tokens or 0
-            else:
-                stats.failed += 1
-                assert result.error_type is not None
-                stats.by_error_type[result.error_type] = stats.by_error_type.get(result.error_type, 0) + 1
-            outcome = on_result(result)
-            if inspect.isawaitable(outcome):
-                await outcome
-
-        async def worker() -> None:
-            nonlocal exhausted
-            task = asyncio.current_task()
-            assert task is not None
-            while not stop.is_set():
-                async with pull_lock:
-                    if exhausted or stop.is_set():
-                        return
-                    try:
-                        request = await anext(source)
-                    except StopAsyncIteration:
-                        exhausted = True
-                        return
-                stats.requests += 1
-                try:
-                    result = await self._complete(request, stats, breaker, stop)
-                except _Stop:
-                    stats.abandoned += 1
-                    return
-                except asyncio.CancelledError:
-                    stats.abandoned += 1
-                    raise
-                # Paid for: the caller gets it even if the run is stopping meanwhile.
-                delivering.add(task)
-                try:
-                    await deliver(result)
-                except Exception as exc:
-                    errors.append(exc)
-                    stop.set()
-                    return
-                finally:
-                    delivering.discard(task)
-
-        workers = [asyncio.create_task(worker(), name=f"vlm-worker-{i}") for i in range(self.max_in_flight)]
-        stop_waiter = asyncio.create_task(stop.wait())
-        try:
-            pending: set[asyncio.Task[Any]] = set(workers)
-            while pending and not stop.is_set():
-                done, pending = await asyncio.wait(
-                    pending | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(stop_waiter)
-                for task in done - {stop_waiter}:
-                    if not task.cancelled() and (exc := task.exception()) is not None:
-                        errors.append(exc)  # the request source raised (or a bug here)
-                        stop.set()
-            if stop.is_set():
-                # In-flight HTTP calls, backoff sleeps and pulls are abandoned; deliveries finish.
-                for task in workers:
-                    if task not in delivering:
-                        task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        finally:
-            for task in workers:
-                task.cancel()
-            stop_waiter.cancel()
-            await asyncio.gather(*workers, stop_waiter, return_exceptions=True)
-            await source.aclose()
-            stats.elapsed_s = time.perf_counter() - started
-            stats.circuit_open = breaker.is_open
-
-        if errors:
-            raise errors[0]  # on_result's (or the request source's) own exception comes first
-        if breaker.is_open:
-            raise CircuitOpenError(
-                f"VLM endpoint {self.base_url} looks down: {breaker.consecutive_failures} "
-                f"connection-level failures in a row with no success (threshold {breaker.threshold} "
-                f"within {breaker.window_s:g}s); last error: {breaker.last_error}. Stopped after "
-                f"{stats.ok} ok and {stats.failed} failed results; {stats.abandoned} in-flight "
-                f"requests were abandoned and, like the rest, are left for a rerun."
-            )
-        return stats
+        run = _Run(self, requests, on_result)
+        await run.execute()
+        return run.outcome()
 
     async def _complete(
         self, request: VLMRequest, stats: ClientStats, breaker: CircuitBreaker, stop: asyncio.Event
@@ -537,8 +445,8 @@ class VLMClient:
 
         It is posted through the SDK's documented raw-request path (`post(..., cast_to=Response)`)
         rather than chat.completions.create, which walks every message part against its TypedDicts
-        and serializes with ensure_ascii=False: together a few milliseconds per request, paid
-        641,868 times. ASCII JSON (Chinese text as \\u escapes, which the server decodes the same)
+        and serializes with ensure_ascii=False: a few milliseconds per request, paid once per
+        sample of the dataset. ASCII JSON (Chinese text as \\u escapes, which the server decodes the same)
         keeps the 300 KB data URL a one-byte-per-character string, half the cost to encode.
         Transport, auth headers, timeouts and the SDK's status-code exceptions are unchanged.
         """
@@ -576,3 +484,130 @@ class VLMClient:
             error=None,
             response=body,
         )
+
+
+class _Run:
+    """One `VLMClient.run`: `max_in_flight` workers pulling from one source until it ends or the run stops.
+
+    A worker pulls a request, completes it (with retries) and delivers the result before pulling
+    the next. The run stops when the breaker opens, when `on_result` or the source raises, or when
+    the source is exhausted; stopping cancels requests in flight, never a delivery under way.
+    """
+
+    def __init__(
+        self,
+        client: VLMClient,
+        requests: Iterable[VLMRequest] | AsyncIterable[VLMRequest],
+        on_result: Callable[[VLMResult], Awaitable[None] | None],
+    ) -> None:
+        self.client = client
+        self.on_result = on_result
+        self.stats = ClientStats()
+        self.breaker = CircuitBreaker(client.breaker_failures, client.breaker_window_s)
+        self.source = _as_async_iterator(requests)
+        self.pull_lock = asyncio.Lock()  # an async generator cannot be advanced by two tasks at once
+        self.stop = asyncio.Event()
+        self.errors: list[BaseException] = []
+        self.delivering: set[asyncio.Task[None]] = set()
+        self.exhausted = False
+
+    async def execute(self) -> None:
+        started = time.perf_counter()
+        workers = [asyncio.create_task(self._worker(), name=f"vlm-worker-{i}")
+                   for i in range(self.client.max_in_flight)]
+        stop_waiter = asyncio.create_task(self.stop.wait())
+        try:
+            await self._supervise(workers, stop_waiter)
+        finally:
+            for task in workers:
+                task.cancel()
+            stop_waiter.cancel()
+            await asyncio.gather(*workers, stop_waiter, return_exceptions=True)
+            await self.source.aclose()
+            self.stats.elapsed_s = time.perf_counter() - started
+            self.stats.circuit_open = self.breaker.is_open
+
+    async def _supervise(self, workers: list[asyncio.Task[None]], stop_waiter: asyncio.Task[Any]) -> None:
+        """Wait for the workers to finish, or for the stop signal; then cancel all but deliveries."""
+        pending: set[asyncio.Task[Any]] = set(workers)
+        while pending and not self.stop.is_set():
+            done, pending = await asyncio.wait(pending | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stop_waiter)
+            for task in done - {stop_waiter}:
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    self.errors.append(exc)  # the request source raised (or a bug here)
+                    self.stop.set()
+        if self.stop.is_set():
+            # In-flight HTTP calls, backoff sleeps and pulls are abandoned; deliveries finish.
+            for task in workers:
+                if task not in self.delivering:
+                    task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _pull(self) -> VLMRequest | None:
+        """The next request, or None when the source is exhausted or the run is stopping."""
+        async with self.pull_lock:
+            if self.exhausted or self.stop.is_set():
+                return None
+            try:
+                request = await anext(self.source)
+            except StopAsyncIteration:
+                self.exhausted = True
+                return None
+        self.stats.requests += 1
+        return request
+
+    async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self.stop.is_set():
+            request = await self._pull()
+            if request is None:
+                return
+            try:
+                result = await self.client._complete(request, self.stats, self.breaker, self.stop)
+            except _Stop:
+                self.stats.abandoned += 1
+                return
+            except asyncio.CancelledError:
+                self.stats.abandoned += 1
+                raise
+            # Paid for: the caller gets it even if the run is stopping meanwhile.
+            self.delivering.add(task)
+            try:
+                await self._deliver(result)
+            except Exception as exc:
+                self.errors.append(exc)
+                self.stop.set()
+                return
+            finally:
+                self.delivering.discard(task)
+
+    async def _deliver(self, result: VLMResult) -> None:
+        stats = self.stats
+        if result.ok:
+            stats.ok += 1
+            stats.prompt_tokens += result.prompt_tokens or 0
+            stats.completion_tokens += result.completion_tokens or 0
+        else:
+            stats.failed += 1
+            assert result.error_type is not None
+            stats.by_error_type[result.error_type] = stats.by_error_type.get(result.error_type, 0) + 1
+        outcome = self.on_result(result)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    def outcome(self) -> ClientStats:
+        """The run's counts, or the reason it stopped early."""
+        if self.errors:
+            raise self.errors[0]  # on_result's (or the request source's) own exception comes first
+        if self.breaker.is_open:
+            stats, breaker = self.stats, self.breaker
+            raise CircuitOpenError(
+                f"VLM endpoint {self.client.base_url} looks down: {breaker.consecutive_failures} "
+                f"connection-level failures in a row with no success (threshold {breaker.threshold} "
+                f"within {breaker.window_s:g}s); last error: {breaker.last_error}. Stopped after "
+                f"{stats.ok} ok and {stats.failed} failed results; {stats.abandoned} in-flight "
+                f"requests were abandoned and, like the rest, are left for a rerun."
+            )
+        return self.stats

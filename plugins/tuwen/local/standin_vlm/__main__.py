@@ -1,0 +1,5 @@
+"""`python -m tuwen.local.standin_vlm`: serve the stand-in VLM (see `--help`)."""
+
+from tuwen.local.standin_vlm.process import main
+
+main()

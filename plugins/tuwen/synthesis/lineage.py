@@ -1,0 +1,251 @@
+"""The synthesis stage's SQL, in one place, over the engine its entry point hands in.
+
+Two ways in, one per purpose: planning and batch set-up are a few set-wise statements per run, in
+SQLAlchemy Core on the engine; storing answers runs once per completion on the batch's writer
+thread, so it is plain SQL on one DBAPI connection borrowed from the same engine's pool, one
+transaction per answer (that is what bounds a killed worker's loss to the requests in flight).
+
+Model answers are untrusted text: `storable_text` and `storable_json` escape what PostgreSQL
+cannot hold (NUL; lone UTF-16 surrogates, which have no UTF-8 form) before anything is written,
+and a row that still cannot be written is recorded on its generation with the reason, so one
+answer never stops the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg2
+from sqlalchemy import Engine, Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from tuwen.db.models import Generation, Image
+from tuwen.domain import Partition
+
+DONE_STATUSES = ("succeeded", "unparseable")  # paid for: never requested again under the same key
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def storable_text(value: str | None) -> str | None:
+    """The text with NUL and lone surrogates written as visible \\uXXXX escapes; others unchanged."""
+    if value is None or not _UNSTORABLE.search(value):
+        return value
+    return _UNSTORABLE.sub(_escape, value)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
+def storable_json(value: Any) -> str | None:
+    """JSON text for a jsonb column; strings escaped as in `storable_text` (jsonb refuses \\u0000 too)."""
+    if value is None:
+        return None
+    dumped = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # json.dumps writes NUL as the six characters \u0000 and leaves a lone surrogate as is.
+    if "\\u0000" in dumped or _UNSTORABLE.search(dumped):
+        dumped = json.dumps(_storable(value), ensure_ascii=False, separators=(",", ":"))
+    return dumped
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def assign_tasks(engine: Engine, partition: Partition,
+                 deal: Callable[[list[str], dict[str, int]], Mapping[str, str]]) -> int:
+    """Persist a task type on every accepted image of the partition that has none, day by day.
+
+    `deal(new hashes, existing counts per task)` decides the tasks (see `planning.assign_task_types`).
+    """
+    assigned = 0
+    with engine.begin() as conn:
+        # One planner at a time, so two runs over the same day can't deal the same slots twice.
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tuwen.assign_tasks'))"))
+        for day in partition.days():
+            rows = conn.execute(
+                select(Image.sha256, Image.task_type)
+                .where(Image.crawl_date == day, Image.status == "accepted")
+            ).all()
+            existing = Counter(r.task_type for r in rows if r.task_type)
+            new = [r.sha256 for r in rows if not r.task_type]
+            if not new:
+                continue
+            tasks = deal(new, dict(existing))
+            for sha, task in tasks.items():
+                conn.execute(update(Image).where(Image.sha256 == sha).values(task_type=task))
+            assigned += len(tasks)
+    return assigned
+
+
+def partition_images(engine: Engine, partition: Partition, task_types: Sequence[str]) -> tuple[list[Row], int]:
+    """(id, sha256, task_type) of the partition's accepted images of those tasks, and all accepted images."""
+    in_partition = (Image.crawl_date >= partition.start, Image.crawl_date < partition.end,
+                    Image.status == "accepted")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Image.id, Image.sha256, Image.task_type)
+            .where(*in_partition, Image.task_type.in_(list(task_types)))
+            .order_by(Image.sha256)
+        ).all()
+        total = conn.scalar(select(func.count()).select_from(Image).where(*in_partition))
+    return list(rows), int(total or 0)
+
+
+def stored_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
+    """The keys among these whose answer is paid for and stored."""
+    keys = list(keys)
+    if not keys:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.scalars(
+            select(Generation.request_key).where(Generation.request_key.in_(keys),
+                                                 Generation.status.in_(DONE_STATUSES))
+        ))
+
+
+# --- a batch -----------------------------------------------------------------------------------
+
+
+def batch_images(engine: Engine, image_ids: Sequence[int]) -> list[Row]:
+    """The batch's accepted images with what a request needs, in hash order."""
+    with engine.connect() as conn:
+        return list(conn.execute(
+            select(Image.id, Image.sha256, Image.model_key, Image.model_mime, Image.task_type)
+            .where(Image.id.in_(list(image_ids)), Image.status == "accepted")
+            .order_by(Image.sha256)
+        ))
+
+
+def open_generations(engine: Engine, rows: list[dict[str, Any]]) -> dict[str, Row]:
+    """Create the pending generation rows that do not exist yet; -> {request key: (id, status)}."""
+    if not rows:
+        return {}
+    with engine.begin() as conn:
+        conn.execute(insert(Generation).values(rows).on_conflict_do_nothing(index_elements=["request_key"]))
+        return {
+            row.request_key: row
+            for row in conn.execute(
+                select(Generation.id, Generation.request_key, Generation.status)
+                .where(Generation.request_key.in_([r["request_key"] for r in rows]))
+            )
+        }
+
+
+_STORE_ANSWER = """
+UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
+  run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
+  raw_text = %(raw_text)s, response = %(response)s, finish_reason = %(finish_reason)s,
+  prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s, status = %(status)s,
+  error_type = %(error_type)s, error = %(error)s
+WHERE id = %(id)s"""
+# A failure never overwrites an answer already paid for.
+_STORE_FAILURE = """
+UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
+  run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
+  status = 'failed', error_type = %(error_type)s, error = %(error)s
+WHERE id = %(id)s AND status NOT IN ('succeeded', 'unparseable')"""
+_COUNT_ATTEMPTS = "UPDATE generation SET attempts = attempts + %(attempts)s WHERE id = %(id)s"
+# Samples are never rewritten: a regeneration is a new generation with a sample of its own.
+_INSERT_SAMPLE = """
+INSERT INTO sample (id, generation_id, image_id, task_type, language, conversations, rounds, parse_notes, qc_status)
+VALUES (%(id)s, %(generation_id)s, %(image_id)s, %(task_type)s, %(language)s, %(conversations)s, %(rounds)s,
+        %(parse_notes)s, 'pending')
+ON CONFLICT (generation_id) DO NOTHING"""
+# An answer whose row could not be written even escaped: paid for, so done, with the reason.
+_STORE_UNSTORABLE = """
+UPDATE generation SET attempts = attempts + %(attempts)s, completed_at = now(), status = 'unparseable',
+  error_type = 'unstorable', error = %(error)s
+WHERE id = %(id)s"""
+
+_ANSWER_TEXT = ("raw_text", "finish_reason", "error_type", "error", "dag_id", "run_id", "task_id")
+
+
+class AnswerStore:
+    """Writes one answer per transaction on one pooled connection; used from one thread only."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Any = None
+
+    def store_answer(self, values: dict[str, Any], sample: dict[str, Any] | None) -> bool:
+        """An answer the server returned (status set by the caller), and its sample if it parsed.
+
+        False when the row could not be written as given and the generation was recorded as
+        `unstorable` instead (paid for, so it is not asked again).
+        """
+        params = {k: storable_text(v) if k in _ANSWER_TEXT else v for k, v in values.items()}
+        params["response"] = storable_json(values.get("response"))
+        if sample is not None:
+            sample = {**sample, "conversations": storable_json(sample["conversations"]),
+                      "parse_notes": storable_json(sample["parse_notes"])}
+
+        def write(cur: Any) -> None:
+            cur.execute(_STORE_ANSWER, params)
+            if sample is not None:
+                cur.execute(_INSERT_SAMPLE, sample)
+
+        try:
+            self._transaction(write)
+            return True
+        except (psycopg2.DataError, psycopg2.IntegrityError, ValueError) as exc:
+            reason = storable_text(f"{type(exc).__name__}: {str(exc)[:500]}")
+            self._transaction(lambda cur: cur.execute(_STORE_UNSTORABLE, {**params, "error": reason}))
+            return False
+
+    def store_failure(self, values: dict[str, Any]) -> None:
+        """A request that failed for good (or never went out); a stored answer is left as it is."""
+        params = {k: storable_text(v) if k in _ANSWER_TEXT else v for k, v in values.items()}
+
+        def write(cur: Any) -> None:
+            cur.execute(_STORE_FAILURE, params)
+            if cur.rowcount == 0:
+                cur.execute(_COUNT_ATTEMPTS, params)
+
+        self._transaction(write)
+
+    def _transaction(self, statements: Callable[[Any], object]) -> None:
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    statements(cur)
+                conn.commit()
+                return
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                # The server restarted or the connection dropped: reconnect once, then give up loudly.
+                self._discard()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.engine.raw_connection()
+        return self._conn
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

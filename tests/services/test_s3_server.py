@@ -1,21 +1,29 @@
-"""The local S3 server (`tuwen.local.s3_server`): moto's app called on uvicorn's loop, spoken to over HTTP with
-the minio client, as the crawler and exporter do."""
+"""The local S3 server (`tuwen.local.s3_server`): moto's app called on uvicorn's loop, its objects kept on disk
+across restarts, spoken to over HTTP with the minio client, as the crawler and exporter do."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import io
+import os
+import signal
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from tuwen.local.s3_disk import object_file_name
 from tuwen.local.s3_server import inline_wsgi, wsgi_environ
+from tuwen.local.services import BackgroundService, free_port, s3_data_dir, s3_service
 
 
 @pytest.fixture
@@ -116,3 +124,101 @@ def test_the_app_sees_the_whole_body_and_a_crash_is_a_500() -> None:
 
     start, body = _call(broken, [b""])
     assert start["status"] == 500 and b"moto failed" in body["body"]
+
+
+# --- objects kept on disk across restarts (`tuwen.local.s3_disk`) ----------------------------------
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[BackgroundService]:
+    """An S3 server of this test's own, on its own run dir, so the test may stop and start it."""
+    service = s3_service(free_port(), tmp_path)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def _client(service: BackgroundService) -> Minio:
+    return Minio(service.health_url.split("//", 1)[1].split("/", 1)[0], access_key="test", secret_key="test",
+                 secure=False)
+
+
+def _read(client: Minio, bucket: str, key: str) -> bytes:
+    response = client.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_buckets_objects_and_metadata_survive_a_restart(own_server: BackgroundService) -> None:
+    client = _client(own_server)
+    client.make_bucket("kept")
+    client.make_bucket("dropped")
+    photo = bytes(range(256)) * 750  # 192 KB
+    big = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(400_000))  # 12.8 MB: multipart
+    client.put_object("kept", "raw/ab/图 1+1.jpg", io.BytesIO(photo), len(photo), content_type="image/jpeg",
+                      metadata={"x-amz-meta-source": "https://xn--fsqu00a.cn/a.jpg"})
+    client.put_object("kept", "exports/big.json", io.BytesIO(big), len(big), content_type="application/json")
+    client.put_object("kept", "a", io.BytesIO(b"short key"), 9)
+    client.put_object("kept", "a/b", io.BytesIO(b"a key under it"), 14)
+    client.put_object("kept", "overwritten", io.BytesIO(b"old"), 3)
+    client.put_object("kept", "overwritten", io.BytesIO(b"new bytes"), 9, content_type="text/plain")
+    client.copy_object("kept", "copied.jpg", CopySource("kept", "raw/ab/图 1+1.jpg"))
+    client.put_object("kept", "deleted", io.BytesIO(b"x"), 1)
+    client.remove_object("kept", "deleted")
+    client.put_object("kept", "deleted-in-bulk", io.BytesIO(b"y"), 1)
+    assert not list(client.remove_objects("kept", [DeleteObject("deleted-in-bulk")]))
+    client.remove_bucket("dropped")
+    before = {o.object_name: (o.size, o.etag) for o in client.list_objects("kept", recursive=True)}
+    stat_before = client.stat_object("kept", "raw/ab/图 1+1.jpg")
+
+    own_server.stop()
+    own_server.start()
+
+    client = _client(own_server)
+    assert [b.name for b in client.list_buckets()] == ["kept"]
+    assert {o.object_name: (o.size, o.etag) for o in client.list_objects("kept", recursive=True)} == before
+    assert set(before) == {"raw/ab/图 1+1.jpg", "exports/big.json", "a", "a/b", "overwritten", "copied.jpg"}
+    assert _read(client, "kept", "raw/ab/图 1+1.jpg") == photo == _read(client, "kept", "copied.jpg")
+    assert _read(client, "kept", "exports/big.json") == big
+    assert (_read(client, "kept", "a"), _read(client, "kept", "a/b")) == (b"short key", b"a key under it")
+    assert _read(client, "kept", "overwritten") == b"new bytes"
+    stat = client.stat_object("kept", "raw/ab/图 1+1.jpg")
+    assert (stat.content_type, stat.metadata["x-amz-meta-source"], stat.etag, stat.last_modified) == (
+        "image/jpeg", "https://xn--fsqu00a.cn/a.jpg", stat_before.etag, stat_before.last_modified)
+    big_stat = client.stat_object("kept", "exports/big.json")
+    assert big_stat.etag.endswith("-3") and big_stat.content_type == "application/json"
+    assert client.stat_object("kept", "overwritten").content_type == "text/plain"
+
+
+def test_an_acknowledged_put_survives_a_kill(own_server: BackgroundService) -> None:
+    client = _client(own_server)
+    client.make_bucket("killed")
+    data = os.urandom(190_000)
+    client.put_object("killed", "raw/x.jpg", io.BytesIO(data), len(data), content_type="image/jpeg")
+    pid = int(own_server.pid_file.read_text())
+    os.killpg(pid, signal.SIGKILL)  # no shutdown handler runs: what was acknowledged must be on disk already
+    own_server.stop()
+    own_server.start()
+    assert _read(_client(own_server), "killed", "raw/x.jpg") == data
+
+
+def test_a_damaged_object_file_is_left_out_not_served_short(own_server: BackgroundService, tmp_path: Path) -> None:
+    client = _client(own_server)
+    client.make_bucket("damaged")
+    for key in ("whole", "cut"):
+        client.put_object("damaged", key, io.BytesIO(b"0123456789" * 100), 1000)
+    own_server.stop()
+    (cut,) = s3_data_dir(tmp_path).glob(f"damaged/objects/*/{object_file_name('cut')}")
+    cut.write_bytes(cut.read_bytes()[:-10])  # a disk that lost the file's tail
+    (cut.parent / "leftover.tmp").write_bytes(b"a write stopped half-way")
+    own_server.start()
+    client = _client(own_server)
+    assert [o.object_name for o in client.list_objects("damaged")] == ["whole"]
+    assert _read(client, "damaged", "whole") == b"0123456789" * 100
+    assert not (cut.parent / "leftover.tmp").exists()
+    assert "skipping unreadable object file" in own_server.log_file.read_text()

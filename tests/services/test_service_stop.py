@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from tuwen.local.services import BackgroundService
+from tuwen.local.services import BackgroundService, free_port
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 
@@ -49,3 +49,16 @@ def test_a_group_that_honours_sigterm_is_stopped(tmp_path: Path) -> None:
     began = time.monotonic()
     assert service.stop() == f"stubborn: stopped (pid {process.pid})"
     assert process.wait(timeout=5) == -signal.SIGTERM and time.monotonic() - began < 3
+
+
+def test_a_service_this_process_started_is_reaped_and_reported_stopped_at_once(tmp_path: Path) -> None:
+    # The stopped child stays a zombie (a member of its group) until its parent reaps it: stop() must
+    # reap it rather than wait for the group to vanish and then SIGKILL a process that already exited.
+    port = free_port()
+    service = BackgroundService(name="web", argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                health_url=f"http://127.0.0.1:{port}/", run_dir=tmp_path)
+    service.start()
+    assert service.process is not None
+    began = time.monotonic()
+    assert service.stop() == f"web: stopped (pid {service.process.pid})"
+    assert time.monotonic() - began < 3 and service.process.returncode == -signal.SIGTERM

@@ -1,20 +1,19 @@
-"""`python -m tuwen.local.s3_server --port N`: moto's S3 server process, the local stand-in for MinIO.
+"""`python -m tuwen.local.s3_server --port N --data-dir DIR`: the local stand-in for MinIO.
 
-moto's own S3 implementation (the WSGI app its `moto_server` command serves), with changes that matter
-when the crawler writes a few hundred objects a second into it on a 2-core machine:
+moto's own S3 implementation (the WSGI app its `moto_server` command serves), keeping its objects in
+DIR across restarts as MinIO does (`tuwen.local.s3_disk`), with changes that matter when the crawler
+writes a few hundred objects a second into it on a 2-core machine (measurements: docs/BENCHMARKS.md):
 
 - It is served by uvicorn instead of werkzeug's development server. Werkzeug answers every request with
-  `Connection: close`, so each S3 call paid a new TCP connection and a new server thread; uvicorn keeps
-  connections alive.
-- moto's app is called on uvicorn's event loop, once the whole request body has arrived. moto keeps
-  every object in memory and never waits on anything, so a thread per request bought no concurrency
-  (the GIL runs one at a time) and cost hops between the loop and the thread for every chunk of a
-  body: a2wsgi's thread pool, which served it before, spent 0.9 ms of a 190 KB PUT's 2.2 ms on them.
-  Bodies are at most a multipart part (the minio client sends 5 MiB parts), so buffering is cheap.
+  `Connection: close`, so each S3 call would pay a new TCP connection and a new server thread; uvicorn
+  keeps connections alive.
+- moto's app is called on uvicorn's event loop, once the whole request body has arrived. moto never
+  waits on anything, so a thread per request would buy no concurrency (the GIL runs one at a time) and
+  cost hops between the loop and the thread for every chunk of a body. Bodies are at most a multipart
+  part (the minio client sends 5 MiB parts), so buffering is cheap. The same goes for writing the
+  changed objects to disk after each request: a write into the page cache, on the loop.
 - moto 5.2 lists its own package directory (~170 `isdir` calls) on every request to find the service a
   request is for. The listing never changes while the server runs, so it is taken once.
-
-Together: 4.5 -> ~1.3 ms of server CPU per PUT, and less on the client.
 """
 
 from __future__ import annotations
@@ -24,12 +23,16 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import moto.backends
 import uvicorn
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+from tuwen.local.s3_disk import DiskMirror
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,10 @@ def wsgi_environ(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
     return environ
 
 
-def inline_wsgi(app: WSGIApp) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
-    """An ASGI app that reads the whole body, then calls the WSGI `app` on the event loop itself."""
+def inline_wsgi(app: WSGIApp, after_each: Callable[[], None] | None = None
+                ) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
+    """An ASGI app that reads the whole body, then calls the WSGI `app` on the event loop itself, and
+    `after_each` once the app has answered and before the answer is sent (a failure there is a 500)."""
 
     async def asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -105,8 +110,10 @@ def inline_wsgi(app: WSGIApp) -> Callable[[dict[str, Any], Receive, Send], Await
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+                if after_each is not None:
+                    after_each()
             status, headers = started
-        except Exception:  # the app's own bug: answer 500 as any WSGI server would, and log it
+        except Exception:  # the app's bug or a failed disk write: a 500, as any WSGI server answers, logged
             logger.exception("moto failed on %s %s", scope["method"], scope["path"])
             status, headers, body = "500 Internal Server Error", [("Content-Type", "text/plain")], b"moto failed\n"
         await send({"type": "http.response.start", "status": int(status.split(" ", 1)[0]),
@@ -120,12 +127,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, help="keep buckets and objects here across restarts "
+                                                       "(default: in memory only)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto_server does: some responses embed it
     _cache_module_listing()
     app = DomainDispatcherApplication(create_backend_app)
-    uvicorn.run(inline_wsgi(app), host=args.host, port=args.port, log_level="warning", access_log=False,
-                lifespan="on")
+    after_each = None
+    if args.data_dir is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        mirror = DiskMirror(args.data_dir)
+        started = time.perf_counter()
+        loaded = mirror.load()
+        logger.info("loaded %d objects from %s in %.1fs", loaded, args.data_dir, time.perf_counter() - started)
+        mirror.install()
+        after_each = mirror.flush
+    uvicorn.run(inline_wsgi(app, after_each), host=args.host, port=args.port, log_level="warning",
+                access_log=False, lifespan="on")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Local services the demo and tests need, started by tuwen itself when they are not already running.
 
 PostgreSQL: use a server that answers on the configured host/port, else start the machine's cluster
-with `pg_ctlcluster`. S3: moto's server process speaking the S3 HTTP API (MinIO in production).
+with `pg_ctlcluster`. S3: moto's server process speaking the S3 HTTP API (MinIO in production), its
+objects kept under `<run dir>/s3-data` across restarts.
 Stand-in VLM and fixture website: tuwen's own processes. Each start is idempotent and says what it
 did; each failure says what to do.
 """
@@ -60,6 +61,9 @@ class BackgroundService:
     run_dir: Path = RUN_DIR
     env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 60.0
+    # The process when this object started it: a child that has exited stays a zombie, still a member
+    # of its process group, until it is reaped, so `stop` reaps it to see the group gone.
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def pid_file(self) -> Path:
@@ -87,6 +91,7 @@ class BackgroundService:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
+        self.process = process
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -98,6 +103,15 @@ class BackgroundService:
         self.stop()
         raise ServiceError(f"{self.name} did not answer at {self.health_url} within {self.start_timeout_s:.0f}s; see {self.log_file}")
 
+    def _group_alive(self, pid: int) -> bool:
+        if self.process is not None and self.process.pid == pid:
+            self.process.poll()
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self) -> str:
         if not self.pid_file.exists():
             return f"{self.name}: not started by tuwen"
@@ -108,9 +122,7 @@ class BackgroundService:
         except ProcessLookupError:
             return f"{self.name}: was not running"
         for _ in range(50):
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
+            if not self._group_alive(pid):
                 return f"{self.name}: stopped (pid {pid})"
             time.sleep(0.1)
         try:
@@ -118,18 +130,22 @@ class BackgroundService:
         except ProcessLookupError:  # it finished stopping between the last look and now
             return f"{self.name}: stopped (pid {pid})"
         for _ in range(50):  # SIGKILL is not instant either; callers check that nothing is left
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
+            if not self._group_alive(pid):
                 break
             time.sleep(0.1)
         return f"{self.name}: killed (pid {pid})"
 
 
+def s3_data_dir(run_dir: Path = RUN_DIR) -> Path:
+    """Where the local S3 server keeps its buckets and objects across restarts."""
+    return run_dir / "s3-data"
+
+
 def s3_service(port: int, run_dir: Path = RUN_DIR) -> BackgroundService:
     return BackgroundService(
         name="s3-server",
-        argv=[sys.executable, "-m", "tuwen.local.s3_server", "--host", "127.0.0.1", "--port", str(port)],
+        argv=[sys.executable, "-m", "tuwen.local.s3_server", "--host", "127.0.0.1", "--port", str(port),
+              "--data-dir", str(s3_data_dir(run_dir))],
         health_url=f"http://127.0.0.1:{port}/moto-api/",
         run_dir=run_dir,
     )

@@ -56,11 +56,12 @@ def tuwen_crawl() -> None:
         from tuwen.config import Settings
         from tuwen.crawl.run import run_crawl
         from tuwen.domain import resolve_partition
+        from tuwen.resources import Resources
 
         context = get_current_context()
         partition = resolve_partition(context)
         summary = run_crawl(
-            Settings.from_env(), site, partition.start,
+            Resources.from_settings(Settings.from_env()), site, partition.start,
             dag_id=context["dag"].dag_id, run_id=context["run_id"],
         )
         return summary.as_dict()
@@ -76,8 +77,9 @@ def tuwen_crawl() -> None:
         done = 0
         if settings.ocr_enabled:
             from tuwen.crawl.ocr import ocr_pending  # loads the OCR models: only when OCR is on
+            from tuwen.resources import Resources
 
-            done = ocr_pending(settings, partition_date=partition.start)
+            done = ocr_pending(Resources.from_settings(settings), partition_date=partition.start)
         context["outlet_events"][CRAWLED_IMAGES].extra = {"partition": partition.start.isoformat()}
         return {"partition": partition.label, "crawls": list(summaries), "ocr_images": done}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urldefrag, urljoin
 
 from parsel import Selector
@@ -24,6 +25,9 @@ from w3lib.url import safe_url_string
 
 CONTEXT_MAX_CHARS = 300
 ALT_MAX_CHARS = 300
+# Image candidates taken from one page; the rest are listed by URL only (PageImages.over_cap) so the
+# spider records each with a reason. A page is untrusted input: its work must stay bounded.
+MAX_CANDIDATES_PER_PAGE = 1000
 _SPACE = re.compile(r"\s+")
 _NOAI = re.compile(r"\bno(image)?ai\b", re.IGNORECASE)
 
@@ -42,6 +46,7 @@ class PageImages:
     title: str | None
     noai: bool  # <meta name="robots"|"tuwen" content="noai|noimageai">
     candidates: list[ImageCandidate]
+    over_cap: list[str] = field(default_factory=list)  # candidate URLs past MAX_CANDIDATES_PER_PAGE
 
 
 def _clean(text: str | None, limit: int) -> str | None:
@@ -79,16 +84,49 @@ def parse_srcset(srcset: str) -> list[tuple[str, float]]:
     return out
 
 
-def _context(img: Selector) -> str | None:
-    caption = " ".join(img.xpath("ancestor::figure[1]//figcaption//text()").getall())
-    if caption.strip():
-        return _clean(caption, CONTEXT_MAX_CHARS)
-    around = " ".join(img.xpath("ancestor::*[not(self::picture)][1]//text()").getall())
-    return _clean(around, CONTEXT_MAX_CHARS)
+class _ContextTexts:
+    """Context text per image, with each enclosing element's text gathered once per page.
+
+    Every image in a gallery shares its parent: joining the parent's text again for each image
+    would make a page's cost grow with images x text.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[Any, str | None] = {}
+
+    def _text_of(self, element: Any, path: str) -> str | None:
+        key = (element, path)
+        if key not in self._texts:
+            self._texts[key] = _clean(" ".join(element.xpath(path)), CONTEXT_MAX_CHARS)
+        return self._texts[key]
+
+    def of(self, img: Selector) -> str | None:
+        # lxml's own tree walk: the image's ancestors, nearest first.
+        for figure in img.root.iterancestors("figure"):
+            caption = self._text_of(figure, ".//figcaption//text()")
+            if caption:
+                return caption
+            break
+        for parent in img.root.iterancestors():
+            if parent.tag != "picture":
+                return self._text_of(parent, ".//text()")
+        return None
+
+
+IMG_ATTRIBUTES = ("src", "data-src", "data-original", "srcset", "alt", "title")
+
+
+def _attributes(img: Selector) -> dict[str, str]:
+    # Only the attributes read here: a hostile page may carry attribute names lxml cannot return,
+    # and `Selector.attrib` would raise on them.
+    root = img.root
+    found = {name: root.get(name) for name in IMG_ATTRIBUTES}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def _alt(img: Selector) -> str | None:
-    return _clean(img.attrib.get("alt") or img.attrib.get("title"), ALT_MAX_CHARS)
+    attrs = _attributes(img)
+    return _clean(attrs.get("alt") or attrs.get("title"), ALT_MAX_CHARS)
 
 
 def _largest(base: str, srcsets: list[str]) -> tuple[str | None, list[str]]:
@@ -104,8 +142,10 @@ def _largest(base: str, srcsets: list[str]) -> tuple[str | None, list[str]]:
     return best, list(dict.fromkeys(u for _, _, u in ranked[1:] if u != best))
 
 
-def extract_page_images(response: TextResponse) -> PageImages:
+def extract_page_images(response: TextResponse, max_candidates: int = MAX_CANDIDATES_PER_PAGE) -> PageImages:
     base = get_base_url(response)
+    contexts = _ContextTexts()
+    _context = contexts.of
     title = _clean(response.xpath("//title/text()").get(), 500)
     robots = " ".join(response.xpath("//meta[@name='robots' or @name='tuwen']/@content").getall())
     candidates: list[ImageCandidate] = []
@@ -125,7 +165,7 @@ def extract_page_images(response: TextResponse) -> PageImages:
                                              [u for u in dict.fromkeys(smaller) if u != best]))
 
     for img in response.xpath("//img[not(ancestor::picture)]"):
-        attrs = img.attrib
+        attrs = _attributes(img)
         lazy = next((a for a in ("data-src", "data-original") if attrs.get(a, "").strip()), None)
         if lazy:
             candidates.append(ImageCandidate(absolute_url(base, attrs[lazy]), lazy, _alt(img), _context(img)))
@@ -149,4 +189,5 @@ def extract_page_images(response: TextResponse) -> PageImages:
         if og.strip():
             candidates.append(ImageCandidate(absolute_url(base, og), "og", None, _clean(description, CONTEXT_MAX_CHARS)))
 
-    return PageImages(title=title, noai=bool(_NOAI.search(robots)), candidates=candidates)
+    return PageImages(title=title, noai=bool(_NOAI.search(robots)), candidates=candidates[:max_candidates],
+                      over_cap=[c.url for c in candidates[max_candidates:]])

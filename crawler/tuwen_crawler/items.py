@@ -16,7 +16,7 @@ class Mention:
     page_title: str | None
     alt_text: str | None
     context_text: str | None
-    found_in: str  # img | data-src | data-original | srcset | picture | og
+    found_in: str  # img | data-src | data-original | srcset | picture | og | over_page_cap
 
 
 @dataclass

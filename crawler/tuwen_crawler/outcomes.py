@@ -13,6 +13,8 @@ directly. Outcomes:
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from scrapy.exceptions import (
     CannotResolveHostError,
     DownloadCancelledError,
@@ -27,6 +29,7 @@ from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
 from tuwen.crawl.images import REJECT_REASONS
+from tuwen_crawler.resolver import refusal_for
 
 OUTCOMES = ("accepted", "duplicate", "near_duplicate", "rejected", "not_fetched")
 
@@ -39,7 +42,8 @@ NOT_FETCHED_REASONS = (
     "max_images_reached",  # the site's per-run image budget is spent
     "private_address",  # host resolves to a private/loopback/link-local address (SSRF guard)
     "page_noai",  # the page carries <meta name="robots" content="noai"> / X-Robots-Tag: noai
-    "unsupported_scheme",  # ftp:, blob:, javascript: ...
+    "unsupported_scheme",  # file:, ftp:, blob:, javascript: ... (also a redirect to one): only http(s) is fetched
+    "page_image_cap",  # past the page's candidate cap (tuwen_crawler.extract.MAX_CANDIDATES_PER_PAGE)
     "timeout",  # transient: worth another try on a later run
     "dns_error",
     "connection_error",
@@ -85,6 +89,10 @@ def classify_failure(failure: Failure) -> tuple[str, int | None]:
     if isinstance(exc, DownloadCancelledError | CancelledError):
         return "too_large_bytes", None
     if isinstance(exc, CannotResolveHostError | DNSLookupError):
+        # The resolver gives no address for a name it refused; it remembers why.
+        request = getattr(failure, "request", None)
+        if request is not None and refusal_for(urlsplit(request.url).hostname):
+            return "private_address", None
         return "dns_error", None
     if isinstance(exc, DownloadConnectionRefusedError | ConnectError):
         return "connection_error", None

@@ -57,6 +57,13 @@ DEFAULT_REQUEST_HEADERS = {
     "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5",
 }
 
+# Only the web is ever fetched: without these handlers a file:, ftp:, s3: or data: URL that slips
+# past every other check still cannot be downloaded.
+DOWNLOAD_HANDLERS = {"file": None, "ftp": None, "s3": None, "data": None}
+# Connections get their addresses from a resolver that refuses private ones (unless the site allows
+# them): the address checked is the address connected to. See tuwen_crawler.resolver.
+TWISTED_DNS_RESOLVER = "tuwen_crawler.resolver.PublicAddressResolver"
+
 DOWNLOADER_MIDDLEWARES = {
     # After RedirectMiddleware (600) for requests, before it for responses: sees every 3xx first.
     "tuwen_crawler.middlewares.GuardMiddleware": 650,

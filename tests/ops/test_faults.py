@@ -45,6 +45,7 @@ from tuwen.db.session import get_engine
 from tuwen.domain import Partition
 from tuwen.local.fixture_site import SiteManifest
 from tuwen.local.services import ensure_database, free_port, standin_vlm_service
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 from tuwen.synthesis.runner import RunParams, plan_partition, run_batch
 
@@ -341,7 +342,7 @@ def test_s3_outage_during_crawl_fails_clearly_and_the_rerun_records_every_image_
     cutter.start()
     t0 = time.monotonic()
     with pytest.raises(CrawlError) as failure:
-        run_crawl(settings, "fixture", day, timeout_s=90)
+        run_crawl(Resources.from_settings(settings), "fixture", day, timeout_s=90)
     first_run_s = time.monotonic() - t0
     cutter.join(timeout=10)
     assert uploads_seen.is_set()
@@ -354,7 +355,7 @@ def test_s3_outage_during_crawl_fails_clearly_and_the_rerun_records_every_image_
     assert 5 <= first_accepted < expected
 
     s3_proxy.restore()
-    summary = run_crawl(settings, "fixture", day, timeout_s=300)  # Airflow's retry of the task
+    summary = run_crawl(Resources.from_settings(settings), "fixture", day, timeout_s=300)  # Airflow's retry of the task
     assert summary.status == "succeeded"
     store = ObjectStore(settings)
     with engine.connect() as conn:

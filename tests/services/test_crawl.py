@@ -27,6 +27,7 @@ from tuwen.config import Settings
 from tuwen.crawl.run import run_crawl
 from tuwen.db.session import get_engine
 from tuwen.local.fixture_site import SiteManifest
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 
 PARTITION = dt.date(2024, 5, 1)
@@ -74,7 +75,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, site_url: str, s3_endpoin
 
 @pytest.fixture(scope="module")
 def first_crawl(settings: Settings) -> Any:
-    return run_crawl(settings, "fixture", PARTITION, dag_id="tuwen_crawl", run_id="test-run-1", timeout_s=600)
+    return run_crawl(Resources.from_settings(settings), "fixture", PARTITION, dag_id="tuwen_crawl", run_id="test-run-1", timeout_s=600)
 
 
 def absolute(site_url: str, manifest_url: str) -> str:
@@ -169,7 +170,7 @@ def test_crawl_run_records_the_airflow_run_and_stats(first_crawl: Any, settings:
 
 def test_rerun_adds_no_images_and_reports_the_same_verdicts(first_crawl: Any, settings: Settings) -> None:
     before = rows(settings, "SELECT (SELECT count(*) FROM image) AS images, (SELECT count(*) FROM image_source) AS sources")[0]
-    second = run_crawl(settings, "fixture", PARTITION + dt.timedelta(days=1), timeout_s=600)
+    second = run_crawl(Resources.from_settings(settings), "fixture", PARTITION + dt.timedelta(days=1), timeout_s=600)
     after = rows(settings, "SELECT (SELECT count(*) FROM image) AS images, (SELECT count(*) FROM image_source) AS sources")[0]
     assert (after.images, after.sources) == (before.images, before.sources)
     assert second.counts["by_outcome_reason"] == first_crawl.counts["by_outcome_reason"]
@@ -191,5 +192,5 @@ def test_a_recrawl_restores_objects_the_store_lost(first_crawl: Any, settings: S
         store.client.remove_object(store.bucket, row.model_key)
         store.client.remove_object(store.bucket, row.original_key)
     assert not any(store.exists(r.model_key) for r in lost)
-    run_crawl(settings, "fixture", PARTITION + dt.timedelta(days=2), timeout_s=600)
+    run_crawl(Resources.from_settings(settings), "fixture", PARTITION + dt.timedelta(days=2), timeout_s=600)
     assert all(store.exists(r.model_key) and store.exists(r.original_key) for r in accepted)

@@ -23,6 +23,7 @@ from tuwen.crawl.images import inspect_and_normalize
 from tuwen.crawl.run import LOG_DIR, run_crawl, start_crawl
 from tuwen.db.session import get_engine
 from tuwen.local.fixture_site import SiteManifest
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore, model_key, raw_key
 
 PARTITION = dt.date(2024, 6, 1)
@@ -87,7 +88,7 @@ def test_sigkill_then_resume_from_the_same_jobdir_loses_nothing(settings: Settin
     assert 0 < scalar(settings, "SELECT count(*) FROM image WHERE status = 'accepted'") < 167
     assert (jobdir / "tuwen-crawl.running").exists()
 
-    resumed = run_crawl(settings, "fixture", PARTITION, jobdir=jobdir, timeout_s=600)
+    resumed = run_crawl(Resources.from_settings(settings), "fixture", PARTITION, jobdir=jobdir, timeout_s=600)
 
     # The resumed run reports the whole job: verdicts it reached plus those it took over.
     assert resumed.counts["by_outcome_reason"] == manifest.expected_counts["by_outcome_reason"]
@@ -140,7 +141,7 @@ def test_objects_a_killed_crawl_left_for_near_duplicates_are_removed(settings: S
         for key in (raw_key(decision.sha256, decision.original_ext), model_key(decision.sha256, decision.model.ext)):
             store.put_bytes(key, LEFT_BEHIND)
 
-    result = run_crawl(settings, "fixture", PARTITION, timeout_s=600)
+    result = run_crawl(Resources.from_settings(settings), "fixture", PARTITION, timeout_s=600)
 
     assert result.counts["by_outcome_reason"] == manifest.expected_counts["by_outcome_reason"]
     assert_final_state_matches(settings, manifest, fixture_site[0])  # no object without an accepted row
@@ -157,7 +158,7 @@ def test_private_addresses_are_refused_unless_the_site_allows_them(settings: Set
     sites = write_sites_file(tmp_path / "public-sites.yaml", fixture_site[0], name="pretend-public",
                              allow_private_addresses=False)
     public = dataclasses.replace(settings, sites_file=sites)
-    summary = run_crawl(public, "pretend-public", PARTITION, timeout_s=300)
+    summary = run_crawl(Resources.from_settings(public), "pretend-public", PARTITION, timeout_s=300)
     assert summary.counts["pages"] == {"failed/private_address": 1}
     assert summary.counts["images_total"] == 0
     assert scalar(settings, "SELECT count(*) FROM image") == 0

@@ -19,6 +19,7 @@ from tuwen.crawl.images import inspect_and_normalize
 from tuwen.crawl.ocr import count_cjk, extract_text, ocr_pending
 from tuwen.db.session import get_engine
 from tuwen.local.fixture_site import ExpectedImage, SiteManifest, generate_site
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore, model_key
 
 PARTITION = dt.date(2024, 5, 2)
@@ -88,13 +89,13 @@ def ocr_rows(settings: Settings) -> dict[int, tuple[str | None, int | None, bool
 
 
 def test_disabled_ocr_does_nothing(stored: dict[int, ExpectedImage], settings: Settings) -> None:
-    assert ocr_pending(replace(settings, ocr_enabled=False)) == 0
+    assert ocr_pending(Resources.from_settings(replace(settings, ocr_enabled=False))) == 0
     assert all(text_ is None for text_, _, _ in ocr_rows(settings).values())
 
 
 def test_ocr_fills_one_partition_and_finds_the_drawn_text(stored: dict[int, ExpectedImage],
                                                           settings: Settings) -> None:
-    assert ocr_pending(settings, partition_date=PARTITION) == len(stored) - 1
+    assert ocr_pending(Resources.from_settings(settings), partition_date=PARTITION) == len(stored) - 1
     rows = ocr_rows(settings)
     for image_id, image in stored.items():
         ocr_text, n_cjk, has_zh = rows[image_id]
@@ -110,9 +111,9 @@ def test_ocr_fills_one_partition_and_finds_the_drawn_text(stored: dict[int, Expe
 
 
 def test_ocr_is_done_once_and_limits_are_respected(stored: dict[int, ExpectedImage], settings: Settings) -> None:
-    assert ocr_pending(settings, limit=0) == 0
-    assert ocr_pending(settings) == 1  # only the other partition's image was left
-    assert ocr_pending(settings) == 0
+    assert ocr_pending(Resources.from_settings(settings), limit=0) == 0
+    assert ocr_pending(Resources.from_settings(settings)) == 1  # only the other partition's image was left
+    assert ocr_pending(Resources.from_settings(settings)) == 0
     assert all(text_ is not None for text_, _, _ in ocr_rows(settings).values())
 
 

@@ -26,6 +26,7 @@ from minio.error import S3Error
 from tests.conftest import write_sites_file
 from tuwen.config import Settings
 from tuwen.domain import Partition
+from tuwen.resources import Resources
 from tuwen.storage import ObjectStore
 from tuwen.synthesis.runner import RunParams, plan_partition, run_batch
 
@@ -72,7 +73,7 @@ def test_no_credential_appears_in_any_log(settings: Settings, fixture_site: tupl
     ObjectStore(settings).ensure_bucket()
     day = dt.date(2026, 9, 1)
     caplog.set_level(logging.DEBUG)
-    crawl = run_crawl(settings, "fixture", day, timeout_s=300)
+    crawl = run_crawl(Resources.from_settings(settings), "fixture", day, timeout_s=300)
     plan = plan_partition(settings, Partition(day, day + dt.timedelta(days=1)), RunParams(limit=20))
     for batch in plan.batches:
         run_batch(settings, batch["image_ids"], RunParams())

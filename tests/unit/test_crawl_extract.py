@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from scrapy.http import HtmlResponse
 
+from tuwen.urls import host_in_domains as host_allowed
 from tuwen_crawler.extract import extract_page_images, parse_srcset
-from tuwen_crawler.middlewares import host_allowed, is_public_address
+from tuwen_crawler.resolver import is_public_address
 
 PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title> 城市 新闻 </title>
 <meta name="description" content="本地新闻">

@@ -37,10 +37,11 @@ from twisted.python.failure import Failure
 
 from tuwen.config import Settings
 from tuwen.crawl.sites import SiteConfig, get_site
+from tuwen.urls import host_in_domains, is_web_url, normalize_host
 from tuwen_crawler.extract import ImageCandidate, extract_page_images
 from tuwen_crawler.items import FetchedImage, ImageMention, Mention, UnfetchedImage
-from tuwen_crawler.middlewares import host_allowed
 from tuwen_crawler.outcomes import classify_failure, outcome_for_reason
+from tuwen_crawler.resolver import allow_private_addresses
 
 RUNNING_MARKER = "tuwen-crawl.running"
 # Scrapy's JOBDIR state. Its queue index is written only at a clean close, so after a hard kill it
@@ -67,7 +68,8 @@ class SiteSpider(Spider):
         # Runs sharing a job_key resume each other (same JOBDIR); crawl_key finds this run's crawl_run row.
         self.job_key = job_key
         self.crawl_key = crawl_key or uuid.uuid4().hex
-        self.allowed_domains = list(self.site.allowed_domains)
+        # Scrapy's requests carry ASCII (punycode) hosts; the sites file may spell a domain in Unicode.
+        self.allowed_domains = [normalize_host(d) for d in self.site.allowed_domains]
         self.allow = [re.compile(p) for p in self.site.allow]
         self.deny = [re.compile(p) for p in self.site.deny]
         # Hosts are checked in _page_request: LinkExtractor's allow_domains compares the netloc, so a
@@ -94,6 +96,8 @@ class SiteSpider(Spider):
         settings.set("AUTOTHROTTLE_START_DELAY", politeness.download_delay, priority="spider")
         if spider.site.user_agent:
             settings.set("USER_AGENT", spider.site.user_agent, priority="spider")
+        # The resolver Scrapy connects through judges host names by this site's address policy.
+        allow_private_addresses(spider.site.allow_private_addresses, spider.site.allow_private_hosts)
         jobdir = settings.get("JOBDIR")
         if jobdir:
             spider.resumed_after_crash = prepare_jobdir(Path(jobdir))
@@ -113,19 +117,28 @@ class SiteSpider(Spider):
         for url in self.site.sitemaps:
             yield Request(url, callback=self.parse_sitemap, errback=self.page_failed, dont_filter=True)
 
+    def _sitemap_request(self, url: str) -> Request | None:
+        # A sitemap may name any URL; only the site's own web pages are fetched (never file:, ftp: ...).
+        if not is_web_url(url) or not host_in_domains(urlsplit(url).hostname, self.allowed_domains):
+            self.page_counts["refused/sitemap_url"] += 1
+            return None
+        return Request(url, callback=self.parse_sitemap, errback=self.page_failed)
+
     def parse_sitemap(self, response: Response) -> Iterator[Request]:
         body = response.body
         if response.url.endswith(".gz") or body[:2] == b"\x1f\x8b":
             body = gunzip(body, max_size=self.settings.getint("DOWNLOAD_MAXSIZE"))
         if response.url.endswith("/robots.txt"):
-            urls: list[str] = list(sitemap_urls_from_robots(response.text, base_url=response.url))
-            yield from (Request(u, callback=self.parse_sitemap, errback=self.page_failed) for u in urls)
+            for url in sitemap_urls_from_robots(response.body, base_url=response.url):
+                if (request := self._sitemap_request(url)) is not None:
+                    yield request
             return
         sitemap = Sitemap(body)
         for entry in sitemap:
             loc = entry.get("loc", "")
             if sitemap.type == "sitemapindex":
-                yield Request(loc, callback=self.parse_sitemap, errback=self.page_failed)
+                if (request := self._sitemap_request(loc)) is not None:
+                    yield request
             elif (request := self._page_request(loc, depth=0)) is not None:
                 yield request
 
@@ -136,7 +149,11 @@ class SiteSpider(Spider):
         if depth > self.site.max_depth or len(self.scheduled_pages) >= self.site.max_pages:
             self.page_counts["skipped_by_limits"] += 1
             return None
-        if not host_allowed(urlsplit(url).hostname, self.allowed_domains):
+        if not is_web_url(url):
+            # LinkExtractor keeps file: and ftp: links; only the web is ever fetched.
+            self.page_counts["refused/unsupported_scheme"] += 1
+            return None
+        if not host_in_domains(urlsplit(url).hostname, self.allowed_domains):
             return None
         if self.allow and not any(p.search(url) for p in self.allow):
             return None
@@ -154,11 +171,18 @@ class SiteSpider(Spider):
         if not isinstance(response, TextResponse):
             self.page_counts["not_html"] += 1
             return
+        try:
+            page = extract_page_images(response)
+        except ValueError as exc:  # lxml refuses some hostile markup; the page is counted, the crawl goes on
+            self.page_counts["failed/unparseable"] += 1
+            self.logger.warning("page not parsed (%s): %s", str(exc)[:200], response.url)
+            return
         self.page_counts["parsed"] += 1
-        page = extract_page_images(response)
         page_noai = page.noai or _header_noai(response)
         for candidate in page.candidates:
             yield from self._image(candidate, response.url, page.title, page_noai)
+        for url in page.over_cap:
+            yield from self._over_cap(url, response.url, page.title)
         for link in self.links.extract_links(response):
             request = self._page_request(link.url, depth + 1)
             if request is not None:
@@ -197,11 +221,23 @@ class SiteSpider(Spider):
                       priority=IMAGE_PRIORITY, headers={"Accept": IMAGE_ACCEPT, "Referer": page_url},
                       meta={"tuwen_mention": mention})
 
+    def _over_cap(self, url: str, page_url: str, title: str | None) -> Iterator[Any]:
+        if url.startswith("data:"):
+            return
+        mention = Mention(url=url, page_url=page_url, page_title=title, alt_text=None, context_text=None,
+                          found_in="over_page_cap")
+        if url in self.seen_images or url in self.known_image_urls:
+            self.seen_images.add(url)
+            yield ImageMention(mention)
+            return
+        self.seen_images.add(url)
+        yield UnfetchedImage(mention, "not_fetched", "page_image_cap")
+
     def _refusal(self, url: str, page_noai: bool) -> str | None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
+        if not is_web_url(url):
             return "unsupported_scheme"
-        if not host_allowed(parts.hostname, self.allowed_domains):
+        if not host_in_domains(parts.hostname, self.allowed_domains):
             return "off_domain"
         if any(p.search(url) for p in self.deny):
             return "denied_by_pattern"

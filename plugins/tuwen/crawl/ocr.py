@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import text
-
 from tuwen.config import Settings
-from tuwen.db.session import get_engine
-from tuwen.storage import ObjectStore
+from tuwen.crawl.queries import claim_for_ocr, store_ocr
+from tuwen.resources import Resources
 
 logger = logging.getLogger(__name__)
 
@@ -67,43 +65,27 @@ def extract_text(image: bytes, threads: int = 1) -> OcrResult:
     return OcrResult(text=joined, cjk_chars=count_cjk(joined), lines=len(lines))
 
 
-CLAIM_SQL = """
-SELECT id, model_key FROM image
-WHERE status = 'accepted' AND ocr_text IS NULL AND model_key IS NOT NULL
-  {partition}
-ORDER BY id
-LIMIT :batch
-FOR UPDATE SKIP LOCKED
-"""
-
-
-def ocr_pending(settings: Settings, partition_date: dt.date | None = None, limit: int | None = None, *,
+def ocr_pending(resources: Resources, partition_date: dt.date | None = None, limit: int | None = None, *,
                 threads: int = 1) -> int:
     """OCR accepted images that have none yet (optionally one partition, at most `limit`); returns how many."""
-    if not settings.ocr_enabled:
+    if not resources.settings.ocr_enabled:
         logger.info("OCR disabled (TUWEN_OCR_ENABLED=false); nothing done")
         return 0
-    engine = get_engine(settings.database_url)
-    store = ObjectStore(settings)
+    engine, store = resources.engine, resources.store
     done = 0
     started = time.monotonic()
-    claim = text(CLAIM_SQL.format(partition="AND crawl_date = :partition" if partition_date else ""))
     while limit is None or done < limit:
         batch = BATCH_SIZE if limit is None else min(BATCH_SIZE, limit - done)
-        params: dict[str, Any] = {"batch": batch}
-        if partition_date:
-            params["partition"] = partition_date
         # One transaction per batch: the row locks keep concurrent workers off these images while OCR runs.
         with engine.begin() as conn:
-            claimed = conn.execute(claim, params).all()
+            claimed = claim_for_ocr(conn, batch, partition_date)
             if not claimed:
                 break
             updates = []
             for row in claimed:
                 result = extract_text(store.get_bytes(row.model_key), threads)
                 updates.append({"id": row.id, "text": result.text, "n": result.cjk_chars, "zh": result.has_zh_text})
-            conn.execute(text("UPDATE image SET ocr_text = :text, ocr_char_count = :n, has_zh_text = :zh WHERE id = :id"),
-                         updates)
+            store_ocr(conn, updates)
         done += len(claimed)
     elapsed = time.monotonic() - started
     logger.info("OCR: %d images in %.1fs (%.2f images/s)", done, elapsed, done / elapsed if elapsed else 0.0)
@@ -117,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(ocr_pending(Settings.from_env(), args.partition_date, args.limit, threads=args.threads))
+    print(ocr_pending(Resources.from_settings(Settings.from_env()), args.partition_date, args.limit, threads=args.threads))
     return 0
 
 

@@ -30,11 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from tuwen.config import REPO_ROOT, Settings
+from tuwen.crawl.queries import find_run, mark_run_failed
 from tuwen.crawl.sites import get_site
-from tuwen.db.session import get_engine
+from tuwen.resources import Resources
 
 logger = logging.getLogger(__name__)
 
@@ -72,24 +71,6 @@ def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
             return log.read().decode("utf-8", errors="replace")
     except OSError:
         return "(no log)"
-
-
-def _find_run(settings: Settings, crawl_key: str) -> Any:
-    with get_engine(settings.database_url).connect() as conn:
-        return conn.execute(
-            text("""SELECT id, status, counts, stats, error FROM crawl_run
-                    WHERE settings->>'crawl_key' = :key ORDER BY id DESC LIMIT 1"""),
-            {"key": crawl_key},
-        ).first()
-
-
-def _mark_failed(settings: Settings, crawl_run_id: int, error: str) -> None:
-    with get_engine(settings.database_url).begin() as conn:
-        conn.execute(
-            text("""UPDATE crawl_run SET status = 'failed', error = :error, finished_at = now()
-                    WHERE id = :id AND status = 'running'"""),
-            {"id": crawl_run_id, "error": error},
-        )
 
 
 def crawl_command(site_name: str, partition_date: dt.date, *, crawl_key: str, dag_id: str | None = None,
@@ -140,11 +121,16 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         process.wait(timeout=10)
 
 
-def run_crawl(settings: Settings, site_name: str, partition_date: dt.date | str, dag_id: str | None = None,
+def run_crawl(resources: Resources, site_name: str, partition_date: dt.date | str, dag_id: str | None = None,
               run_id: str | None = None, timeout_s: float = 3 * 3600, *, jobdir: Path | None = None,
               extra_env: dict[str, str] | None = None, extra_settings: dict[str, str] | None = None,
               ) -> CrawlSummary:
-    """Crawl `site_name` into the lineage DB and object store; raise CrawlError when it fails."""
+    """Crawl `site_name` into the lineage DB and object store; raise CrawlError when it fails.
+
+    The crawler process builds its own connections from `resources.settings` (it is another process);
+    this side reads its crawl_run row back through `resources.engine`.
+    """
+    settings, engine = resources.settings, resources.engine
     if isinstance(partition_date, str):
         partition_date = dt.date.fromisoformat(partition_date)
     crawl_key = uuid.uuid4().hex
@@ -156,21 +142,21 @@ def run_crawl(settings: Settings, site_name: str, partition_date: dt.date | str,
         returncode = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _stop(process)
-        row = _find_run(settings, crawl_key)
+        row = find_run(engine, crawl_key)
         if row is not None:
-            _mark_failed(settings, row.id, f"timed out after {timeout_s:.0f}s")
+            mark_run_failed(engine, row.id, f"timed out after {timeout_s:.0f}s")
         raise CrawlError(f"crawl of {site_name} timed out after {timeout_s:.0f}s; log {log_path}:\n"
                          f"{_tail(log_path)}") from None
     except BaseException:
         _stop(process)
         raise
     duration = time.monotonic() - started
-    row = _find_run(settings, crawl_key)
+    row = find_run(engine, crawl_key)
     if row is None:
         raise CrawlError(f"crawl of {site_name} exited with code {returncode} before recording a crawl_run; "
                          f"log {log_path}:\n{_tail(log_path)}")
     if row.status == "running":
-        _mark_failed(settings, row.id, f"crawl process exited with code {returncode} without closing its run")
+        mark_run_failed(engine, row.id, f"crawl process exited with code {returncode} without closing its run")
     if returncode != 0 or row.status != "succeeded":
         raise CrawlError(f"crawl of {site_name} failed (exit code {returncode}, crawl_run {row.id} "
                          f"status {row.status}: {row.error}); log {log_path}:\n{_tail(log_path)}")
@@ -192,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run_crawl(Settings.from_env(), args.site, args.partition_date, args.dag_id, args.run_id,
+        summary = run_crawl(Resources.from_settings(Settings.from_env()), args.site, args.partition_date, args.dag_id, args.run_id,
                             args.timeout_s, jobdir=args.jobdir)
     except CrawlError as exc:
         print(str(exc), file=sys.stderr)

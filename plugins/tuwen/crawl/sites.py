@@ -6,7 +6,7 @@ Schema (YAML):
       - name: fixture                     # unique, [a-z0-9_-]+ ; used in DB rows and JOBDIR names
         start_urls: [http://127.0.0.1:8765/]
         sitemaps: []                      # optional sitemap.xml URLs (pages to start from)
-        allowed_domains: [127.0.0.1]      # host names; subdomains included; images elsewhere are off_domain
+        allowed_domains: [127.0.0.1]      # host names (IDN allowed); subdomains included; images elsewhere are off_domain
         allow: []                         # URL regexes a page must match to be followed (empty: all)
         deny: []                          # URL regexes never followed (pages and images)
         max_depth: 3                      # link hops from a start URL
@@ -17,6 +17,7 @@ Schema (YAML):
           concurrency_per_domain: 4
           autothrottle_target: 2.0        # AutoThrottle's target concurrency
         allow_private_addresses: false    # true only for local fixture sites
+        allow_private_hosts: []           # exact hosts that may be private when the above is false
         user_agent: null                  # overrides TUWEN_CRAWL_USER_AGENT for this site
 
 Every error names the file and the field (`sites[0].politeness.download_delay`).
@@ -31,6 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from tuwen.urls import UrlError, host_in_domains, normalize_host
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -59,7 +62,12 @@ class SiteConfig:
     max_images: int = 0
     politeness: Politeness = field(default_factory=Politeness)
     allow_private_addresses: bool = False
+    allow_private_hosts: tuple[str, ...] = ()  # normal-form hosts exempt from the private-address guard
     user_agent: str | None = None
+
+    def may_use_private(self, host: str) -> bool:
+        """Whether `host` (normal form) may resolve to a private address for this site."""
+        return self.allow_private_addresses or host in self.allow_private_hosts
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, recorded in crawl_run.settings."""
@@ -72,7 +80,8 @@ class SiteConfig:
                 "concurrency_per_domain": self.politeness.concurrency_per_domain,
                 "autothrottle_target": self.politeness.autothrottle_target,
             },
-            "allow_private_addresses": self.allow_private_addresses, "user_agent": self.user_agent,
+            "allow_private_addresses": self.allow_private_addresses,
+            "allow_private_hosts": list(self.allow_private_hosts), "user_agent": self.user_agent,
         }
 
 
@@ -140,8 +149,34 @@ class _Reader:
 
 
 SITE_KEYS = {"name", "start_urls", "sitemaps", "allowed_domains", "allow", "deny", "max_depth", "max_pages",
-             "max_images", "politeness", "allow_private_addresses", "user_agent"}
+             "max_images", "politeness", "allow_private_addresses", "allow_private_hosts", "user_agent"}
 POLITENESS_KEYS = {"download_delay", "concurrency_per_domain", "autothrottle_target"}
+
+
+def _domains(reader: _Reader, data: dict[str, Any], where: str) -> tuple[str, ...]:
+    """allowed_domains in the ASCII form Scrapy's requests carry: `例子.cn` becomes `xn--fsqu00a.cn`."""
+    raw = reader.string_list(data, "allowed_domains", where)
+    if not raw:
+        raise reader.fail(f"{where}.allowed_domains", "must list at least one host name")
+    domains = []
+    for i, domain in enumerate(raw):
+        if "/" in domain or ":" in domain:
+            raise reader.fail(f"{where}.allowed_domains[{i}]", f"must be a bare host name, got {domain!r}")
+        try:
+            domains.append(normalize_host(domain))
+        except UrlError as exc:
+            raise reader.fail(f"{where}.allowed_domains[{i}]", str(exc)) from None
+    return tuple(dict.fromkeys(domains))
+
+
+def _private_hosts(reader: _Reader, data: dict[str, Any], where: str) -> tuple[str, ...]:
+    hosts = []
+    for i, host in enumerate(reader.string_list(data, "allow_private_hosts", where)):
+        try:
+            hosts.append(normalize_host(host))
+        except UrlError as exc:
+            raise reader.fail(f"{where}.allow_private_hosts[{i}]", str(exc)) from None
+    return tuple(hosts)
 
 
 def _parse_site(reader: _Reader, raw: Any, where: str) -> SiteConfig:
@@ -154,15 +189,9 @@ def _parse_site(reader: _Reader, raw: Any, where: str) -> SiteConfig:
     sitemaps = reader.urls(data, "sitemaps", where)
     if not start_urls and not sitemaps:
         raise reader.fail(where, f"site {name!r} needs start_urls or sitemaps")
-    domains = tuple(d.lower().strip(".") for d in reader.string_list(data, "allowed_domains", where))
-    if not domains:
-        raise reader.fail(f"{where}.allowed_domains", "must list at least one host name")
-    for i, domain in enumerate(domains):
-        if "/" in domain or ":" in domain:
-            raise reader.fail(f"{where}.allowed_domains[{i}]", f"must be a bare host name, got {domain!r}")
+    domains = _domains(reader, data, where)
     for i, url in enumerate(start_urls + sitemaps):
-        host = (urlsplit(url).hostname or "").lower()
-        if not any(host == d or host.endswith("." + d) for d in domains):
+        if not host_in_domains(urlsplit(url).hostname, domains):
             raise reader.fail(where, f"seed URL #{i} {url!r} is outside allowed_domains {list(domains)}")
     politeness_raw = reader.mapping(data.get("politeness") or {}, f"{where}.politeness")
     reader.check_keys(politeness_raw, POLITENESS_KEYS, f"{where}.politeness")
@@ -186,6 +215,7 @@ def _parse_site(reader: _Reader, raw: Any, where: str) -> SiteConfig:
         max_images=reader.integer(data, "max_images", where, 0, 0),
         politeness=politeness,
         allow_private_addresses=reader.boolean(data, "allow_private_addresses", where, False),
+        allow_private_hosts=_private_hosts(reader, data, where),
         user_agent=user_agent.strip() if user_agent else None,
     )
 

@@ -6,7 +6,7 @@ sites have: lying Content-Types, `X-Robots-Tag: noai`, redirects (one a loop), 4
 and raw Chinese file names. The manifest states, for every image URL a page mentions, what an
 ideal crawler must conclude about it, so crawler tests can assert exact counts.
 
-    python -m tuwen.local.fixture_site generate --out /tmp/site [--seed 7] [--profile standard|bench] [--images N]
+    python -m tuwen.local.fixture_site generate --out /tmp/site [--seed 7] [--profile standard|bench|hostile] [--images N]
     python -m tuwen.local.fixture_site serve --dir /tmp/site --port 8765
 """
 
@@ -68,6 +68,7 @@ NEAR_DUPLICATE_MAX_PHASH_DISTANCE = 6
 NEAR_DUPLICATE_CROP = 0.02  # per edge
 
 OUTCOMES = ("accepted", "duplicate", "near_duplicate", "rejected", "not_fetched")
+PROFILES = ("standard", "bench", "hostile")  # hostile: the adversarial pages (HOSTILE_CASES), a site of its own
 
 CRAWLER_RULES = [
     "Start at /index.html, follow <a href> links on the same host, obey /robots.txt.",
@@ -398,6 +399,7 @@ class _Page:
     blocks: list[str] = field(default_factory=list)  # HTML fragments: figures and paragraphs
     links: list[tuple[str, str]] = field(default_factory=list)  # extra (href, label) links
     og_image: str | None = None
+    head: str = ""  # extra <head> markup (a robots meta tag ...)
 
 
 class _SiteBuilder:
@@ -529,7 +531,7 @@ def _render_page(page: _Page, logo: str) -> bytes:
 <meta charset="utf-8">
 <title>{html.escape(page.title)} - 城市生活网</title>
 <meta name="description" content="{html.escape(page.intro[0] if page.intro else page.title)}">
-{og}</head>
+{og}{page.head}</head>
 <body>
 <header><a href="/index.html"><img src="{logo}" alt="城市生活网" width="64" height="64"></a>{_nav_html()}</header>
 <main>
@@ -759,6 +761,11 @@ def _truncated_jpeg(b: _SiteBuilder) -> bytes:
     return jpeg[: len(jpeg) // 2]
 
 
+def _noai_poster(b: _SiteBuilder, number: int, tag: str) -> ExpectedImage:
+    entry = b.text_image(f"/img/noai/{number}.jpg", "poster", outcome="rejected", reason="noai")
+    return _served_as(b, entry, {"headers": {"X-Robots-Tag": tag}})
+
+
 def _redirect_loop(b: _SiteBuilder) -> ExpectedImage:
     b.routes["/loop/a.jpg"] = {"status": 302, "location": "/loop/b.jpg"}
     b.routes["/loop/b.jpg"] = {"status": 302, "location": "/loop/a.jpg"}
@@ -794,9 +801,8 @@ REFUSED_CASES: list[_Case] = [
     _Case((19,), lambda b: _served_as(b, _hard("/api/image/ad-42", lambda b: _not_image_html("广告位招租"),
                                                "not_image", content_type="image/png")(b),
                                       {"content_type": "image/png"})),
-    *(_Case((20 + k,), lambda b, k=k, tag=tag: _served_as(
-        b, b.text_image(f"/img/noai/{k + 1}.jpg", "poster", outcome="rejected", reason="noai"),
-        {"headers": {"X-Robots-Tag": tag}})) for k, tag in enumerate(["noai", "noimageai"])),
+    _Case((20,), lambda b: _noai_poster(b, 1, "noai")),
+    _Case((21,), lambda b: _noai_poster(b, 2, "noimageai")),
     _Case((22,), _redirect_loop),
     _Case((23,), _hard("/img/bomb/huge.png", lambda b: _bomb_png(20000, 20000), "decompression_bomb",
                        width=20000, height=20000, format="PNG", mode="1")),
@@ -884,6 +890,151 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
     )
 
 
+# The hostile profile: pages an attacker or a careless site would serve, each with the verdict an ideal
+# crawler reaches. Kept apart from the standard site, whose counts many tests and `make demo` assert.
+# A case is a page under /hostile/ linked from the home page; add one by appending to HOSTILE_CASES.
+
+HOSTILE_MAX_DEPTH = 6  # the sites entry the hostile crawl uses (HostileSite.site_entry)
+HOSTILE_GALLERY_IMAGES = 2500  # > tuwen_crawler.extract.MAX_CANDIDATES_PER_PAGE (1000) in one <div>
+HOSTILE_PAGE_CAP = 1000
+HOSTILE_DEEP_CHAIN = HOSTILE_MAX_DEPTH + 3  # pages past max_depth exist but are never fetched
+HOSTILE_NESTING = 2000  # <div> levels around one image
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    """One hostile page: `build` fills it (adding each image it shows, with its verdict, to the builder)
+    and returns any further pages it needs written."""
+
+    name: str  # the page is /hostile/{name}.html
+    title: str
+    build: Callable[[_SiteBuilder, _Page], list[_Page]]
+
+
+def _hostile_ok_image(b: _SiteBuilder, page: _Page, name: str) -> None:
+    """An ordinary image beside the tricks: the crawl must store it whatever the rest of the page does."""
+    entry = b.photo_image(f"/hostile/img/{name}.jpg", size=(400, 300))
+    entry.pages.append(PageRef(page.path, "img"))
+    page.blocks.append(_figure(entry.url, "正常图片", "这张图片应当被保存"))
+
+
+def _refused_url(b: _SiteBuilder, page: _Page, url: str, reason: str, html_tag: str | None = None) -> None:
+    entry = b.add_image(url, None, outcome="not_fetched", reason=reason, kind="hard_case")
+    entry.pages.append(PageRef(page.path, "img"))
+    page.blocks.append(html_tag or f'<p><img src="{html.escape(url)}" alt="陷阱"></p>')
+
+
+SCHEME_LINKS = ["file:///etc/passwd", "file://127.0.0.1/etc/passwd", "ftp://127.0.0.1/pub/index.html",
+                "data:text/html;base64,PGgxPmhpPC9oMT4=", "javascript:alert(document.cookie)", "s3://bucket/key.html"]
+SCHEME_IMAGES = ["file:///etc/hostname", "file://127.0.0.1/etc/shadow", "ftp://127.0.0.1/pub/a.jpg",
+                 "javascript:void(0)", "s3://bucket/a.jpg"]
+SCHEME_REDIRECTS = {"/hostile/go/to-file.jpg": "file:///etc/passwd", "/hostile/go/to-ftp.jpg": "ftp://127.0.0.1/a.jpg",
+                    "/hostile/go/to-data.jpg": "data:image/png;base64,iVBORw0KGgo="}
+
+
+def _scheme_tricks(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """Links, images and redirects to file:, ftp:, data:, javascript: and s3: URLs: none is ever fetched."""
+    page.links += [(url, "本地文件") for url in SCHEME_LINKS]
+    for url in SCHEME_IMAGES:
+        _refused_url(b, page, url, "unsupported_scheme")
+    for url, target in SCHEME_REDIRECTS.items():
+        b.routes[url] = {"status": 302, "location": target}
+        _refused_url(b, page, url, "unsupported_scheme")
+    page.blocks.append('<p><img src="data:image/png;base64,iVBORw0KGgo=" alt="占位"></p>')  # a placeholder: no row
+    _hostile_ok_image(b, page, "schemes-ok")
+    return []
+
+
+def _rebinding_name(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """A name inside allowed_domains that resolves to a private address (localhost -> 127.0.0.1, as a
+    rebinding answer would): the resolver the connection uses refuses it."""
+    _refused_url(b, page, "http://localhost/hostile/img/rebind.jpg", "private_address")
+    _refused_url(b, page, "http://localhost:8080/admin/avatar.png", "private_address")
+    _hostile_ok_image(b, page, "rebinding-ok")
+    return []
+
+
+def _gallery(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """Thousands of images in one <div> on a noai page: extraction stays linear, the candidates past the
+    page cap are recorded as such, none is fetched."""
+    page.head = '<meta name="robots" content="noai">'
+    tags = []
+    for i in range(HOSTILE_GALLERY_IMAGES):
+        url = f"/hostile/gallery/{i:05d}.jpg"
+        within_cap = i < HOSTILE_PAGE_CAP - 1  # the page's logo is its first candidate
+        entry = b.add_image(url, None, outcome="not_fetched", reason="page_noai" if within_cap else "page_image_cap",
+                            kind="hard_case")
+        entry.pages.append(PageRef(page.path, "img" if within_cap else "over_page_cap"))
+        tags.append(f'<span>第{i}张</span><img src="{url}" alt="图{i}">')
+    page.blocks.append("<div class=\"gallery\">" + "".join(tags) + "</div>")
+    return []
+
+
+def _deep_chain(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """A chain of pages deeper than max_depth (the case page is depth 1): pages past it are never fetched,
+    so only the images of the pages within it are mentioned."""
+    chain = [_Page(f"/hostile/deep/{d}.html", f"深层页面 {d}", None, [f"第{d}层"])
+             for d in range(2, HOSTILE_DEEP_CHAIN + 1)]
+    page.links.append((chain[0].path, chain[0].title))
+    for here, after in zip(chain, chain[1:], strict=False):
+        here.links.append((after.path, after.title))
+    for depth, deep in enumerate(chain, start=2):
+        if depth <= HOSTILE_MAX_DEPTH:
+            _hostile_ok_image(b, deep, f"deep-{depth}")
+    return chain
+
+
+def _deep_nesting(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """One image inside thousands of nested <div>s."""
+    entry = b.photo_image("/hostile/img/nested.jpg", size=(400, 300))
+    entry.pages.append(PageRef(page.path, "img"))
+    page.blocks.append("<div>" * HOSTILE_NESTING + f'<img src="{entry.url}" alt="嵌套">' + "</div>" * HOSTILE_NESTING)
+    return []
+
+
+HOSTILE_CASES: list[HostileCase] = [
+    HostileCase("schemes", "协议陷阱", _scheme_tricks),
+    HostileCase("rebinding", "域名重绑定", _rebinding_name),
+    HostileCase("gallery", "超大图库", _gallery),
+    HostileCase("deep", "深层链接", _deep_chain),
+    HostileCase("nested", "深层嵌套", _deep_nesting),
+]
+
+
+def hostile_site_entry(name: str, base_url: str) -> dict[str, Any]:
+    """The sites-file entry the hostile crawl uses: private addresses refused except the fixture's own."""
+    host = urllib.parse.urlsplit(base_url).hostname or "127.0.0.1"
+    return {
+        "name": name, "start_urls": [f"{base_url}/index.html"], "allowed_domains": [host, "localhost"],
+        "max_depth": HOSTILE_MAX_DEPTH, "max_pages": 100, "allow_private_addresses": False,
+        "allow_private_hosts": [host],
+        "politeness": {"download_delay": 0, "concurrency_per_domain": 16, "autothrottle_target": 16.0},
+    }
+
+
+def _generate_hostile(b: _SiteBuilder) -> SiteManifest:
+    index = _Page("/index.html", "恶意站点样本", None, ["这些页面模拟真实网站可能发来的恶意内容。"])
+    pages: list[_Page] = [index]
+    for case in HOSTILE_CASES:
+        page = _Page(f"/hostile/{case.name}.html", case.title, None, [case.title])
+        index.links.append((page.path, case.title))
+        pages += [page, *case.build(b, page)]
+    logo = b.add_image("/img/icons/logo-64.png", _encode(_photo_image(b.nrng, 64, 64, 0), "PNG"),
+                       outcome="rejected", reason="too_small", kind="icon")
+    for page in pages:
+        b.write(page.path, _render_page(page, logo.url))
+    robots = "User-agent: *\nDisallow: /private/\n"
+    b.write("/robots.txt", robots.encode())
+    depths = _link_depths(b.www, [p.path for p in pages])
+    reached = [(p, d) for p, d in zip(pages, depths, strict=True) if d <= HOSTILE_MAX_DEPTH]
+    logo.pages = [PageRef(p.path, "img") for p, _ in reached]
+    return SiteManifest(seed=b.seed, profile=b.profile,
+                        pages=[{"path": p.path, "title": p.title, "depth": d} for p, d in reached],
+                        disallowed_pages=[], images=b.images, routes=b.routes,
+                        limits={**_limits(), "max_depth": HOSTILE_MAX_DEPTH, "page_image_cap": HOSTILE_PAGE_CAP},
+                        robots_txt=robots)
+
+
 def _limits(distinct_min_phash_distance: int = DISTINCT_MIN_PHASH_DISTANCE) -> dict[str, Any]:
     return {"min_side": MIN_SIDE, "max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS,
             "max_aspect_ratio": MAX_ASPECT_RATIO, "decompression_bomb_pixels": DECOMPRESSION_BOMB_PIXELS,
@@ -950,15 +1101,20 @@ def generate_site(out_dir: Path, seed: int = 7, profile: str = "standard", image
     `images` is the bench profile's image count; the standard profile's content is fixed by the seed.
     An existing `www/` is replaced so a regeneration leaves no stale files behind.
     """
-    if profile not in ("standard", "bench"):
-        raise ValueError(f"profile must be 'standard' or 'bench', got {profile!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     load_cjk_font(24)  # fail before writing anything when the font is missing
     out_dir = Path(out_dir)
     builder = _SiteBuilder(out_dir, seed, profile)
     if builder.www.exists():
         shutil.rmtree(builder.www)
     builder.www.mkdir(parents=True)
-    manifest = _generate_standard(builder) if profile == "standard" else _generate_bench(builder, images)
+    if profile == "standard":
+        manifest = _generate_standard(builder)
+    elif profile == "hostile":
+        manifest = _generate_hostile(builder)
+    else:
+        manifest = _generate_bench(builder, images)
     manifest.expected_counts = count_expected(manifest.images)
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -1193,7 +1349,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = commands.add_parser("generate", help="write a site and its manifest.json")
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--seed", type=int, default=7)
-    gen.add_argument("--profile", choices=("standard", "bench"), default="standard")
+    gen.add_argument("--profile", choices=PROFILES, default="standard")
     gen.add_argument("--images", type=int, default=2000, help="image count for the bench profile")
     serve = commands.add_parser("serve", help="serve a generated site on 127.0.0.1")
     serve.add_argument("--dir", type=Path, required=True)

@@ -56,10 +56,12 @@ def storable_json(value: Any) -> str | None:
     """JSON text for a jsonb column; strings escaped as in `storable_text` (jsonb refuses \\u0000 too)."""
     if value is None:
         return None
-    dumped = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    # json.dumps writes NUL as the six characters \u0000 and leaves a lone surrogate as is.
-    if "\\u0000" in dumped or _UNSTORABLE.search(dumped):
-        dumped = json.dumps(_storable(value), ensure_ascii=False, separators=(",", ":"))
+    # ASCII JSON writes NUL as \u0000 and every surrogate as a \udXXX escape; only then (an emoji's
+    # surrogate pair, or a backslash in the text, is a false alarm that costs one more pass) is the
+    # value walked and escaped.
+    dumped = json.dumps(value, separators=(",", ":"))
+    if "\\u0000" in dumped or "\\ud" in dumped:
+        dumped = json.dumps(_storable(value), separators=(",", ":"))
     return dumped
 
 

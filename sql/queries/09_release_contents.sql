@@ -1,11 +1,13 @@
 -- One release: its parameters and QC run, then samples per file.
 -- Usage: psql "$TUWEN_ANALYST_URL" -v release=tuwen-2026-11-20 -f sql/queries/09_release_contents.sql
-SELECT release, status, n_samples, qc_run_id, dag_id, run_id, published_at, params
+-- A name re-exported with overwrite has several versions: the published one and those it superseded.
+SELECT release, version, status, n_samples, qc_run_id, dag_id, run_id, published_at, superseded_at, params
 FROM v_release
-WHERE release = :'release';
+WHERE release = :'release'
+ORDER BY version;
 
-SELECT file, count(*) AS samples, min(position) AS first_position, max(position) AS last_position
+SELECT version, file, count(*) AS samples, min(position) AS first_position, max(position) AS last_position
 FROM v_release_contents
 WHERE release = :'release'
-GROUP BY file
-ORDER BY file;
+GROUP BY version, file
+ORDER BY version, file;

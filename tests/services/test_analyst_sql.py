@@ -87,14 +87,34 @@ def test_every_library_query_runs_as_the_analyst(settings: Settings, resources: 
     assert lineage[-1][0] == "lib"  # the second statement: the release that shipped it
     assert [row[0] for row in results["08_url_lineage.sql"]] == [sample.id]
     assert results["08_url_lineage.sql"][0][-3] == "lib"
-    files = results["09_release_contents.sql"][1:]
-    assert sum(int(row[1]) for row in files) == len(passed)
-    assert [row[0] for row in results["10_releases_with_image.sql"]] == ["lib"]
+    files = results["09_release_contents.sql"][1:]  # (version, file, samples, ...)
+    assert {row[0] for row in files} == {"1"} and sum(int(row[2]) for row in files) == len(passed)
+    assert [row[:3] for row in results["10_releases_with_image.sql"]] == [["lib", "1", "published"]]
     assert results["11_takedown_impact.sql"] == []
-    assert [row[0] for row in results["12_releases.sql"]] == ["lib"]
+    assert [row[:3] for row in results["12_releases.sql"]] == [["lib", "1", "published"]]
 
 
 def test_postgres_init_leaves_grants_to_the_migration() -> None:
     init = (REPO / "deploy" / "postgres-init.sh").read_text(encoding="utf-8")
     assert "CREATE ROLE tuwen_analyst LOGIN PASSWORD :'analyst_password'" in init
     assert "GRANT SELECT" not in init and "DEFAULT PRIVILEGES" not in init
+
+
+def test_a_superseded_release_stays_queryable_by_the_analyst(settings: Settings, resources: Resources) -> None:
+    seed(settings, 10, with_images=False)
+    first = write_release(resources, ReleaseParams(name="ana", include_images=False))
+    write_release(resources, ReleaseParams(name="ana", include_images=False, max_samples=2, overwrite=True))
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        sha = conn.execute(text("""SELECT i.sha256 FROM export_item ei JOIN image i ON i.id = ei.image_id
+                                   WHERE ei.export_id = :e ORDER BY ei.position DESC LIMIT 1"""),
+                           {"e": first.export_id}).scalar()
+    engine.dispose()
+    queries = {q.name: q for q in QUERIES}
+    versions = _psql(settings.database_url, queries["09_release_contents.sql"], release="ana")
+    assert [row[:4] for row in versions[:2]] == [["ana", "1", "superseded", str(first.n_samples)],
+                                                  ["ana", "2", "published", "2"]]
+    assert [row[:3] for row in _psql(settings.database_url, queries["10_releases_with_image.sql"],
+                                     image_sha256=sha)] == [["ana", "1", "superseded"]]
+    assert {(row[0], row[1], row[2]) for row in _psql(settings.database_url, queries["12_releases.sql"])} == {
+        ("ana", "1", "superseded"), ("ana", "2", "published")}

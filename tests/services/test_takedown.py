@@ -144,3 +144,79 @@ def test_takedown_impact_query_names_releases(settings: Settings, resources: Res
     [row] = [line.split("|") for line in out.splitlines() if line.strip()]
     assert row[1:4] == ["url", page, "page removed"]
     assert row[5:] == [str(len(on_page)), str(len(set(on_page) & shipped)), "old"]
+
+
+def _image_seen_at(settings: Settings, url: str, page_url: str) -> tuple[int, str]:
+    """A passed sample's image, also seen at `url` on `page_url` (stored as Scrapy stores them)."""
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        image_id, sample_id = conn.execute(text(
+            "SELECT s.image_id, s.id FROM sample s WHERE s.qc_status = 'passed' ORDER BY s.id LIMIT 1")).one()
+        conn.execute(text("INSERT INTO image_source (image_id, crawl_run_id, site, url, page_url, outcome) "
+                          "SELECT :i, crawl_run_id, 'idn', :u, :p, 'accepted' FROM image_source WHERE image_id = :i "
+                          "LIMIT 1"), {"i": image_id, "u": url, "p": page_url})
+    engine.dispose()
+    return image_id, sample_id
+
+
+@pytest.mark.parametrize("spelling", [
+    "HTTPS://XN--FSQU00A.CN/Img/%E5%9B%BE.jpg#top",  # scheme/host case, fragment
+    "https://例子.cn/Img/图.jpg",  # the IDN host and raw UTF-8 path, as a person writes them
+    "https://例子.cn.:443/Img/%e5%9b%be.jpg",  # trailing dot, default port, lower-case escapes
+    "https://xn--fsqu00a.cn/%49mg/%E5%9B%BE.jpg",  # an unreserved character percent-encoded
+])
+def test_url_takedown_matches_every_spelling_of_the_stored_url(settings: Settings, resources: Resources,
+                                                               spelling: str) -> None:
+    seed(settings, 6, with_images=False)
+    image_id, sample_id = _image_seen_at(settings, "https://xn--fsqu00a.cn/Img/%E5%9B%BE.jpg",
+                                         "https://xn--fsqu00a.cn/gallery.html")
+    result = add_takedown(resources.engine, "url", spelling)
+    assert result.value == "https://xn--fsqu00a.cn/Img/%E5%9B%BE.jpg"
+    assert (result.images, result.samples) == (1, 1)
+    assert sample_id not in _release_ids(resources, "after")
+
+
+def test_domain_takedown_of_an_idn_matches_the_punycode_host(settings: Settings, resources: Resources) -> None:
+    seed(settings, 6, with_images=False)
+    _, sample_id = _image_seen_at(settings, "https://img.xn--fsqu00a.cn./a.jpg", "https://www.xn--fsqu00a.cn/p.html")
+    result = add_takedown(resources.engine, "domain", "例子.CN.")
+    assert result.value == "xn--fsqu00a.cn" and result.images == 1
+    assert sample_id not in _release_ids(resources, "after")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("", "empty"), ("   ", "empty"), ("com.cn", "public suffix"), ("cn", "domain name"), ("gov.cn", "public suffix"),
+    ("https://com.cn/", "public suffix"), ("github.io", "public suffix"), ("xn--fiqs8s", "domain name"),
+    ("exa mple.com", "domain name"), ("127.0.0.1", "domain name"),
+])
+def test_empty_and_public_suffix_domains_are_refused(value: str, message: str) -> None:
+    with pytest.raises(TakedownError, match=message):
+        normalize("domain", value)
+
+
+def test_cli_refuses_an_empty_or_public_suffix_domain_with_a_message(settings: Settings, resources: Resources,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TUWEN_DATABASE_URL", settings.database_url)
+    for value, message in (("", "empty domain"), ("com.cn", "public suffix")):
+        assert cli.main(["takedown", "add", "--domain", value]) == 2
+        assert message in capsys.readouterr().err
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM takedown")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_superseded_release_that_shipped_an_item_is_named(settings: Settings, resources: Resources) -> None:
+    seed(settings, 10, with_images=False)
+    first = write_release(resources, ReleaseParams(name="twice", include_images=False))
+    write_release(resources, ReleaseParams(name="twice", include_images=False, max_samples=2, overwrite=True))
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        sha = conn.execute(text("""SELECT i.sha256 FROM export_item ei JOIN image i ON i.id = ei.image_id
+                                   WHERE ei.export_id = :e ORDER BY ei.position DESC LIMIT 1"""),
+                           {"e": first.export_id}).scalar()
+    engine.dispose()
+    result = add_takedown(resources.engine, "image_sha256", sha)
+    assert result.releases == ["twice@v1"]  # only the first version held it
+    assert [h.release for h in releases_with_takedowns(resources.engine)] == ["twice@v1"]

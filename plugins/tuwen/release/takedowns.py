@@ -36,6 +36,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HOST_SQL = (r"rtrim(lower(substring({col} from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#:]+)')), '.')")
 
 
+# Releases that shipped an item: the published one by its name, a superseded version as name@v<version>.
+_RELEASE_LABEL_SQL = "CASE WHEN e.status = 'superseded' THEN e.name || '@v' || e.version ELSE e.name END"
+
+
 class TakedownError(ValueError):
     """The takedown request is malformed; the message says how."""
 
@@ -47,7 +51,7 @@ class TakedownResult:
     value: str
     images: int  # images this takedown covers (including ones already taken down by another)
     samples: int  # samples on those images, now qc_status taken_down
-    releases: list[str]  # published releases that shipped any of them
+    releases: list[str]  # releases that shipped any of them (superseded versions as name@v<version>)
 
 
 @dataclass(frozen=True)
@@ -205,23 +209,25 @@ def add_takedown(engine: Engine, kind: str, value: str, reason: str | None = Non
             SELECT count(DISTINCT ti.image_id), count(s.id)
             FROM takedown_image ti LEFT JOIN sample s ON s.image_id = ti.image_id
             WHERE ti.takedown_id = :id"""), {"id": takedown_id}).one()
-        releases = list(conn.execute(text("""
-            SELECT DISTINCT e.name FROM takedown_image ti
+        releases = list(conn.execute(text(f"""
+            SELECT DISTINCT {_RELEASE_LABEL_SQL} AS label FROM takedown_image ti
             JOIN export_item ei ON ei.image_id = ti.image_id JOIN export e ON e.id = ei.export_id
-            WHERE ti.takedown_id = :id AND e.status = 'published' ORDER BY e.name"""),
+            WHERE ti.takedown_id = :id AND e.status IN ('published', 'superseded') ORDER BY label"""),
             {"id": takedown_id}).scalars())
     return TakedownResult(takedown_id, kind, value, int(images), int(samples), releases)
 
 
 def releases_with_takedowns(engine: Engine) -> list[ReleaseHit]:
-    """Published releases that contain taken-down items, per takedown, with how many samples."""
+    """Releases that shipped taken-down items (published, and superseded versions as name@v<version>),
+    per takedown, with how many samples."""
     with engine.connect() as conn:
-        rows = conn.execute(text("""
-            SELECT e.name, e.published_at, t.id, t.kind, t.value, count(DISTINCT ei.sample_id) AS samples
+        rows = conn.execute(text(f"""
+            SELECT {_RELEASE_LABEL_SQL} AS label, e.published_at, t.id, t.kind, t.value,
+                   count(DISTINCT ei.sample_id) AS samples
             FROM takedown t
             JOIN takedown_image ti ON ti.takedown_id = t.id
             JOIN export_item ei ON ei.image_id = ti.image_id
-            JOIN export e ON e.id = ei.export_id AND e.status = 'published'
-            GROUP BY e.name, e.published_at, t.id, t.kind, t.value
-            ORDER BY e.name, t.id""")).all()
+            JOIN export e ON e.id = ei.export_id AND e.status IN ('published', 'superseded')
+            GROUP BY label, e.published_at, t.id, t.kind, t.value
+            ORDER BY label, t.id""")).all()
     return [ReleaseHit(*row) for row in rows]

@@ -5,13 +5,16 @@ explicit overwrite) writes a new `export` row — the next `version` of that nam
 prefix — and, once it is complete, marks the previous one `superseded` in the same transaction that
 publishes the new one. The old row keeps its `export_item` rows, files and prefix, so "which release
 shipped this sample" still answers for it. The unique index on the name alone becomes (name, version),
-plus a partial unique index: at most one published release per name.
+plus a partial unique index: at most one published release per name. The release views gain the
+version (sql/release_versions_views.sql).
 
 Revision ID: 0008
 Revises: 0007
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -20,6 +23,8 @@ revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+
+SQL_DIR = Path(__file__).resolve().parents[4] / "sql"
 
 
 def upgrade() -> None:
@@ -30,10 +35,17 @@ def upgrade() -> None:
     op.create_index(op.f("uq_export_published_name"), "export", ["name"], unique=True,
                     postgresql_where=sa.text("status = 'published'"))
     op.drop_constraint(op.f("ck_export_status"), "export", type_="check")
-    op.create_check_constraint(op.f("ck_export_status"), "export", "status IN ('writing', 'published', 'failed', 'superseded')")
+    op.create_check_constraint(op.f("ck_export_status"), "export",
+                               "status IN ('writing', 'published', 'failed', 'superseded')")
+    op.execute((SQL_DIR / "release_versions_views.sql").read_text(encoding="utf-8"))
+    op.execute((SQL_DIR / "analyst_role.sql").read_text(encoding="utf-8"))
 
 
 def downgrade() -> None:
+    # A view loses columns only by being dropped; the earlier definitions are then created again.
+    op.execute("DROP VIEW v_release, v_release_contents, v_takedown_items")
+    for name in ("views.sql", "release_views.sql", "analyst_role.sql"):
+        op.execute((SQL_DIR / name).read_text(encoding="utf-8"))
     op.execute("DELETE FROM export_item WHERE export_id IN (SELECT id FROM export WHERE version > 1 OR "
                "status = 'superseded')")
     op.execute("DELETE FROM export WHERE status = 'superseded' OR version > 1")

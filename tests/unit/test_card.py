@@ -84,7 +84,7 @@ def test_a_release_without_images_qc_or_mix_says_so() -> None:
     assert "this release ships without image files" in card and "tar" not in card.split("## 使用方法")[0]
     assert "no QC run is recorded for these samples." in card
     assert "结束原因 / finish reasons: –" in card and "OCR characters per image: –\n" in card
-    assert "mixed with English" not in card
+    assert "与英文数据混合 / mixed with English:" not in card
     assert "task mix requested" not in card and "`--dataset_use tuwen_x`." in card
 
 

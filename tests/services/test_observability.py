@@ -1,4 +1,5 @@
-"""Progress lines at a steady cadence, and `tuwen status` over a lineage DB with known rows."""
+"""Progress lines at a steady cadence, and `tuwen status` over a lineage DB with known rows and a bucket
+that lost objects."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import logging
 import pytest
 from sqlalchemy import text
 
+from bench.common import seed_images
+from tuwen.cli.main import main
 from tuwen.cli.status import collect_status, print_status
 from tuwen.config import Settings
 from tuwen.db.session import get_engine
+from tuwen.local.services import free_port
 from tuwen.progress import Progress, format_duration, progress_iter
+from tuwen.resources import Resources
 
 
 class FakeClock:
@@ -49,7 +54,7 @@ def test_progress_iter_passes_items_through_and_ends_with_a_final_line(caplog: p
 
 def test_status_reports_counts_queue_depth_errors_and_last_release(lineage_db: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    settings = dataclasses.replace(Settings(), database_url=lineage_db)
+    resources = Resources.from_settings(dataclasses.replace(Settings(), database_url=lineage_db))
     today = dt.date.today()
     with get_engine(lineage_db).begin() as conn:
         run = conn.execute(text("INSERT INTO crawl_run (spider, partition_date, status) "
@@ -70,7 +75,7 @@ def test_status_reports_counts_queue_depth_errors_and_last_release(lineage_db: s
                          {"k": f"k{n}", "i": image_id, "st": status, "e": error})
         conn.execute(text("INSERT INTO export (name, params, status, n_samples, s3_prefix, published_at) "
                           "VALUES ('r1', '{}', 'published', 2, 'exports/r1/', now())"))
-    report = collect_status(settings)
+    report = collect_status(resources)
     assert report.images_by_status == {"accepted": 5, "rejected": 1}
     assert report.generations_by_status == {"succeeded": 2, "failed": 1}
     assert report.errors_by_type == {"timeout": 1}
@@ -79,6 +84,51 @@ def test_status_reports_counts_queue_depth_errors_and_last_release(lineage_db: s
     assert report.error_rate == pytest.approx(1 / 3)
     assert report.runs[0]["run_id"] == "manual__1" and report.runs[0]["generations"] == 3
     assert report.last_release is not None and report.last_release["name"] == "r1"
-    print_status(settings)
+    print_status(resources)
     out = capsys.readouterr().out
+    assert "object store: no accepted image to check" in out  # these rows name no objects
     assert "queue depth" in out and "r1 (published" in out and "33.33%" in out
+
+
+LOST_DAY = dt.date(2026, 11, 3)
+
+
+def test_status_reports_accepted_images_whose_objects_are_gone_with_the_repair(
+        resources: Resources, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    resources.store.ensure_bucket()
+    ids = seed_images(resources.settings, 6, LOST_DAY, width=64, height=48)
+    assert collect_status(resources).store.summary().startswith("object store: ok, all 6 accepted images")
+    with resources.engine.connect() as conn:
+        lost = list(conn.execute(text("SELECT model_key FROM image WHERE id = ANY(:ids) ORDER BY id LIMIT 2"),
+                                 {"ids": ids}).scalars())
+    for key in lost:
+        resources.store.remove(key)
+
+    check = collect_status(resources).store
+    assert (check.accepted, check.checked, check.missing_images) == (6, 6, 2)
+    assert check.missing_keys == sorted(lost) and check.missing_crawl_dates == [str(LOST_DAY)]
+    bounded = collect_status(resources, store_sample=3).store  # a sample, whatever the store's size
+    assert bounded.checked == 3 and bounded.accepted == 6 and bounded.missing_images <= 2
+
+    print_status(resources)
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "LOST OBJECTS: 2 of all 6 accepted images checked have objects missing" in out
+    assert str(LOST_DAY) in out and lost[0] in out and "trigger `tuwen_crawl`" in out
+
+    # The command says it too, and exits 1 so that a scheduled check is noticed.
+    for name, value in resources.settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["status"]) == 1
+    assert "LOST OBJECTS" in capsys.readouterr().out
+    for key in lost:  # what a recrawl does: the same bytes put back under the same keys
+        resources.store.put_bytes(key, b"restored", "image/jpeg")
+    assert main(["status"]) == 0
+
+
+def test_status_says_when_the_store_cannot_be_asked(resources: Resources) -> None:
+    resources.store.ensure_bucket()
+    seed_images(resources.settings, 1, LOST_DAY, width=64, height=48)
+    unreachable = Resources.from_settings(dataclasses.replace(resources.settings, s3_endpoint=f"127.0.0.1:{free_port()}"))
+    check = collect_status(unreachable).store
+    assert check.error is not None and check.missing_images == 0
+    assert check.summary().startswith("object store: could not be checked: 127.0.0.1:")

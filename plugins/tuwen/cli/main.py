@@ -74,9 +74,11 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from tuwen.cli.status import print_status
+    from tuwen.resources import Resources
 
-    print_status(settings, hours=args.hours)
-    return 0
+    report = print_status(Resources.from_settings(settings), hours=args.hours, store_sample=args.store_sample)
+    # Non-zero when the store lost objects, so a scheduled `tuwen status` is noticed.
+    return 1 if report.store.missing_images else 0
 
 
 def _takedown(args: argparse.Namespace, settings: Settings) -> int:
@@ -189,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("down", help="stop exactly what `tuwen up` started")
     p.add_argument("--run-dir", help="the run dir given to `tuwen up` (default: .run)")
     p.set_defaults(func=_down)
-    p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release")
+    p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release, lost objects")
     p.add_argument("--hours", type=int, default=24, help="window for rates and counts (default 24)")
+    p.add_argument("--store-sample", type=int, default=200,
+                   help="accepted images whose objects are looked for in the bucket (default 200; 0: skip); "
+                        "exit status 1 when some are missing")
     p.set_defaults(func=_status)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

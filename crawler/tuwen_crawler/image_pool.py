@@ -6,9 +6,19 @@ the image work off the GIL, and a decoder that blows up on hostile bytes takes d
 crawl.
 
 Each worker has a connection of its own: a pipeline thread takes an idle worker, sends it the bytes and
-reads the decision back on that connection. concurrent.futures' ProcessPoolExecutor, used before, moves
-every job through a shared queue with a feeder thread and every result through a manager thread; for a
-190 KB photo and its 200 KB model copy that cost 0.8-1.0 ms of CPU per image, against 0.4 ms here.
+reads the decision back on that connection (concurrent.futures' shared queues and their feeder and
+manager threads cost twice the CPU per image; see docs/BENCHMARKS.md).
+
+Every job is bounded (the `job_*` fields of ImageLimits), by the operating system where it can be:
+- CPU time: before each job the worker moves its own RLIMIT_CPU soft limit to the CPU it has used so far
+  plus the job's allowance; the kernel ends a worker that runs past it with SIGXCPU (`decode_timeout`).
+- Memory: the worker's address space is capped (RLIMIT_AS) at what it uses once warmed up plus the
+  job's allowance; an allocation over it fails, and the image is `decode_memory`.
+- Wall time: the parent waits for the answer with a deadline (poll on the connection, no extra round
+  trip) and kills a worker that has not answered (`decode_timeout`), which also covers a worker
+  stuck without using CPU.
+A killed worker is replaced; the image gets its reason and the rest of the crawl goes on. With
+`processes=0` the work runs in the calling thread and only the structural checks bound it.
 """
 
 from __future__ import annotations
@@ -16,9 +26,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import multiprocessing
+import os
 import queue
+import resource
+import signal
 import threading
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,11 +43,43 @@ from tuwen.crawl.images import ImageDecision, ImageLimits, inspect_and_normalize
 logger = logging.getLogger(__name__)
 
 Work = Callable[[bytes, str | None, ImageLimits], ImageDecision]
+Job = tuple[bytes, str | None, ImageLimits]
+
+
+def _address_space() -> int | None:
+    """This process's virtual memory size in bytes (Linux), None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+class _JobLimits:
+    """The worker side of the limits: RLIMIT_CPU moved before each job, RLIMIT_AS set once per allowance."""
+
+    def __init__(self) -> None:
+        # A worker ended by SIGXCPU would otherwise write a core file of its whole address space.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        self.warm_size = _address_space()
+        self.memory_allowance: int | None = None
+
+    def apply(self, limits: ImageLimits) -> None:
+        if self.warm_size is not None and limits.job_memory_bytes != self.memory_allowance:
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            cap = self.warm_size + limits.job_memory_bytes
+            resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+            self.memory_allowance = limits.job_memory_bytes
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = math.ceil(used.ru_utime + used.ru_stime) + max(1, limits.job_cpu_seconds)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
 def _serve(conn: Connection, work: Work) -> None:
     """A worker's life: import and warm the image code, then answer jobs until told to stop."""
     warm_up()
+    job_limits = _JobLimits()  # measured after warming up: the libraries' own memory is the baseline
     while True:
         try:
             job = conn.recv()
@@ -40,10 +87,19 @@ def _serve(conn: Connection, work: Work) -> None:
             return
         if job is None:
             return
+        data, content_type, limits = job
+        job_limits.apply(limits)
         try:
-            conn.send((True, work(*job)))
-        except Exception as exc:  # a bug in the image code: the caller raises it, as a thread would
-            conn.send((False, exc))
+            answer: tuple[bool, Any] = (True, work(data, content_type, limits))
+        except MemoryError:
+            answer = (True, _rejection(data, "decode_memory"))
+        except Exception:  # a bug in the image code: the parent logs it and records the image
+            answer = (False, traceback.format_exc())
+        conn.send(answer)
+
+
+def _rejection(data: bytes, reason: str) -> ImageDecision:
+    return ImageDecision(accepted=False, reason=reason, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
 
 
 class _Worker:
@@ -65,7 +121,21 @@ class _Worker:
 
 
 class WorkerDied(RuntimeError):
-    """The worker handling an image exited (killed for memory, a decoder crash)."""
+    """The worker handling an image exited; `reason` is the image's when the exit says why (a limit)."""
+
+    def __init__(self, message: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason_for_exit(exitcode: int | None) -> str | None:
+    """The image's reason for a worker's exit: SIGXCPU is its CPU limit; a SIGKILL we did not send is the
+    kernel's out-of-memory killer. Anything else (a decoder crash) says nothing about the limits."""
+    if exitcode == -signal.SIGXCPU:
+        return "decode_timeout"
+    if exitcode == -signal.SIGKILL:
+        return "decode_memory"
+    return None
 
 
 class ImageProcessPool:
@@ -94,19 +164,28 @@ class ImageProcessPool:
         self._workers.append(worker)
         self._idle.put(worker)
 
-    def _run(self, job: tuple[bytes, str | None, ImageLimits]) -> ImageDecision:
+    def _run(self, job: Job) -> ImageDecision:
         if len(self._workers) < self.processes:
             self.start()
         worker = self._idle.get()
+        limits = job[2]
         try:
             worker.conn.send(job)
+            # The first job of a fresh worker also waits for its start-up (imports, warm-up).
+            if not worker.conn.poll(limits.job_wall_seconds):
+                worker.process.kill()
+                self._replace(worker)
+                raise WorkerDied(f"image worker {worker.process.pid} gave no answer in {limits.job_wall_seconds} s; "
+                                 "killed", "decode_timeout")
             ok, result = worker.conn.recv()
         except (EOFError, OSError) as exc:
             self._replace(worker)
-            raise WorkerDied(f"image worker {worker.process.pid} exited ({worker.process.exitcode})") from exc
+            exitcode = worker.process.exitcode
+            raise WorkerDied(f"image worker {worker.process.pid} exited ({exitcode})",
+                             _reason_for_exit(exitcode)) from exc
         self._idle.put(worker)
         if not ok:
-            raise result
+            raise _ImageCodeError(result)
         return result
 
     def _replace(self, dead: _Worker) -> None:
@@ -118,17 +197,27 @@ class ImageProcessPool:
             self._add_worker()
 
     def inspect(self, data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
-        if self.processes <= 0:
-            return self.work(data, content_type, limits)
-        for attempt in (1, 2):
-            try:
-                return self._run((data, content_type, limits))
-            except WorkerDied as exc:
-                # Killed for memory, or a decoder crash on these bytes: a fresh worker tries once more,
-                # then the bytes are called corrupt.
-                logger.warning("%s; %s", exc, "trying once more" if attempt == 1 else "rejected as corrupt")
-        return ImageDecision(accepted=False, reason="corrupt", sha256=hashlib.sha256(data).hexdigest(),
-                             n_bytes=len(data))
+        """The image's decision; never raises for anything in `data`: a worker over a limit, a worker
+        that died twice on these bytes and an error in the image code each become a rejection."""
+        try:
+            if self.processes <= 0:
+                return self.work(data, content_type, limits)
+            for attempt in (1, 2):
+                try:
+                    return self._run((data, content_type, limits))
+                except WorkerDied as exc:
+                    if exc.reason is not None:  # over a limit: trying again would only spend it again
+                        logger.warning("%s; image %s rejected as %s", exc, _digest(data), exc.reason)
+                        return _rejection(data, exc.reason)
+                    # A decoder crash on these bytes: a fresh worker tries once more, then they are corrupt.
+                    logger.warning("%s; %s", exc, "trying once more" if attempt == 1 else "rejected as corrupt")
+        except _ImageCodeError as exc:
+            logger.error("the image code failed on image %s; rejected as corrupt:\n%s", _digest(data), exc)
+        except MemoryError:
+            return _rejection(data, "decode_memory")
+        except Exception:
+            logger.exception("the image code failed on image %s; rejected as corrupt", _digest(data))
+        return _rejection(data, "corrupt")
 
     def shutdown(self) -> None:
         with self._lock:
@@ -136,3 +225,11 @@ class ImageProcessPool:
             self._idle = queue.SimpleQueue()
         for worker in workers:
             worker.stop()
+
+
+class _ImageCodeError(RuntimeError):
+    """An exception in a worker's image code, carried back as its formatted traceback."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

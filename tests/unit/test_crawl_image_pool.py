@@ -1,4 +1,6 @@
-"""The crawler's image worker processes: results equal in-thread work, and a dying worker loses nothing."""
+"""The crawler's image worker processes: results equal in-thread work, a dying worker loses nothing, and
+every job is bounded in CPU time, wall time and memory (a worker over a limit is replaced and the image
+gets its reason)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,16 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import psutil
 import pytest
 from PIL import Image
 
 from tuwen.crawl.images import ImageDecision, ImageLimits, inspect_and_normalize
+from tuwen.local.hostile_images import jpeg_scan_bomb, png_memory_bomb
 from tuwen_crawler.image_pool import ImageProcessPool
 
 CRASH = b"bytes that kill the decoder"
@@ -30,6 +35,35 @@ def raise_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLim
     if data == CRASH:
         raise ValueError("the image code has a bug")
     return inspect_and_normalize(data, content_type, limits)
+
+
+def spin_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+    """Stands in for a decoder in an endless loop on hostile bytes, using CPU."""
+    if data == CRASH:
+        while True:
+            pass
+    return inspect_and_normalize(data, content_type, limits)
+
+
+def sleep_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+    """Stands in for a worker stuck without using CPU (a deadlock in a library)."""
+    if data == CRASH:
+        time.sleep(3600)
+    return inspect_and_normalize(data, content_type, limits)
+
+
+def allocate_on_crash_bytes(data: bytes, content_type: str | None, limits: ImageLimits) -> ImageDecision:
+    """Stands in for a decoder that allocates without bound: 4 GiB in 64 MiB pieces."""
+    if data == CRASH:
+        hoard = [bytearray(64 << 20) for _ in range(64)]
+        raise AssertionError(f"allocated {len(hoard)} pieces under the memory cap")
+    return inspect_and_normalize(data, content_type, limits)
+
+
+def within(seconds: float, call: Callable[[], ImageDecision]) -> ImageDecision:
+    """The call's result, or a failure (not a hung test) when the pool does not answer in time."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(call).result(timeout=seconds)
 
 
 def photo_bytes(seed: int) -> bytes:
@@ -61,7 +95,9 @@ def test_threads_sharing_the_workers_each_get_their_own_image_back() -> None:
         pool.shutdown()
 
 
-def test_an_exception_in_the_image_code_reaches_the_caller_and_the_worker_lives_on() -> None:
+def test_an_exception_in_the_image_code_is_a_corrupt_rejection_and_the_worker_lives_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Raised out of the pool, it would leave the mention without a lineage row (Scrapy drops the item).
     pool = ImageProcessPool(1, work=raise_on_crash_bytes)
     try:
         pool.start()
@@ -69,10 +105,83 @@ def test_an_exception_in_the_image_code_reaches_the_caller_and_the_worker_lives_
         while time.monotonic() < deadline and not _spawned_workers():
             time.sleep(0.1)
         (worker,) = _spawned_workers()
-        with pytest.raises(ValueError, match="has a bug"):
-            pool.inspect(CRASH, "image/jpeg", ImageLimits())
+        decision = pool.inspect(CRASH, "image/jpeg", ImageLimits())
+        assert (decision.accepted, decision.reason) == (False, "corrupt")
+        assert decision.sha256 == hashlib.sha256(CRASH).hexdigest()
+        assert "the image code has a bug" in caplog.text  # the worker's traceback, for whoever fixes it
         assert pool.inspect(photo_bytes(3), "image/jpeg", ImageLimits()).accepted
         assert _spawned_workers() == {worker}
+    finally:
+        pool.shutdown()
+
+
+def test_in_thread_work_that_raises_is_a_corrupt_rejection_too() -> None:
+    decision = ImageProcessPool(0, work=raise_on_crash_bytes).inspect(CRASH, "image/jpeg", ImageLimits())
+    assert (decision.accepted, decision.reason) == (False, "corrupt")
+
+
+def test_a_job_over_its_cpu_time_is_killed_and_the_image_is_decode_timeout() -> None:
+    pool = ImageProcessPool(1, work=spin_on_crash_bytes)
+    limits = ImageLimits(job_cpu_seconds=1)
+    try:
+        assert within(120, lambda: pool.inspect(photo_bytes(1), "image/jpeg", limits)).accepted
+        (before,) = _spawned_workers()
+        started = time.monotonic()
+        decision = within(60, lambda: pool.inspect(CRASH, "image/jpeg", limits))
+        assert (decision.accepted, decision.reason) == (False, "decode_timeout")
+        assert time.monotonic() - started < 10  # the kernel's SIGXCPU, not the 60 s wall deadline
+        assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
+        # A fresh worker takes the next image.
+        assert within(120, lambda: pool.inspect(photo_bytes(2), "image/jpeg", limits)).accepted
+        assert before not in _spawned_workers()
+    finally:
+        pool.shutdown()
+
+
+def test_a_job_stuck_past_its_wall_time_is_killed_and_no_worker_is_left_hung() -> None:
+    pool = ImageProcessPool(1, work=sleep_on_crash_bytes)
+    try:
+        assert within(120, lambda: pool.inspect(photo_bytes(1), "image/jpeg", ImageLimits())).accepted
+        (stuck,) = _spawned_workers()
+        decision = within(60, lambda: pool.inspect(CRASH, "image/jpeg", ImageLimits(job_wall_seconds=2)))
+        assert (decision.accepted, decision.reason) == (False, "decode_timeout")
+        assert not psutil.pid_exists(stuck)
+        assert within(120, lambda: pool.inspect(photo_bytes(2), "image/jpeg", ImageLimits())).accepted
+    finally:
+        pool.shutdown()
+    assert not _spawned_workers()
+
+
+def test_a_job_over_its_memory_cap_is_decode_memory_and_the_worker_goes_on() -> None:
+    pool = ImageProcessPool(1, work=allocate_on_crash_bytes)
+    limits = ImageLimits(job_memory_bytes=256 << 20)
+    try:
+        assert within(120, lambda: pool.inspect(photo_bytes(1), "image/jpeg", limits)).accepted
+        (worker,) = _spawned_workers()
+        decision = within(60, lambda: pool.inspect(CRASH, "image/jpeg", limits))
+        assert (decision.accepted, decision.reason) == (False, "decode_memory")
+        assert within(60, lambda: pool.inspect(photo_bytes(2), "image/jpeg", limits)).accepted
+        assert _spawned_workers() == {worker}
+    finally:
+        pool.shutdown()
+
+
+def test_real_bombs_past_the_structural_checks_are_stopped_by_the_worker_limits() -> None:
+    # With the header checks switched off, the limits are the backstop: the scan bomb's decode runs
+    # out of CPU, the memory bomb's conversions out of address space.
+    unchecked = replace(ImageLimits(), max_jpeg_scans=1_000_000, max_decode_bytes=1 << 40)
+    pool = ImageProcessPool(1)
+    try:
+        assert within(120, lambda: pool.inspect(photo_bytes(1), "image/jpeg", unchecked)).accepted
+        # Tens of seconds of CPU: 20,000 scans over 3 MP.
+        heavy_scan_bomb = jpeg_scan_bomb(scans=20_000, size=(2048, 1536))
+        decision = within(60, lambda: pool.inspect(heavy_scan_bomb, "image/jpeg",
+                                                   replace(unchecked, job_cpu_seconds=1)))
+        assert decision.reason == "decode_timeout"
+        decision = within(60, lambda: pool.inspect(png_memory_bomb(), "image/png",
+                                                   replace(unchecked, job_memory_bytes=200 << 20)))
+        assert decision.reason == "decode_memory"
+        assert within(120, lambda: pool.inspect(photo_bytes(2), "image/jpeg", ImageLimits())).accepted
     finally:
         pool.shutdown()
 

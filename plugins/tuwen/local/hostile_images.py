@@ -81,15 +81,15 @@ def _png(width: int, height: int, colour_type: int, rows: bytes, *, extra_chunks
 
 # -- JPEG ------------------------------------------------------------------------------------------
 
-def jpeg_scan_bomb() -> bytes:
+def jpeg_scan_bomb(scans: int = SCAN_BOMB_SCANS, size: tuple[int, int] = (1024, 768)) -> bytes:
     """A progressive JPEG whose smallest scan (an almost empty AC band of the luma) is repeated until
-    the file has SCAN_BOMB_SCANS scans; libjpeg decodes it (with a warning) after seconds of work."""
-    progressive = _save(_picture(1024, 768, 11), "JPEG", quality=80, progressive=True)
+    the file has `scans` scans; libjpeg decodes it (with a warning) after seconds of work."""
+    progressive = _save(_picture(*size, 11), "JPEG", quality=80, progressive=True)
     starts = [m.start() for m in re.finditer(rb"\xff\xda", progressive)]
     end = len(progressive) - 2  # the end-of-image marker
-    scans = [progressive[a:b] for a, b in zip(starts, [*starts[1:], end], strict=True)]
-    smallest = min(scans[1:], key=len)  # scan 0 is the DC scan every image needs
-    repeats = SCAN_BOMB_SCANS - len(scans)
+    parts = [progressive[a:b] for a, b in zip(starts, [*starts[1:], end], strict=True)]
+    smallest = min(parts[1:], key=len)  # part 0 is the DC scan every image needs
+    repeats = scans - len(parts)
     return progressive[:end] + smallest * repeats + b"\xff\xd9"
 
 

@@ -25,9 +25,9 @@ from w3lib.url import safe_url_string
 
 CONTEXT_MAX_CHARS = 300
 ALT_MAX_CHARS = 300
-# Image candidates taken from one page; the rest are listed by URL only (PageImages.over_cap) so the
-# spider records each with a reason. A page is untrusted input: its work must stay bounded.
-MAX_CANDIDATES_PER_PAGE = 1000
+# Image candidates taken from one page, in document order; the rest are only counted (PageImages.over_cap,
+# recorded in the crawl's page counts). A page is untrusted input: its work, and the rows it makes, stay bounded.
+MAX_CANDIDATES_PER_PAGE = 500
 _SPACE = re.compile(r"\s+")
 _NOAI = re.compile(r"\bno(image)?ai\b", re.IGNORECASE)
 
@@ -46,7 +46,7 @@ class PageImages:
     title: str | None
     noai: bool  # <meta name="robots"|"tuwen" content="noai|noimageai">
     candidates: list[ImageCandidate]
-    over_cap: list[str] = field(default_factory=list)  # candidate URLs past MAX_CANDIDATES_PER_PAGE
+    over_cap: int = 0  # candidates past MAX_CANDIDATES_PER_PAGE, not taken
 
 
 def _clean(text: str | None, limit: int) -> str | None:
@@ -190,4 +190,4 @@ def extract_page_images(response: TextResponse, max_candidates: int = MAX_CANDID
             candidates.append(ImageCandidate(absolute_url(base, og), "og", None, _clean(description, CONTEXT_MAX_CHARS)))
 
     return PageImages(title=title, noai=bool(_NOAI.search(robots)), candidates=candidates[:max_candidates],
-                      over_cap=[c.url for c in candidates[max_candidates:]])
+                      over_cap=max(0, len(candidates) - max_candidates))

@@ -16,7 +16,7 @@ class Mention:
     page_title: str | None
     alt_text: str | None
     context_text: str | None
-    found_in: str  # img | data-src | data-original | srcset | picture | og | over_page_cap
+    found_in: str  # img | data-src | data-original | srcset | picture | og
 
 
 @dataclass
@@ -27,6 +27,11 @@ class FetchedImage:
     content_type: str | None
     x_robots_tag: list[str] = field(default_factory=list)
     final_url: str | None = None  # after redirects
+
+    def __repr__(self) -> str:
+        # Scrapy logs an item's repr (every scraped item at DEBUG, a failed one at ERROR): never the bytes.
+        return (f"FetchedImage(url={self.mention.url!r}, page_url={self.mention.page_url!r}, "
+                f"body=<{len(self.body)} bytes>, http_status={self.http_status}, content_type={self.content_type!r})")
 
 
 @dataclass

@@ -43,7 +43,6 @@ NOT_FETCHED_REASONS = (
     "private_address",  # host resolves to a private/loopback/link-local address (SSRF guard)
     "page_noai",  # the page carries <meta name="robots" content="noai"> / X-Robots-Tag: noai
     "unsupported_scheme",  # file:, ftp:, blob:, javascript: ... (also a redirect to one): only http(s) is fetched
-    "page_image_cap",  # past the page's candidate cap (tuwen_crawler.extract.MAX_CANDIDATES_PER_PAGE)
     "timeout",  # transient: worth another try on a later run
     "dns_error",
     "connection_error",

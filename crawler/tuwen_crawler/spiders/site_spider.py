@@ -181,8 +181,9 @@ class SiteSpider(Spider):
         page_noai = page.noai or _header_noai(response)
         for candidate in page.candidates:
             yield from self._image(candidate, response.url, page.title, page_noai)
-        for url in page.over_cap:
-            yield from self._over_cap(url, response.url, page.title)
+        if page.over_cap:
+            self.page_counts["images_over_page_cap"] += page.over_cap
+            self.logger.warning("%d image candidates past the page cap not taken: %s", page.over_cap, response.url)
         for link in self.links.extract_links(response):
             request = self._page_request(link.url, depth + 1)
             if request is not None:
@@ -220,18 +221,6 @@ class SiteSpider(Spider):
         yield Request(url, callback=self.image_fetched, errback=self.image_failed, dont_filter=True,
                       priority=IMAGE_PRIORITY, headers={"Accept": IMAGE_ACCEPT, "Referer": page_url},
                       meta={"tuwen_mention": mention})
-
-    def _over_cap(self, url: str, page_url: str, title: str | None) -> Iterator[Any]:
-        if url.startswith("data:"):
-            return
-        mention = Mention(url=url, page_url=page_url, page_title=title, alt_text=None, context_text=None,
-                          found_in="over_page_cap")
-        if url in self.seen_images or url in self.known_image_urls:
-            self.seen_images.add(url)
-            yield ImageMention(mention)
-            return
-        self.seen_images.add(url)
-        yield UnfetchedImage(mention, "not_fetched", "page_image_cap")
 
     def _refusal(self, url: str, page_noai: bool) -> str | None:
         parts = urlsplit(url)

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tuwen.crawl.images import hamming64, perceptual_hash, phash_of_bytes
+from tuwen.local.hostile_images import hostile_images
 
 CJK_FONT_PATH = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 MANIFEST_NAME = "manifest.json"
@@ -895,8 +896,8 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
 # A case is a page under /hostile/ linked from the home page; add one by appending to HOSTILE_CASES.
 
 HOSTILE_MAX_DEPTH = 6  # the sites entry the hostile crawl uses (HostileSite.site_entry)
-HOSTILE_GALLERY_IMAGES = 2500  # > tuwen_crawler.extract.MAX_CANDIDATES_PER_PAGE (1000) in one <div>
-HOSTILE_PAGE_CAP = 1000
+HOSTILE_GALLERY_IMAGES = 2500  # in one <div>, more than a page may give (tuwen_crawler.extract.MAX_CANDIDATES_PER_PAGE)
+HOSTILE_PAGE_CAP = 500
 HOSTILE_DEEP_CHAIN = HOSTILE_MAX_DEPTH + 3  # pages past max_depth exist but are never fetched
 HOSTILE_NESTING = 2000  # <div> levels around one image
 
@@ -955,16 +956,15 @@ def _rebinding_name(b: _SiteBuilder, page: _Page) -> list[_Page]:
 
 
 def _gallery(b: _SiteBuilder, page: _Page) -> list[_Page]:
-    """Thousands of images in one <div> on a noai page: extraction stays linear, the candidates past the
-    page cap are recorded as such, none is fetched."""
+    """Thousands of images in one <div> on a noai page: extraction stays linear, none is fetched, and the
+    candidates past the page cap are only counted (the crawl's page counts), so they have no entry here."""
     page.head = '<meta name="robots" content="noai">'
     tags = []
     for i in range(HOSTILE_GALLERY_IMAGES):
         url = f"/hostile/gallery/{i:05d}.jpg"
-        within_cap = i < HOSTILE_PAGE_CAP - 1  # the page's logo is its first candidate
-        entry = b.add_image(url, None, outcome="not_fetched", reason="page_noai" if within_cap else "page_image_cap",
-                            kind="hard_case")
-        entry.pages.append(PageRef(page.path, "img" if within_cap else "over_page_cap"))
+        if i < HOSTILE_PAGE_CAP - 1:  # the page's logo is its first candidate
+            entry = b.add_image(url, None, outcome="not_fetched", reason="page_noai", kind="hard_case")
+            entry.pages.append(PageRef(page.path, "img"))
         tags.append(f'<span>第{i}张</span><img src="{url}" alt="图{i}">')
     page.blocks.append("<div class=\"gallery\">" + "".join(tags) + "</div>")
     return []
@@ -992,12 +992,25 @@ def _deep_nesting(b: _SiteBuilder, page: _Page) -> list[_Page]:
     return []
 
 
+def _hostile_image_files(b: _SiteBuilder, page: _Page) -> list[_Page]:
+    """Scan bombs, memory bombs, truncated files and lying headers of every web format
+    (tuwen.local.hostile_images), each refused with its reason."""
+    for image in hostile_images():
+        entry = b.add_image(f"/hostile/img/bad/{image.name}.{image.ext}", image.data, outcome=image.outcome,
+                            reason=image.reason, kind="hard_case", content_type=image.content_type)
+        entry.pages.append(PageRef(page.path, "img"))
+        page.blocks.append(_figure(entry.url, "恶意图片", image.what))
+    _hostile_ok_image(b, page, "images-ok")
+    return []
+
+
 HOSTILE_CASES: list[HostileCase] = [
     HostileCase("schemes", "协议陷阱", _scheme_tricks),
     HostileCase("rebinding", "域名重绑定", _rebinding_name),
     HostileCase("gallery", "超大图库", _gallery),
     HostileCase("deep", "深层链接", _deep_chain),
     HostileCase("nested", "深层嵌套", _deep_nesting),
+    HostileCase("images", "恶意图片", _hostile_image_files),
 ]
 
 

@@ -130,6 +130,7 @@ Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
 PixelBudget = Annotated[int, Field(ge=MIN_PIXEL_BUDGET, le=MAX_PIXEL_BUDGET)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
 WebUrl = Annotated[str, AfterValidator(_http_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
@@ -298,8 +299,10 @@ def _kind(adapter: TypeAdapter[Any]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Settings(_Declared):
-    """The pipeline's settings; every other module takes what it needs from one of these, so tests build
-    their own (`Settings(...)`, `dataclasses.replace`) without touching os.environ."""
+    """The pipeline's settings: database, object store, VLM, sampling, batches, QC.
+
+    Every other module takes what it needs from one of these, so tests build their own
+    (`Settings(...)`, `dataclasses.replace`) without touching os.environ."""
 
     database_url: PostgresUrl = setting(
         "postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen", "Lineage database (SQLAlchemy URL).",
@@ -394,12 +397,32 @@ class CrawlSettings(_Declared):
         return os.cpu_count() or 1 if self.crawl_image_processes is None else self.crawl_image_processes
 
 
+@dataclasses.dataclass(frozen=True)
+class StackSettings(_Declared):
+    """How Airflow runs outside docker compose: the local stack of `make up` / `make demo`, and retries."""
+
+    airflow_executor: Literal["local", "celery"] = setting(
+        "local", "Executor of `make up`: local, or celery (a Redis broker and TUWEN_AIRFLOW_WORKERS workers).")
+    airflow_workers: PositiveInt = setting(2, "Celery workers `make up` starts with the celery executor.")
+    airflow_worker_concurrency: PositiveInt = setting(4, "Task slots per local Celery worker.")
+    airflow_node: str = setting("", "Node name put before a local Celery worker's hostname (several on one machine).")
+    airflow_port: Port = setting(8080, "Port of the local Airflow api-server (UI and REST API).")
+    airflow_user: Text = setting("tuwen", "Login of the local Airflow UI.")
+    airflow_password: str = setting(
+        "", "Password of that login; empty: `make up` generates one into .run/ and prints it.",
+        secret=True)
+    redis_port: Port = setting(6379, "Port of the Redis broker `make up` starts for the celery executor.")
+    fixture_site_port: Port = setting(8765, "Port of the fixture website the local sites file points at.")
+    retry_delay_s: NonNegativeInt = setting(
+        60, "Seconds between retries of a tuwen_synthesize batch (the fault tests shorten it).")
+
+
 def parse_task_mix(raw: str) -> dict[str, int]:
     """'247431:194646:199791' -> weights per task type, in TASK_TYPES order."""
     return Settings(task_mix=raw).task_mix  # type: ignore[arg-type]  # the text form is validated
 
 
-DECLARATIONS: tuple[type[_Declared], ...] = (Settings, CrawlSettings)
+DECLARATIONS: tuple[type[_Declared], ...] = (Settings, CrawlSettings, StackSettings)
 
 
 def declared_variables() -> list[Variable]:
@@ -420,10 +443,10 @@ README = REPO_ROOT / "README.md"
 def env_example_block() -> str:
     lines = [ENV_BEGIN]
     for cls in DECLARATIONS:
-        lines.append(f"# {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        lines += ["", f"# --- {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
         for v in cls.variables():
             lines += [f"# {v.meaning} ({v.kind})", f"# {v.name}={v.default}"]
-    return "\n".join([*lines, ENV_END])
+    return "\n".join([*lines, "", ENV_END])
 
 
 def markdown_table() -> str:

@@ -17,6 +17,7 @@ from tuwen.config import (
     CrawlSettings,
     ImageMode,
     Settings,
+    StackSettings,
     declared_variables,
     parse_task_mix,
 )
@@ -69,7 +70,7 @@ def test_the_declaration_lists_every_variable_once_with_a_meaning() -> None:
     variables = declared_variables()
     names = [v.name for v in variables]
     assert len(names) == len(set(names))
-    assert set(Settings().to_env()) | set(CrawlSettings().to_env()) == set(names)
+    assert set(Settings().to_env()) | set(CrawlSettings().to_env()) | set(StackSettings().to_env()) == set(names)
     for variable in variables:
         assert variable.name.startswith("TUWEN_") and variable.kind and variable.meaning.endswith((".", ")"))
     kinds = {v.name: v.kind for v in variables}
@@ -243,3 +244,38 @@ def test_check_command_validates_the_environment(clean_env: pytest.MonkeyPatch, 
     clean_env.setenv("TUWEN_CRAWL_MAX_REDIRECTS", "-1")
     assert main(["--check"]) == 2
     assert "TUWEN_CRAWL_MAX_REDIRECTS must be at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TUWEN_AIRFLOW_EXECUTOR", "kubernetes", "TUWEN_AIRFLOW_EXECUTOR must be one of 'local' or 'celery'"),
+        ("TUWEN_AIRFLOW_PORT", "80800", "TUWEN_AIRFLOW_PORT must be at most 65535"),
+        ("TUWEN_REDIS_PORT", "0", "TUWEN_REDIS_PORT must be at least 1"),
+        ("TUWEN_AIRFLOW_WORKERS", "0", "TUWEN_AIRFLOW_WORKERS must be at least 1"),
+        ("TUWEN_RETRY_DELAY_S", "soon", "TUWEN_RETRY_DELAY_S must be an integer"),
+    ],
+)
+def test_bad_local_stack_variables_name_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """`tuwen up` reads them through the same declaration (the executor's error used to name no variable)."""
+    from tuwen.local.airflow_stack import StackOptions
+
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        StackSettings.from_env()
+    if name != "TUWEN_RETRY_DELAY_S":
+        with pytest.raises(ConfigError, match=message):
+            StackOptions.from_env()
+
+
+def test_local_stack_options_come_from_the_declaration(clean_env: pytest.MonkeyPatch) -> None:
+    from tuwen.local.airflow_stack import StackOptions
+
+    assert StackOptions.from_env() == StackOptions()
+    clean_env.setenv("TUWEN_AIRFLOW_EXECUTOR", "celery")
+    clean_env.setenv("TUWEN_AIRFLOW_PORT", "18080")
+    clean_env.setenv("VLM_POOL_SLOTS", "7")
+    options = StackOptions.from_env()
+    assert (options.executor, options.port, options.pool_slots) == ("celery", 18080, 7)

@@ -28,7 +28,9 @@ from tuwen.config import (
     QWEN_PATCH,
     README_BEGIN,
     README_END,
+    CrawlSettings,
     Settings,
+    StackSettings,
     declared_variables,
     env_example_block,
     generated_block,
@@ -77,8 +79,13 @@ PLACEHOLDER_SECRETS = {"", "change-me"}
 
 
 def tuwen_setting_names() -> set[str]:
-    """Every TUWEN_* name tuwen reads from the environment, from its declaration (tuwen.config)."""
-    return {variable.name for variable in declared_variables()}
+    """Every TUWEN_* name the pipeline and the crawler read, from their declaration (tuwen.config)."""
+    return {variable.name for cls in (Settings, CrawlSettings) for variable in cls.variables()}
+
+
+def local_stack_names() -> set[str]:
+    """The TUWEN_* names of `make demo` / `make up` on one machine; not part of the compose stack."""
+    return {variable.name for variable in StackSettings.variables()}
 
 
 # The tuwen settings that are secrets, and the only Airflow services that get them: tasks run on the
@@ -300,20 +307,6 @@ def test_airflow_dags_and_plugins_come_from_the_image(services):
 def test_tuwen_names_in_compose_are_settings_tuwen_reads(raw_text):
     unknown = set(TUWEN_NAME.findall(raw_text)) - tuwen_setting_names()
     assert not unknown, f"docker-compose.yaml uses TUWEN_* names tuwen does not read: {sorted(unknown)}"
-
-
-LOCAL_STACK_SOURCES = (  # `make demo` / `make up` on one machine; not part of the compose stack
-    ROOT / "plugins" / "tuwen" / "local" / "airflow_stack.py",
-    ROOT / "plugins" / "tuwen" / "local" / "stack.py",
-    ROOT / "dags" / "tuwen_synthesize.py",
-)
-
-
-def local_stack_names() -> set[str]:
-    names: set[str] = set()
-    for path in LOCAL_STACK_SOURCES:
-        names |= set(re.findall(r'"(TUWEN_[A-Z0-9_]+)"', path.read_text(encoding="utf-8")))
-    return names - tuwen_setting_names()
 
 
 def test_tuwen_names_in_env_example_are_settings_tuwen_reads():

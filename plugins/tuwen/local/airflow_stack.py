@@ -457,22 +457,16 @@ class StackOptions:
 
     @classmethod
     def from_env(cls) -> StackOptions:
-        d = cls()
+        from tuwen.config import StackSettings
 
-        def num(name: str, default: int) -> int:
-            raw = os.environ.get(name, "").strip()
-            try:
-                return int(raw) if raw else default
-            except ValueError:
-                raise AirflowRunError(f"{name} must be an integer, got {raw!r}") from None
-
+        stack = StackSettings.from_env()  # a bad TUWEN_AIRFLOW_* value is a ConfigError naming it
+        slots = os.environ.get("VLM_POOL_SLOTS", "").strip()
+        if slots and not slots.isdigit():
+            raise AirflowRunError(f"VLM_POOL_SLOTS must be an integer, got {slots!r}")
         return cls(
-            executor=os.environ.get("TUWEN_AIRFLOW_EXECUTOR", "").strip() or d.executor,
-            workers=num("TUWEN_AIRFLOW_WORKERS", d.workers),
-            worker_concurrency=num("TUWEN_AIRFLOW_WORKER_CONCURRENCY", d.worker_concurrency),
-            port=num("TUWEN_AIRFLOW_PORT", d.port),
-            redis_port=num("TUWEN_REDIS_PORT", d.redis_port),
-            pool_slots=num("VLM_POOL_SLOTS", d.pool_slots),
+            executor=stack.airflow_executor, workers=stack.airflow_workers,
+            worker_concurrency=stack.airflow_worker_concurrency, port=stack.airflow_port,
+            redis_port=stack.redis_port, pool_slots=int(slots) if slots else cls.pool_slots,
         )
 
 

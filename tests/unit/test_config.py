@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from tuwen.config import (
     MAX_PIXEL_BUDGET,
@@ -279,3 +282,27 @@ def test_local_stack_options_come_from_the_declaration(clean_env: pytest.MonkeyP
     clean_env.setenv("VLM_POOL_SLOTS", "7")
     options = StackOptions.from_env()
     assert (options.executor, options.port, options.pool_slots) == ("celery", 18080, 7)
+
+
+ALL_VARIABLES = sorted(v.name for v in declared_variables())
+DECLARATION_OF = {
+    **dict.fromkeys(Settings().to_env(), Settings),
+    **dict.fromkeys(CrawlSettings().to_env(), CrawlSettings),
+    **dict.fromkeys(StackSettings().to_env(), StackSettings),
+}
+
+
+@hyp_settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(ALL_VARIABLES), value=st.text(max_size=40))
+def test_any_value_is_taken_or_refused_by_name(name: str, value: str) -> None:
+    """Whatever text a variable holds, building the settings either succeeds or raises one ConfigError
+    on one line that names that variable; no other exception escapes."""
+    cls = DECLARATION_OF[name]
+    environ = {name: value}
+    try:
+        built = cls.from_env(environ)
+    except ConfigError as exc:
+        message = str(exc)
+        assert name in message and "\n" not in message
+        return
+    assert built.to_env()[name] == cls.from_env(built.to_env()).to_env()[name]  # what was taken round-trips

@@ -133,8 +133,8 @@ def test_new_thresholds_relabel_without_regenerating(settings: Settings, labelle
     assert all(run == second_run for _, _, run in after.values())
 
     # A stricter minimum length for descriptions: good descriptions below it fail for that alone.
-    third_run = _gate(settings, QCConfig(min_answer_chars={"conversation": 60, "complex_reasoning": 80,
-                                                           "detail": 250}))
+    third_run = _gate(settings, QCConfig(min_round_chars_by_task={"conversation": 0, "complex_reasoning": 40,
+                                                                  "detail": 250}))
     after = _verdicts(settings)
     newly_short = [sid for sid, row in labelled.items() if row["task_type"] == "detail" and row["language"] == "zh"
                    and row["expected"] == "pass" and len(_answers(row)) < 250]

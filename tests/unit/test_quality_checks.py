@@ -37,7 +37,11 @@ LABELLED = Path(__file__).parent / "data" / "qc_labelled.jsonl"
 ROWS = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
 CONFIG = QCConfig()
 # Unit tests of one check use short answers; this config takes the length minimum out of the way.
-ANY_LENGTH = QCConfig(min_answer_chars=dict.fromkeys(TASK_TYPES, 1))
+ANY_LENGTH = QCConfig(
+    min_round_chars_by_kind=dict.fromkeys(("closed", "open", "generative", "detailed"), 0),
+    min_round_chars_by_task=dict.fromkeys(TASK_TYPES, 0),
+    min_answer_to_question_ratio=0.0,
+)
 
 
 def _sample(row: dict) -> SampleForQC:
@@ -292,13 +296,13 @@ def test_finish_reason_length_is_truncated_even_with_a_full_stop() -> None:
 
 
 def test_length_thresholds_scale_for_english() -> None:
-    answer = "A quiet alley lined with old grey brick houses, with bicycles parked along the wall."
+    answer = "A quiet alley with old houses."  # 30 characters: a full Chinese answer, a thin English one
     sample = SampleForQC(
-        "conversation",
+        "detail",
         "en",
-        [{"from": "human", "value": "<image>\nWhat is here?"}, {"from": "gpt", "value": answer}],
+        [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": answer}],
     )
-    assert len(answer) > CONFIG.min_answer_chars["conversation"]
+    assert len(answer) > CONFIG.min_round_chars_by_kind["open"]
     assert run_checks(sample).reasons == ["length.too_short"]
     assert run_checks(sample, QCConfig(en_length_factor=1.0)).passed
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from tuwen.domain import IMAGE_TOKEN, LANGUAGES
 
-# Bump when a check's logic changes, so qc_run rows and dataset cards say which rules judged a sample.
-QC_CHECKS_VERSION = 1
+# Bump when a check's logic or a default threshold changes, so qc_run rows and dataset cards say which
+# rules judged a sample. v2: the checks calibrated on real public data (docs/QUALITY.md).
+QC_CHECKS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,12 @@ def _rounds_by_task() -> dict[str, tuple[int, int]]:
     return {"conversation": (1, 5), "complex_reasoning": (1, 1), "detail": (1, 1)}
 
 
-def _min_answer_chars() -> dict[str, int]:
-    return {"conversation": 60, "complex_reasoning": 80, "detail": 100}
+def _min_round_chars_by_kind() -> dict[str, int]:
+    return {"closed": 0, "open": 12, "generative": 20, "detailed": 30}
+
+
+def _min_round_chars_by_task() -> dict[str, int]:
+    return {"conversation": 0, "complex_reasoning": 40, "detail": 12}
 
 
 def _max_answer_chars() -> dict[str, int]:
@@ -78,7 +83,12 @@ class QCConfig:
     loop_max_unit_chars: int = 40
     loop_min_repeats: int = 4
     loop_min_span_chars: int = 30
-    min_answer_chars: Mapping[str, int] = field(default_factory=_min_answer_chars)
+    # Each answer is held to what its own question asks (see `question_kind`) and to its task: a yes/no or
+    # a count may be one character, a reasoning answer may not. Calibrated on real data (docs/QUALITY.md).
+    min_round_chars_by_kind: Mapping[str, int] = field(default_factory=_min_round_chars_by_kind)
+    min_round_chars_by_task: Mapping[str, int] = field(default_factory=_min_round_chars_by_task)
+    # An open request answered in fewer characters than half the request itself is not an answer.
+    min_answer_to_question_ratio: float = 0.5
     max_answer_chars: Mapping[str, int] = field(default_factory=_max_answer_chars)
     en_length_factor: float = 3.0
     # conversation
@@ -120,8 +130,9 @@ _SPECS = (
     CheckSpec("structure.empty_turn", 1, "no turn is empty (after removing <image>)"),
     CheckSpec(
         "language.cjk_ratio",
-        1,
-        "zh: share of CJK characters among letters in the answers (outside quotes) is high enough",
+        2,
+        "zh: share of CJK characters among letters in the answers is high enough; quotes, bracketed glosses "
+        "(蝙蝠侠（Batman）) and capitalised names (Intel, iPhone) are not the model's own language",
         ("zh_min_cjk_ratio",),
     ),
     CheckSpec(
@@ -144,18 +155,20 @@ _SPECS = (
     ),
     CheckSpec(
         "refusal",
-        1,
-        "no refusal or AI self-reference (作为AI…, 我无法查看图片, As an AI…, I cannot see the image)",
+        2,
+        "no refusal or AI self-reference (作为AI…, 我无法查看图片, 很抱歉，…无法…, As an AI…, I cannot see the image)",
     ),
     CheckSpec(
         "meta_talk",
-        1,
-        "answers talk about the image, not the prompt (根据你的要求, 以下是设计的对话, 按照格式, leftover 用户：/助手： markers)",
+        2,
+        "answers talk about the image, not the prompt or the chat (根据你的要求, 以下是设计的对话, 按照格式, leftover "
+        "用户：/助手： markers, chatbot filler: 希望对你有帮助, 如果你还有其他问题, I hope this helps)",
     ),
     CheckSpec(
         "degeneration.repetition",
-        1,
-        "no repeated sentences/lines beyond the ratio and no looping tail (a unit repeated to the end)",
+        2,
+        "no repeated sentences/lines beyond the ratio (list numbers ignored, zh and en sentences), no looping tail "
+        "(a unit repeated to the end), no undecodable bytes (U+FFFD)",
         (
             "max_duplicate_sentence_ratio",
             "min_sentences_for_duplicate_ratio",
@@ -166,14 +179,16 @@ _SPECS = (
     ),
     CheckSpec(
         "degeneration.truncated",
-        1,
-        "finish_reason is not 'length' and the last answer ends with terminal punctuation (or a list/table line)",
+        2,
+        "finish_reason is not 'length'; whatever the finish_reason, no answer stops on an unfinished marker "
+        "(a comma, colon or opening bracket, a dangling 和/以及/正在…, and/the/of…); a missing full stop alone is not truncation",
     ),
     CheckSpec(
         "length.too_short",
-        1,
-        "answers' total characters at least the task minimum",
-        ("min_answer_chars", "en_length_factor"),
+        2,
+        "every answer at least the floor of what its question asks (closed / open / generative / detailed) and of "
+        "its task, and at least a share of an open question's own length",
+        ("min_round_chars_by_kind", "min_round_chars_by_task", "min_answer_to_question_ratio", "en_length_factor"),
     ),
     CheckSpec(
         "length.too_long",
@@ -189,8 +204,8 @@ _SPECS = (
     ),
     CheckSpec(
         "conversation.non_answer",
-        1,
-        "no answer is just 不确定/无法确定/不知道/I don't know",
+        2,
+        "no answer is just 不确定/无法确定/不知道/放弃回答/I don't know/Hello",
         ("non_answer_max_chars",),
     ),
     CheckSpec(
@@ -271,6 +286,10 @@ AI_SELF_REFERENCE_RE = re.compile(
     r"|我(?:只)?是(?:一[个名款])?(?:AI|ＡＩ|人工智能|语言模型)"
 )
 APOLOGY_RE = re.compile(r"(?:抱歉|对不起)[，,]?\s*(?:我|但我)(?:无法|不能|没法)")
+# 「很抱歉，这个流程图无法被转换为……」: an apology followed, within its clause, by an inability.
+APOLOGY_THEN_CANNOT_RE = re.compile(
+    r"(?:抱歉|对不起)[，,]?[^。！？!?\n，,]{0,30}?(?:无法|不能|没法|没有办法|不可以|做不到)"
+)
 # "…无法查看这张图片。": found from the image word backwards (图片/图像/照片 + punctuation).
 CANNOT_SEE_BEFORE_RE = re.compile(
     r"(?:无法|不能|没法|没有办法|看不到|看不了)(?:直接)?(?:查看|看到|看见|访问|打开|读取|处理|分析|识别)?"
@@ -284,6 +303,20 @@ REFUSAL_EN_RE = re.compile(
     r"|\bi'?m sorry,? but i (?:cannot|can't)"
 )
 REFUSAL_EN_TRIGGERS = ("as a", "unable to", "not able to", "cannot", "can't", "can not", "sorry")
+
+# Chatbot filler: the answer turns to the user or the chat instead of the image. Training data with it
+# teaches a captioning model to end every answer with a sign-off.
+CHAT_FILLER_RE = re.compile(
+    r"希望(?:这些|以上|我的|这个|这)?(?:信息|内容|回答|解答|描述)?(?:能|可以)?(?:对[你您]|帮到[你您]|帮助到[你您])"
+    r"|(?:如果|若)[你您]?(?:还)?有(?:其他|任何|更多)(?:的)?(?:问题|疑问|需要)"
+    r"|(?:请)?随时(?:问我|告诉我|联系我|向我提问)|有什么(?:我)?可以帮[你您]"
+)
+CHAT_FILLER_EN_RE = re.compile(
+    r"\bi hope (?:this|that|it) helps\b|\blet me know if\b|\bfeel free to (?:ask|let me know)\b"
+    r"|\bis there anything else\b"
+)
+CHAT_FILLER_TRIGGERS = ("希望", "如果", "若", "随时", "帮")
+CHAT_FILLER_EN_TRIGGERS = ("hope", "let me know", "feel free", "anything else")
 
 ADDRESSING_REQUEST_RE = re.compile(r"(?:根据|按照|按|依照|符合)[你您]的?(?:要求|指示|需求)")
 PROMPT_ECHO_RE = re.compile(
@@ -305,11 +338,44 @@ TERMINAL_CHARS = frozenset("。！？.!?…”」』）)》\"'～~")
 UNFINISHED_ENDINGS = frozenset("，,、：:；;（(《“「-—")
 LIST_OR_TABLE_LINE_RE = re.compile(r"^\s*(?:[-*•·]|\d+[.、)]|[（(]?\d+[)）]|\|)")
 LOOP_PROBE_CHARS = 8
+LIST_NUMBER_RE = re.compile(r"^\s*\d{1,2}\s*[.、)）]?\s*")
+# U+FFFD: bytes the model (or a decoder) could not turn into text.
+REPLACEMENT_CHAR = "\ufffd"
 
 NON_ANSWER_STEMS = (
     "不确定", "不太确定", "无法确定", "不知道", "不清楚", "无法判断", "难以判断", "无法回答", "不好说", "很难说", "看不清",
+    "放弃回答", "拒绝回答", "无法回溯",
     "idontknow", "notsure", "unknown", "unclear", "cannotdetermine", "cantdetermine", "cantsay", "cannotsay",
+    "hello", "nocomment",
 )  # fmt: skip
+
+# What a question asks for, from its own words; each kind has its own floor (QCConfig.min_round_chars_by_kind).
+# A question matching several kinds is held to the highest floor.
+QUESTION_KIND_WORDS: dict[str, tuple[str, ...]] = {
+    "detailed": ("详细", "全面", "详尽", "细致", "具体描述", "in detail", "detailed", "comprehensive", "thorough"),
+    "generative": (
+        "写一", "写个", "写出", "编写", "编一", "创作", "故事", "诗", "广告", "文案", "代码", "程序",
+        "write", "story", "poem", "rap ", "advertis", "program", "code", "template", "html", "essay",
+    ),
+    "open": (
+        "为什么", "为何", "原因", "解释", "说明", "分析", "描述", "介绍", "讲讲", "谈谈", "总结", "概括", "怎么看",
+        "如何", "怎样", "怎么做", "有趣", "好笑", "推测",
+        "why", "explain", "describe", "introduc", "summar", "analy", "what do you think", "tell me about",
+        "tell me something", "funny", "how should", "how to",
+    ),
+}  # fmt: skip
+# An answer that stops on one of these stopped mid-sentence, whatever the model said about why it stopped.
+DANGLING_ZH = ("和", "与", "及", "或", "以及", "并且", "而且", "但是", "因为", "所以", "如果", "例如", "比如", "包括",
+               "正在", "正准备", "正要", "将要", "一位", "一个", "一只", "一些")  # fmt: skip
+DANGLING_EN_RE = re.compile(
+    r"\b(?:and|or|but|the|a|an|of|to|with|by|for|from|that|which|because|such as|including|is|are|was|were"
+    r"|his|her|their|its|my|your)$",
+    re.IGNORECASE,
+)
+# Latin inside brackets with no CJK (蝙蝠侠（Batman）, 星巴克 (Starbucks)) glosses the Chinese name before it.
+BRACKETED_GLOSS_RE = re.compile(r"[（(][^（）()\u4e00-\u9fff]{1,60}[）)]")
+# Capitalised words, acronyms and words with digits are names (Intel, iPhone, NVIDIA, RTX4090), not prose.
+LATIN_NAME_RE = re.compile(r"\b(?:[A-Z][A-Za-z0-9\-]*|[a-z]+[A-Z0-9][A-Za-z0-9\-]*)\b")
 QUESTION_FILLER_RE = re.compile(
     r"这张(?:图片|照片|图像)(?:中|里|上)?|(?:图片|照片|图像|画面|图)(?:中|里|上)|请问|你能|您能|能否|可以|告诉我|吗|呢"
     r"|\b(?:in|on) (?:the|this) (?:image|picture|photo)\b|\bcan you\b|\bplease\b|\bcould you\b"
@@ -410,7 +476,11 @@ def _turn_text(turn: Any) -> str | None:
 
 
 def ends_unfinished(answer: str) -> bool:
-    """True when an answer stops mid-sentence: no terminal punctuation and not a list/table line."""
+    """True when an answer visibly stops mid-sentence: on a comma, colon or opening bracket, or on a word
+    that needs a continuation (和, 以及, 正在, and, the, of …).
+
+    A missing full stop alone is not enough: real answers end on bare values (「答案：5」 → "5", "Singapore"),
+    list items and clauses without 。; `finish_reason` is the evidence of a cut (see the truncated check)."""
     # Closing markdown emphasis is not a sentence ending; look at what it wraps.
     text = answer.rstrip().rstrip("*_` ").rstrip()
     if not text:
@@ -420,8 +490,34 @@ def ends_unfinished(answer: str) -> bool:
         return False
     if last in UNFINISHED_ENDINGS:
         return True
-    # A final list item or table row ("- 营业时间 9:00-21:00", "| 面 | 12元 |") is complete without a full stop.
-    return LIST_OR_TABLE_LINE_RE.match(text.rsplit("\n", 1)[-1]) is None
+    if last.isascii():
+        return last.isalpha() and DANGLING_EN_RE.search(text[-20:]) is not None
+    return text.endswith(DANGLING_ZH)
+
+
+def question_kind(question: str) -> str:
+    """What a question asks for: 'detailed', 'generative', 'open' or 'closed' (a fact, a count, yes/no).
+    The highest-floor kind whose words occur in the question wins."""
+    lowered = question.lower()
+    for kind in ("detailed", "generative", "open"):
+        if any(word in lowered for word in QUESTION_KIND_WORDS[kind]):
+            return kind
+    return "closed"
+
+
+def min_round_chars(question: str, task_type: str | None, language: str, config: QCConfig) -> float:
+    """The fewest characters an answer to this question may have. The kind and task floors are in
+    Chinese characters (scaled by en_length_factor for English); the share of the question's length is
+    in the question's own characters. A closed question (a count, yes/no) has no floor: "2" is a whole
+    answer (an empty one is structure.empty_turn). `task_type` None: a follow-up round, judged by its
+    question alone."""
+    kind = question_kind(question)
+    factor = config.en_length_factor if language == "en" else 1.0
+    task_floor = config.min_round_chars_by_task.get(task_type, 0) if task_type else 0
+    floor = factor * max(config.min_round_chars_by_kind.get(kind, 0), task_floor)
+    if kind != "closed":
+        floor = max(floor, config.min_answer_to_question_ratio * len(question))
+    return floor
 
 
 def has_looping_tail(answer: str, config: QCConfig) -> bool:
@@ -447,8 +543,14 @@ def has_looping_tail(answer: str, config: QCConfig) -> bool:
 
 
 def duplicate_sentence_ratio(text: str, config: QCConfig) -> float:
-    """Share of sentences/lines (≥ min_sentence_chars) that repeat an earlier one."""
-    pieces = text.replace("！", "。").replace("？", "。").replace("\n", "。").split("。")
+    """Share of sentences/lines (≥ min_sentence_chars) that repeat an earlier one. English sentences end
+    at ". ", "? ", "! "; a list number ("2. ", "3、") does not make a repeated item new."""
+    text = text.replace("！", "。").replace("？", "。").replace("\n", "。")
+    if ". " in text or "? " in text or "! " in text:
+        text = text.replace(". ", "。").replace("? ", "。").replace("! ", "。")
+    pieces = text.split("。")
+    if "1" in text:
+        pieces = [LIST_NUMBER_RE.sub("", p) for p in pieces]
     sentences = [s for s in pieces if len(s) >= config.min_sentence_chars]
     if len(sentences) < config.min_sentences_for_duplicate_ratio:
         return 0.0
@@ -493,6 +595,8 @@ def is_refusal(text: str) -> bool:
         return True
     if ("歉" in text or "对不起" in text) and APOLOGY_RE.search(text):
         return True
+    if ("歉" in text or "对不起" in text) and APOLOGY_THEN_CANNOT_RE.search(text):
+        return True
     if "图" in text or "照" in text:
         for match in IMAGE_WORD_END_RE.finditer(text):
             if CANNOT_SEE_BEFORE_RE.search(text, max(0, match.start() - 20), match.start()):
@@ -519,9 +623,13 @@ def is_meta_talk(answers: Sequence[str]) -> bool:
         return True
     if ("户" in text or "助" in text) and SPEAKER_MARKER_RE.search(text):
         return True
+    if any(trigger in text for trigger in CHAT_FILLER_TRIGGERS) and CHAT_FILLER_RE.search(text):
+        return True
     if "e" in text:
         lowered = text.lower()
         if any(trigger in lowered for trigger in META_TALK_EN_TRIGGERS) and META_TALK_EN_RE.search(lowered):
+            return True
+        if any(trigger in lowered for trigger in CHAT_FILLER_EN_TRIGGERS) and CHAT_FILLER_EN_RE.search(lowered):
             return True
     return False
 
@@ -610,13 +718,23 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
             failed.add("refusal")
         if is_meta_talk(answers):
             failed.add("meta_talk")
-        _check_degeneration(sample, answers, answers_text, config, failed, metrics)
+        _check_degeneration(sample, _rounds(roles, texts), answers, answers_text, config, failed, metrics)
         _check_conversation(questions, answers, config, failed, metrics)
         if sample.ocr_text is not None:
             _check_grounding(sample, answers_text, quotes, config, failed, metrics)
 
     reasons = [name for name in CHECKS if name in failed]
     return SampleVerdict(passed=not reasons, reasons=reasons, metrics=metrics)
+
+
+def _rounds(roles: list[Any], texts: list[str | None]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of well-formed human/gpt turns; malformed ones are structure's business."""
+    pairs = []
+    for i in range(0, len(texts) - 1, 2):
+        question, answer = texts[i], texts[i + 1]
+        if roles[i] == "human" and roles[i + 1] == "gpt" and question is not None and answer and answer.strip():
+            pairs.append((question.replace(IMAGE_TOKEN, "").strip(), answer))
+    return pairs
 
 
 def _check_language(
@@ -632,12 +750,17 @@ def _check_language(
     data = own_words.encode("utf-8")
     cjk = len(data) - len(data.translate(None, _CJK_LEAD_BYTES))
     latin = _latin_letter_count(data)
+    prose_latin = latin
+    if language == "zh" and latin:
+        # Glosses and names are how Chinese text names films, brands and people, not English prose.
+        prose = LATIN_NAME_RE.sub(" ", BRACKETED_GLOSS_RE.sub(" ", own_words))
+        prose_latin = _latin_letter_count(prose.encode("utf-8"))
     foreign = _foreign_script_count(own_words, data)
-    letters = cjk + latin + foreign
+    letters = cjk + prose_latin + foreign
     cjk_ratio = cjk / letters if letters else 0.0
     metrics["cjk_ratio"] = cjk_ratio
     if language == "zh":
-        if cjk_ratio < config.zh_min_cjk_ratio:
+        if letters and cjk_ratio < config.zh_min_cjk_ratio:  # a bare value ("3", "40.00") is in no language
             failed.add("language.cjk_ratio")
         traditional_re = _traditional_re()
         questions_text = "\n".join(questions)
@@ -666,6 +789,7 @@ def _check_language(
 
 def _check_degeneration(
     sample: SampleForQC,
+    rounds: list[tuple[str, str]],
     answers: list[str],
     answers_text: str,
     config: QCConfig,
@@ -674,19 +798,28 @@ def _check_degeneration(
 ) -> None:
     duplicate_ratio = duplicate_sentence_ratio(answers_text, config)
     metrics["duplicate_sentence_ratio"] = duplicate_ratio
-    if duplicate_ratio >= config.max_duplicate_sentence_ratio or any(
-        has_looping_tail(a, config) for a in answers if len(a) >= config.loop_min_span_chars
+    if (
+        duplicate_ratio >= config.max_duplicate_sentence_ratio
+        or REPLACEMENT_CHAR in answers_text
+        or any(has_looping_tail(a, config) for a in answers if len(a) >= config.loop_min_span_chars)
     ):
         failed.add("degeneration.repetition")
-    if sample.finish_reason == "length" or ends_unfinished(answers[-1]):
+    # finish_reason is the evidence of a cut; the text only when it visibly stops mid-sentence.
+    if sample.finish_reason == "length" or any(ends_unfinished(a) for a in answers):
         failed.add("degeneration.truncated")
+    # The task's floor holds for its own (first) question; follow-ups are judged by what they ask. An
+    # answer above every floor needs no look at its question.
     factor = config.en_length_factor if sample.language == "en" else 1.0
-    length = len(answers_text)
-    minimum = config.min_answer_chars.get(sample.task_type)
+    highest_floor = factor * max(*config.min_round_chars_by_kind.values(), *config.min_round_chars_by_task.values())
+    for i, (question, answer) in enumerate(rounds):
+        length = len(answer.strip())
+        if length >= highest_floor and length >= config.min_answer_to_question_ratio * len(question):
+            continue
+        if length < min_round_chars(question, sample.task_type if i == 0 else None, sample.language, config):
+            failed.add("length.too_short")
+            break
     maximum = config.max_answer_chars.get(sample.task_type)
-    if minimum is not None and length < minimum * factor:
-        failed.add("length.too_short")
-    if maximum is not None and length > maximum * factor:
+    if maximum is not None and len(answers_text) > maximum * factor:
         failed.add("length.too_long")
 
 

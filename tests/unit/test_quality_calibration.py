@@ -1,0 +1,207 @@
+"""The failure classes the real-data calibration found (docs/QUALITY.md), each reproduced by a case of
+our own: the old checks got every one of these wrong. Also checks the calibration set's bookkeeping
+(provenance and labels agree), since its figures are only as good as that."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tuwen.quality.checks import (
+    QCConfig,
+    SampleForQC,
+    ends_unfinished,
+    is_meta_talk,
+    is_non_answer,
+    is_refusal,
+    min_round_chars,
+    question_kind,
+    run_checks,
+)
+
+CALIBRATION = Path(__file__).parent / "data" / "calibration"
+CONFIG = QCConfig()
+
+
+def _sample(task: str, language: str, *pairs: tuple[str, str], finish: str | None = "stop") -> SampleForQC:
+    conversations = []
+    for i, (question, answer) in enumerate(pairs):
+        conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        conversations.append({"from": "gpt", "value": answer})
+    return SampleForQC(task, language, conversations, finish)
+
+
+# ----------------------------------------------------------------------------- length: what was asked
+
+
+def test_one_round_chinese_conversation_with_a_short_factual_answer_passes() -> None:
+    # The old floor compared the total of all answers with 60 characters: every real one-round
+    # conversation (「图中有三块比萨饼。」) failed it.
+    sample = _sample("conversation", "zh", ("桌上有几只杯子？", "桌上有两只白色的杯子。"))
+    assert run_checks(sample).passed
+
+
+def test_a_concise_description_of_under_a_hundred_characters_passes() -> None:
+    description = "一把红白相间的遮阳伞插在沙滩上，伞下放着两把躺椅，远处是平静的海面。"  # 34 characters
+    sample = _sample("detail", "zh", ("请全面、详细地描述这张图片。", description))
+    assert run_checks(sample).passed
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "language"),
+    [
+        ("图中有几个人？", "3", "zh"),
+        ("How many chickens are there?", "2", "en"),
+        ("Is there a bathroom in the master bedroom?", "yes", "en"),
+        ("Who is the man on the right?", "Yao Ming", "en"),
+    ],
+)
+def test_a_closed_question_has_no_length_floor(question: str, answer: str, language: str) -> None:
+    assert question_kind(question) == "closed"
+    assert run_checks(_sample("conversation", language, (question, answer)), CONFIG).passed
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "language"),
+    [
+        ("Describe this image as detailed as possible.", "a concert with a crowd", "en"),  # a caption fragment
+        ("请详细描述这张图片。", "一条小巷。", "zh"),
+        ("Can you write me a poem about this image?", "i love my dog", "en"),
+        ("Explain why this image is funny.", "a cat in a suit", "en"),
+        ("为什么这位老人要把伞放在地上？请结合画面中的天气和他的动作分析一下。", "因为下雨。", "zh"),
+    ],
+)
+def test_an_open_request_answered_with_a_fragment_is_too_short(question: str, answer: str, language: str) -> None:
+    assert question_kind(question) != "closed"
+    assert "length.too_short" in run_checks(_sample("conversation", language, (question, answer))).reasons
+
+
+def test_the_task_floor_holds_for_the_first_question_and_follow_ups_by_their_own() -> None:
+    reasoning = "因为刚下过雨，所以地面是湿的。"
+    assert "length.too_short" in run_checks(_sample("complex_reasoning", "zh", ("为什么地面是湿的？", reasoning))).reasons
+    assert min_round_chars("现在几点？", None, "zh", CONFIG) == 0
+    assert min_round_chars("现在几点？", "complex_reasoning", "zh", CONFIG) == CONFIG.min_round_chars_by_task[
+        "complex_reasoning"]
+
+
+def test_an_open_answer_shorter_than_half_its_question_is_too_short() -> None:
+    question = "请解释一下画面里这些人为什么会排队，以及他们在等什么东西。"  # 29 characters
+    floor = min_round_chars(question, None, "zh", CONFIG)
+    assert floor == pytest.approx(CONFIG.min_answer_to_question_ratio * len(question))
+    assert floor > CONFIG.min_round_chars_by_kind["open"]
+
+
+# --------------------------------------------------------------------------- truncation: finish_reason first
+
+
+@pytest.mark.parametrize("answer", ["答案：5", "他们在足球场上庆祝", "Singapore", "in the air", "knead the dough for 10 minutes"])
+def test_a_complete_answer_without_a_full_stop_is_not_truncated(answer: str) -> None:
+    assert not ends_unfinished(answer)
+    for finish in ("stop", None):
+        sample = _sample("conversation", "zh" if not answer.isascii() else "en", ("这是什么？", answer), finish=finish)
+        assert "degeneration.truncated" not in run_checks(sample).reasons
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["老人们聚在一起下棋，", "桌上摆着苹果、香蕉以及", "其中一位老人正准备", "the film was directed by Martin Scorsese and",
+     "the walls were built bigger and stronger,"],
+)
+def test_an_answer_stopping_on_an_unfinished_marker_is_truncated(answer: str) -> None:
+    assert ends_unfinished(answer)
+    sample = _sample("conversation", "zh" if not answer.isascii() else "en", ("这是什么？", answer), finish=None)
+    assert "degeneration.truncated" in run_checks(sample).reasons
+
+
+def test_finish_reason_length_is_truncated_whatever_the_text() -> None:
+    sample = _sample("conversation", "zh", ("桌上有几只杯子？", "桌上有两只白色的杯子。"), finish="length")
+    assert run_checks(sample).reasons == ["degeneration.truncated"]
+
+
+# ------------------------------------------------------------------------- language: glosses and names
+
+
+def test_bracketed_english_glosses_are_not_foreign_language() -> None:
+    answer = "海报上是蝙蝠侠（Batman）和小丑（The Joker），片名是《黑暗骑士》（The Dark Knight）。"
+    assert run_checks(_sample("conversation", "zh", ("海报上是谁？", answer))).passed
+
+
+def test_brand_names_are_not_foreign_language() -> None:
+    answer = "货架上有 Intel、AMD、NVIDIA、Kingston、Samsung 和 Logitech 的配件。"
+    assert run_checks(_sample("conversation", "zh", ("货架上有哪些品牌？", answer))).passed
+
+
+def test_english_prose_in_a_chinese_answer_still_fails() -> None:
+    answer = "图中 there is a small dog sleeping on the sofa near the window。"
+    assert "language.cjk_ratio" in run_checks(_sample("conversation", "zh", ("图中有什么？", answer))).reasons
+
+
+# ------------------------------------------------------------------- refusals, filler and non-answers
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["很抱歉，这个流程图无法被转换为一段可以运行的代码。", "对不起，这张表格里的数字我没有办法逐一核对。"],
+)
+def test_an_apology_followed_by_an_inability_is_a_refusal(text: str) -> None:
+    assert is_refusal(text)
+
+
+def test_an_apology_without_an_inability_is_not_a_refusal() -> None:
+    assert not is_refusal("抱歉让你久等了，图中是一家面馆，门口挂着红灯笼，不能错过它的招牌牛肉面。")
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [["图中是一家面馆，门口挂着红灯笼。希望这些信息对你有帮助！"], ["图中是一家面馆。如果你还有其他问题，请随时问我。"],
+     ["The shop sells noodles. I hope this helps!"], ["Here's the poem. Let me know if you'd like any changes."]],
+)
+def test_chatbot_filler_is_meta_talk(answers: list[str]) -> None:
+    assert is_meta_talk(answers)
+
+
+def test_ordinary_words_near_filler_are_not_meta_talk() -> None:
+    assert not is_meta_talk(["墙上写着“希望工程”四个字，旁边是一所小学。"])
+    assert not is_meta_talk(["The sign says HOPE in big letters."])
+
+
+@pytest.mark.parametrize("answer", ["模型放弃回答", "模型拒绝回答", "无法回溯", "Hello!"])
+def test_placeholder_and_greeting_answers_are_non_answers(answer: str) -> None:
+    assert is_non_answer(answer, CONFIG)
+
+
+# ------------------------------------------------------------------------------------- degeneration
+
+
+def test_undecodable_bytes_are_degeneration() -> None:
+    sample = _sample("conversation", "en", ("Who is wearing red?", " \ufffd\ufffd\ufffd\ufffd\ufffd\ufffd\ufffd\ufffd"))
+    assert "degeneration.repetition" in run_checks(sample).reasons
+
+
+def test_a_numbered_list_of_the_same_sentence_is_degeneration() -> None:
+    answer = ("1. What is the name of this river? 2. What is the name of this river? "
+              "3. What is the name of this river? 4. What is the name of this river?")
+    sample = _sample("detail", "en", ("Describe this image as detailed as possible.", answer))
+    assert "degeneration.repetition" in run_checks(sample).reasons
+
+
+# ------------------------------------------------------------------------------ the calibration set
+
+
+def test_calibration_labels_and_provenance_agree() -> None:
+    sources = json.loads((CALIBRATION / "sources.json").read_text(encoding="utf-8"))["sources"]
+    labels = [json.loads(line) for line in (CALIBRATION / "labels.jsonl").read_text(encoding="utf-8").splitlines()]
+    counts = Counter(row["source"] for row in labels)
+    assert counts == {source["id"]: source["count"] for source in sources}
+    for source in sources:
+        assert len(source["commit"]) == 40 and source["repo"].count("/") == 1 and source["paths"]
+        indices = sorted(row["index"] for row in labels if row["source"] == source["id"])
+        assert indices == list(range(source["count"]))
+    classes = {"refusal", "meta_talk", "degeneration", "wrong_language", "truncated", "off_task"}
+    for row in labels:
+        assert (row["label"], row["class"] in classes) in {("keep", False), ("reject", True)}, row
+    by_language = Counter(source["language"] for source in sources for _ in range(source["count"]))
+    assert by_language["zh"] >= 90 and by_language["en"] >= 90

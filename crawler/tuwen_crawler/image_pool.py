@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import queue
 import resource
+import select
 import signal
 import threading
 import traceback
@@ -63,16 +64,18 @@ class _JobLimits:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         self.warm_size = _address_space()
         self.memory_allowance: int | None = None
+        self.cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
 
     def apply(self, limits: ImageLimits) -> None:
+        """Two system calls per job (getrusage, setrlimit); a third when the memory allowance changes."""
         if self.warm_size is not None and limits.job_memory_bytes != self.memory_allowance:
             _, hard = resource.getrlimit(resource.RLIMIT_AS)
             cap = self.warm_size + limits.job_memory_bytes
             resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
             self.memory_allowance = limits.job_memory_bytes
         used = resource.getrusage(resource.RUSAGE_SELF)
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         soft = math.ceil(used.ru_utime + used.ru_stime) + max(1, limits.job_cpu_seconds)
+        hard = self.cpu_hard
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
@@ -109,6 +112,14 @@ class _Worker:
         self.process = context.Process(target=_serve, args=(child, work), daemon=True, name="tuwen-image")
         self.process.start()
         child.close()
+        # One poll() system call per job for the wall-time deadline (Connection.poll builds a selector
+        # each time).
+        self.answer = select.poll()
+        self.answer.register(self.conn.fileno(), select.POLLIN)
+
+    def answers_within(self, seconds: float) -> bool:
+        """Whether the worker's answer (or its exit) is readable within `seconds`."""
+        return bool(self.answer.poll(max(0, math.ceil(seconds * 1000))))
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):  # a dead worker has nobody listening
@@ -172,7 +183,7 @@ class ImageProcessPool:
         try:
             worker.conn.send(job)
             # The first job of a fresh worker also waits for its start-up (imports, warm-up).
-            if not worker.conn.poll(limits.job_wall_seconds):
+            if not worker.answers_within(limits.job_wall_seconds):
                 worker.process.kill()
                 self._replace(worker)
                 raise WorkerDied(f"image worker {worker.process.pid} gave no answer in {limits.job_wall_seconds} s; "

@@ -9,13 +9,13 @@ Resizing on our side means the VLM sees exactly the pixels we stored and paid to
 
 Pillow reads every header and makes every decision (format, size and bomb limits, frames, mode, EXIF
 orientation) before a pixel is decoded. The pixels then travel as arrays through the pHash, the resize
-and the encode: converting between Pillow images and arrays cost a sixth of the crawler's image work.
+and the encode, without round trips between Pillow images and arrays (docs/BENCHMARKS.md has the costs).
 
 - A colour JPEG without an EXIF rotation (the common web photo) stays in the Y, Cb and Cr planes it is
   stored in, each at its own resolution (libjpeg-turbo's planar API, through PyTurboJPEG): the decoder
   skips the chroma upsampling and the colour conversion, the resize touches half the samples of an RGB
   image, the encoder skips the conversion back and the chroma downsampling, and the pHash reads the Y
-  plane as it is. A quarter less CPU per photo than the same work in BGR.
+  plane as it is.
 - A grey JPEG without a rotation is decoded by OpenCV into a BGR array; it wraps the same libjpeg-turbo
   as Pillow, so the pixels are identical (a test checks).
 - Everything else, and any JPEG that is not complete, is decoded by Pillow and converted to BGR.
@@ -172,8 +172,7 @@ def perceptual_hash(pixels: Image.Image | np.ndarray) -> imagehash.ImageHash:
 
     `pixels` is a Pillow image, a BGR array (OpenCV's order) or a luma plane (a JPEG's Y). pHash only
     looks at the luma downscaled to 32x32, and imagehash gets there with one Lanczos pass over every
-    pixel: 4 ms of a megapixel photo, a tenth of the crawler's CPU per image. A box reduction by an
-    integer factor first costs a fraction of that. Luma is ITU-R BT.601's in every case (a JPEG's Y is
+    pixel; a box reduction by an integer factor first costs a fraction of that. Luma is ITU-R BT.601's in every case (a JPEG's Y is
     the same weighted sum the decoder would otherwise turn back into RGB), so a photo's pHash from its
     Y plane and from its RGB pixels differ only by rounding (a test bounds it). The fixture site checks
     its near-duplicate margins with `phash_of_bytes`, the crawler's own decode, so the two agree bit
@@ -305,6 +304,15 @@ def png_data_is_short(data: bytes) -> bool:
                 pending = inflater.unconsumed_tail
         pos += 12 + length
     return produced < expected
+
+
+def _png_may_be_short(image: Image.Image) -> bool:
+    """Whether a decoded PNG needs png_data_is_short: rows Pillow had no data for stay blank (all zero),
+    so a last row with data settles it without inflating the file again. Interlaced files spread the
+    missing data over every row and are always checked."""
+    if image.info.get("interlace"):
+        return True
+    return image.crop((0, image.height - 1, image.width, image.height)).getbbox() is None
 
 
 def webp_canvas_size(data: bytes) -> tuple[int, int] | None:
@@ -451,7 +459,7 @@ def _looks_like_graphic(pixels: np.ndarray | YCbCrPlanes) -> bool:
     """At most PNG_MAX_COLOURS distinct colours (BGR or YCbCr triples) on a 64x64 nearest-pixel probe."""
     channels = pixels if isinstance(pixels, YCbCrPlanes) else cv2.split(pixels)
     probe = [cv2.resize(c, (64, 64), interpolation=cv2.INTER_NEAREST).ravel().astype(np.uint32) for c in channels]
-    # Distinct colours by sorting: numpy 2's hash-based np.unique took 0.3 ms on these 4,096 values.
+    # Distinct colours by sorting, which is cheaper than numpy 2's hash-based np.unique at this size.
     colours = np.sort((probe[0] << 16) | (probe[1] << 8) | probe[2])
     return int(np.count_nonzero(np.diff(colours))) + 1 <= PNG_MAX_COLOURS
 
@@ -459,8 +467,8 @@ def _looks_like_graphic(pixels: np.ndarray | YCbCrPlanes) -> bool:
 def resize_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize an array (BGR or one plane) with OpenCV: bilinear for the usual small change (smart_resize
     mostly rounds the sides to the next multiple of 28), pixel-area averaging when a side shrinks more
-    than twofold so that big photos do not alias. Pillow's bicubic took 8 ms for a 1-megapixel photo, the largest single cost
-    of a crawled image; OpenCV takes 1 ms."""
+    than twofold so that big photos do not alias. OpenCV's resize is several times faster than Pillow's
+    bicubic, which was the largest single cost of a crawled image."""
     rows, cols = pixels.shape[:2]
     if (width, height) == (cols, rows):
         return pixels
@@ -591,8 +599,6 @@ def _inspect(data: bytes, limits: ImageLimits, sha: str, n_bytes: int) -> ImageD
             return _reject("decode_memory", sha, n_bytes, **meta)
         if fmt in ("JPEG", "MPO") and jpeg_scan_count(data, limits.max_jpeg_scans) > limits.max_jpeg_scans:
             return _reject("scan_bomb", sha, n_bytes, **meta)
-        if fmt == "PNG" and png_data_is_short(data):
-            return _reject("corrupt", sha, n_bytes, **meta)
         pixels: np.ndarray | YCbCrPlanes | None = _decode_ycbcr_planes(data, image)
         if pixels is None and fmt in ("JPEG", "MPO"):
             _probe_jpeg_damage(data)
@@ -603,10 +609,12 @@ def _inspect(data: bytes, limits: ImageLimits, sha: str, n_bytes: int) -> ImageD
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                     image.load()
-                    # In place: without an Orientation tag this is free, where a returned copy cost 1 ms.
+                    # In place: without an Orientation tag this copies nothing.
                     ImageOps.exif_transpose(image, in_place=True)
             except Image.DecompressionBombError:
                 return _reject("decompression_bomb", sha, n_bytes, **meta)
+            if fmt == "PNG" and _png_may_be_short(image) and png_data_is_short(data):
+                return _reject("corrupt", sha, n_bytes, **meta)
         # Display size after EXIF rotation is what a reader (and the model) sees.
         width, height = image.size
         meta = {"width": width, "height": height, "format": fmt}

@@ -130,7 +130,7 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
                  "avg": totals["ocr_chars"] / totals["ocr_measured"] if totals["ocr_measured"] else None,
                  "p50": p50, "p90": p90}
     facts.images = {"avg_width": totals["width"] / n if n else 0.0, "avg_height": totals["height"] / n if n else 0.0}
-    # DISTINCT in subqueries hashes; count(DISTINCT ...) would sort 600k URLs.
+    # DISTINCT in subqueries hashes; count(DISTINCT ...) would sort every URL of the release.
     src = _rows(conn, """
         WITH src AS MATERIALIZED (
             SELECT src.image_id, src.site, src.url, src.page_url, src.crawl_run_id

@@ -205,3 +205,45 @@ def test_calibration_labels_and_provenance_agree() -> None:
         assert (row["label"], row["class"] in classes) in {("keep", False), ("reject", True)}, row
     by_language = Counter(source["language"] for source in sources for _ in range(source["count"]))
     assert by_language["zh"] >= 90 and by_language["en"] >= 90
+
+
+# ------------------------------------------------------------------------------ the demo's samples
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_the_standins_clean_answers_pass_every_check(language: str) -> None:
+    """The demo's samples come from the stand-in without injected faults: the calibrated checks keep
+    them all (as v1 did), so the demo's QC pass count does not move with the calibration."""
+    import dataclasses
+    import hashlib
+    import io
+    import random
+
+    from PIL import Image
+
+    from tuwen.local.standin_vlm.answers import analyse_image, compose_answer
+    from tuwen.synthesis.parsing import parse_answer
+    from tuwen.synthesis.prompts import description_instruction
+
+    rng = random.Random(17)
+    judged = 0
+    for i in range(40):
+        image = Image.new("RGB", (rng.randint(200, 900), rng.randint(200, 900)),
+                          tuple(rng.randrange(256) for _ in range(3)))
+        for _ in range(5):
+            x, y = rng.randrange(image.width), rng.randrange(image.height)
+            image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + rng.randint(20, 300), y + rng.randint(20, 300)))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG")
+        sha256 = hashlib.sha256(buffer.getvalue()).hexdigest()
+        features = dataclasses.replace(analyse_image(buffer.getvalue(), sha256),
+                                       text=rng.choice(["", "人民公园管理处", "EXIT 出口", "川味小馆 营业时间 9:00-21:00"]))
+        for task in ("conversation", "complex_reasoning", "detail"):
+            text = compose_answer(task, language, features, random.Random(i))
+            instruction = description_instruction(sha256, language) if task == "detail" else ""
+            parsed = parse_answer(task, language, text, instruction)
+            assert parsed.ok, parsed.error
+            verdict = run_checks(SampleForQC(task, language, parsed.conversations, "stop"))
+            assert verdict.passed, (task, verdict.reasons, parsed.conversations)
+            judged += 1
+    assert judged == 120

@@ -249,9 +249,11 @@ def test_hostile_items_are_recorded_on_their_own_and_the_batch_goes_on(settings:
         resources = _ready(settings, 12, vlm_base_url=vlm.base_url, batch_size=64)
         settings = resources.settings
         images = _rows(settings, "SELECT id, sha256, model_key FROM image ORDER BY sha256")
-        missing, nul, surrogate, enormous, blanks = images[:5]
+        missing, nul, surrogate, enormous, blanks, no_copy = images[:6]
         missing_bytes = resources.store.get_bytes(missing.model_key)
         resources.store.remove(missing.model_key)
+        with resources.engine.begin() as conn:
+            conn.execute(text(f"UPDATE image SET model_key = NULL WHERE id = {no_copy.id}"))
         vlm.set_faults(image_faults={nul.sha256: "nul", surrogate.sha256: "surrogate",
                                      enormous.sha256: "enormous", blanks.sha256: "blank_run"})
 
@@ -265,7 +267,8 @@ def test_hostile_items_are_recorded_on_their_own_and_the_batch_goes_on(settings:
         assert len(rows) == 12
         assert (rows[missing.sha256].status, rows[missing.sha256].error_type) == ("failed", "image_missing")
         assert rows[missing.sha256].attempts == 0 and missing.model_key in rows[missing.sha256].error
-        assert missing.sha256 not in vlm.stats()["by_image"]  # nothing paid for it
+        assert (rows[no_copy.sha256].status, rows[no_copy.sha256].error_type) == ("failed", "image_missing")
+        assert {missing.sha256, no_copy.sha256}.isdisjoint(vlm.stats()["by_image"])  # nothing paid for them
         for hostile in (nul, surrogate):
             row = rows[hostile.sha256]
             assert (row.status, row.error) == ("unparseable", "invalid_characters") and row.sample is None
@@ -273,9 +276,9 @@ def test_hostile_items_are_recorded_on_their_own_and_the_batch_goes_on(settings:
         assert (rows[enormous.sha256].status, rows[enormous.sha256].error) == ("unparseable", "answer_too_long")
         assert rows[blanks.sha256].status in ("succeeded", "unparseable")
         others = [r for sha, r in rows.items() if sha not in {missing.sha256, nul.sha256, surrogate.sha256,
-                                                               enormous.sha256, blanks.sha256}]
-        assert len(others) == 7 and all(r.status == "succeeded" and r.sample for r in others)
-        assert result.failed_by_type == {"image_missing": 1}
+                                                               enormous.sha256, blanks.sha256, no_copy.sha256}]
+        assert len(others) == 6 and all(r.status == "succeeded" and r.sample for r in others)
+        assert result.failed_by_type == {"image_missing": 2}
         assert result.unparseable_by_reason["invalid_characters"] == 2
 
         # The rerun pays for nothing stored; the missing image is still missing and still not sent.

@@ -100,8 +100,8 @@ def _prepare_jobs(resources: Resources, image_ids: Sequence[int], params: RunPar
     images = lineage.batch_images(resources.engine, image_ids)
     specs = []
     for img in images:
-        if not img.task_type or not img.model_key:
-            raise SynthesisError(f"image {img.sha256} has no task type or model-ready copy; plan first")
+        if not img.task_type:
+            raise SynthesisError(f"image {img.sha256} has no task type; plan the partition first")
         specs.append((img, request_spec(settings, params, img.sha256, img.task_type)))
     existing = lineage.open_generations(resources.engine, [
         {"request_key": spec.key, "image_id": img.id, "task_type": spec.task_type, "language": spec.language,
@@ -116,7 +116,7 @@ def _prepare_jobs(resources: Resources, image_ids: Sequence[int], params: RunPar
         if row.status in lineage.DONE_STATUSES:
             result.skipped_done += 1
             continue
-        jobs.append(_Job(spec, row.id, img.id, img.sha256, img.model_key, img.model_mime or "image/jpeg"))
+        jobs.append(_Job(spec, row.id, img.id, img.sha256, img.model_key or "", img.model_mime or "image/jpeg"))
     return jobs
 
 
@@ -221,6 +221,8 @@ async def _run_batch_async(resources: Resources, jobs: list[_Job], writer: _Resu
     db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-db")
 
     def image_url(job: _Job) -> str:
+        if not job.model_key:
+            raise ObjectMissingError(f"image {job.image_sha256} has no model-ready copy")
         if settings.vlm_image_mode == "presigned_url":
             if not store.exists(job.model_key):
                 raise ObjectMissingError(f"no object {job.model_key!r} in bucket {store.bucket!r}")

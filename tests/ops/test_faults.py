@@ -198,14 +198,14 @@ def test_postgres_restart_mid_batch_loses_and_duplicates_nothing(
             ocr_enabled=False)
         ObjectStore(settings).ensure_bucket()
         _seed(settings, day, n)
-        plan = plan_partition(settings, Partition(day, day + dt.timedelta(days=1)), RunParams())
+        plan = plan_partition(Resources.from_settings(settings), Partition(day, day + dt.timedelta(days=1)), RunParams())
         [batch] = plan.batches
         before = _requests(slow_standin)
         outcome: dict[str, Any] = {}
 
         def first_attempt() -> None:
             try:
-                outcome["result"] = run_batch(settings, batch["image_ids"], RunParams())
+                outcome["result"] = run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())
             except Exception as exc:  # what Airflow would record before retrying
                 outcome["error"] = exc
 
@@ -224,7 +224,7 @@ def test_postgres_restart_mid_batch_loses_and_duplicates_nothing(
         assert "error" in outcome, f"the outage went unnoticed: {outcome}"
         assert first["done"] < n
         # Airflow's retry: the same batch again. It pays only for what was not stored.
-        result = run_batch(settings, batch["image_ids"], RunParams())
+        result = run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())
         after = _counts(url, day)
         assert after["images"] == after["generations"] == after["done"] == n
         assert after["max_per_image"] == 1 and after["samples"] == after["succeeded"]
@@ -371,9 +371,9 @@ def test_s3_outage_during_crawl_fails_clearly_and_the_rerun_records_every_image_
 
 def _export_fixture(settings: Settings, day: dt.date, n: int) -> None:
     _seed(settings, day, n)
-    plan = plan_partition(settings, Partition(day, day + dt.timedelta(days=1)), RunParams())
+    plan = plan_partition(Resources.from_settings(settings), Partition(day, day + dt.timedelta(days=1)), RunParams())
     for batch in plan.batches:
-        run_batch(settings, batch["image_ids"], RunParams())
+        run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())
 
 
 def _release_state(settings: Settings, name: str) -> tuple[str | None, bool, bool]:
@@ -405,14 +405,14 @@ def test_s3_outage_during_export_presents_no_release_and_the_rerun_publishes(
     monkeypatch.setattr(export_module.ObjectStore, "put_file", put_file_then_cut)
     t0 = time.monotonic()
     with pytest.raises(ExportError, match="not published"):
-        write_release(settings, params)
+        write_release(Resources.from_settings(settings), params)
     assert time.monotonic() - t0 < 60  # bounded retries, not a hang
     s3_proxy.restore()
     monkeypatch.setattr(export_module.ObjectStore, "put_file", real_put_file)
     assert _release_state(settings, params.name) == ("failed", False, False)
     assert not list(settings.release_dir.glob(".tmp-*"))  # the staging folder is gone too
 
-    result = write_release(settings, params)
+    result = write_release(Resources.from_settings(settings), params)
     assert _release_state(settings, params.name) == ("published", True, True)
     assert result.n_samples > 0
     print(f"S3 outage during export: {time.monotonic() - started:.0f}s")
@@ -429,18 +429,18 @@ def test_vlm_down_for_the_whole_run_ends_quickly_and_marks_nothing_done(settings
     down = dataclasses.replace(settings, vlm_base_url=dead, batch_size=n)
     ObjectStore(settings).ensure_bucket()
     _seed(down, day, n)
-    plan = plan_partition(down, Partition(day, day + dt.timedelta(days=1)), RunParams())
+    plan = plan_partition(Resources.from_settings(down), Partition(day, day + dt.timedelta(days=1)), RunParams())
     [batch] = plan.batches
     t0 = time.monotonic()
     with pytest.raises(CircuitOpenError) as failure:
-        run_batch(down, batch["image_ids"], RunParams())
+        run_batch(Resources.from_settings(down), batch["image_ids"], RunParams())
     elapsed = time.monotonic() - t0
     assert elapsed < 60, f"the breaker took {elapsed:.0f}s"
     assert "looks down" in str(failure.value) and dead in str(failure.value)
     counts = _counts(settings.database_url, day)
     assert counts["done"] == 0 and counts["samples"] == 0
     # With the endpoint back, the same batch completes: nothing was lost by the outage.
-    run_batch(settings, batch["image_ids"], RunParams())
+    run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())
     counts = _counts(settings.database_url, day)
     assert counts["done"] == counts["generations"] == n and counts["max_per_image"] == 1
     print(f"VLM down: breaker opened after {elapsed:.1f}s: {str(failure.value)[:300]}")
@@ -482,7 +482,7 @@ def test_release_disk_full_fails_clearly_and_leaves_no_partial_release(settings:
     params = ReleaseParams(name="disk-full", qc_statuses=("pending", "passed"))
     with tiny_disk(releases) as how:
         with pytest.raises(ExportError) as failure:
-            write_release(settings, params)
+            write_release(Resources.from_settings(settings), params)
         leftovers = [p for p in releases.rglob("*")]
     message = str(failure.value)
     assert "not published" in message and ("No space left" in message or "File too large" in message), message

@@ -74,10 +74,10 @@ def test_no_credential_appears_in_any_log(settings: Settings, fixture_site: tupl
     day = dt.date(2026, 9, 1)
     caplog.set_level(logging.DEBUG)
     crawl = run_crawl(Resources.from_settings(settings), "fixture", day, timeout_s=300)
-    plan = plan_partition(settings, Partition(day, day + dt.timedelta(days=1)), RunParams(limit=20))
+    plan = plan_partition(Resources.from_settings(settings), Partition(day, day + dt.timedelta(days=1)), RunParams(limit=20))
     for batch in plan.batches:
-        run_batch(settings, batch["image_ids"], RunParams())
-    write_release(settings, ReleaseParams(name=f"sec-{uuid.uuid4().hex[:6]}", qc_statuses=("pending",)))
+        run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())
+    write_release(Resources.from_settings(settings), ReleaseParams(name=f"sec-{uuid.uuid4().hex[:6]}", qc_statuses=("pending",)))
     logs = caplog.text + Path(crawl.log_path).read_text(errors="replace")
     assert "crawl_run" in logs and len(logs) > 5_000  # the logs are really there
     leaked = [name for name, value in values.items() if value in logs]

@@ -26,7 +26,7 @@ from tuwen_crawler.outcomes import outcome_for_reason
 T = TypeVar("T")
 
 # One lock for "decide whether this picture is new, then insert it". Serialising these short
-# transactions costs ~1 ms each; correctness across concurrent crawls needs nothing less.
+# transactions costs little (docs/BENCHMARKS.md, Crawl); correctness across concurrent crawls needs nothing less.
 IMAGE_DECISION_LOCK = 0x74_75_77_65_6E_01  # "tuwen" + 1
 
 # Rejections worth an image row (the bytes were a real, hashable file someone might ask about);
@@ -96,8 +96,7 @@ SELECT id, phash, status, reason, 'added' FROM image WHERE id > :last AND status
 EXACT_AND_NEWLY_ACCEPTED = text(_EXACT_AND_NEWLY_ACCEPTED_SQL)
 
 # The image decision is two round trips on an autocommit connection: every crawl queues for the lock
-# it holds, and on these machines a round trip costs ~0.1 ms of client CPU and a little less on the
-# server. The first opens the transaction, takes the lock, looks the sha up, tops the index up and
+# it holds, so each round trip held under it counts (docs/BENCHMARKS.md, Crawl). The first opens the transaction, takes the lock, looks the sha up, tops the index up and
 # draws the id the new row will get; the second inserts the row with its first source row and
 # commits. In READ COMMITTED each statement of a multi-statement query takes its own snapshot, so the
 # lookup sees every row committed before the lock was granted. (An id drawn for bytes that turn out

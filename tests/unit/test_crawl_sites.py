@@ -74,3 +74,16 @@ def test_missing_file_unknown_site_and_bad_yaml(tmp_path: Path) -> None:
         load_sites(write(tmp_path, "sites: [\n"))
     with pytest.raises(SitesConfigError, match="duplicate site name"):
         load_sites(write(tmp_path, VALID + VALID.split("sites:\n", 1)[1]))
+
+
+def test_idn_domains_are_kept_in_the_ascii_form_scrapy_sees(tmp_path: Path) -> None:
+    body = VALID.replace('allowed_domains: ["example.cn"]', 'allowed_domains: ["例子.CN.", "example.cn"]').replace(
+        "https://www.example.cn/sitemap.xml", "https://www.例子.cn/sitemap.xml")
+    site = get_site(write(tmp_path, body), "news-site")
+    assert site.allowed_domains == ("xn--fsqu00a.cn", "example.cn")
+
+
+@pytest.mark.parametrize("domain", ["exa mple.cn", "-bad-.cn", "..", "例子..cn"])
+def test_an_impossible_domain_is_refused_naming_the_field(tmp_path: Path, domain: str) -> None:
+    with pytest.raises(SitesConfigError, match=r"sites\[0\]\.allowed_domains\[0\]"):
+        load_sites(write(tmp_path, VALID.replace('allowed_domains: ["example.cn"]', f'allowed_domains: ["{domain}"]')))

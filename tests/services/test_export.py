@@ -19,6 +19,7 @@ from bench.bench_export import seed_lineage
 from bench.common import seed_images
 from tuwen.config import Settings
 from tuwen.domain import ParamError
+from tuwen.quality.checks import CHECKS
 from tuwen.release.export import (
     ExportError,
     ReleaseExists,
@@ -112,7 +113,8 @@ def test_release_loads_in_every_trainer_with_nothing_dropped(settings: Settings,
     # The card quotes the prompts verbatim with their SHA-256, the model and the QC rules.
     prompt = (settings.prompts_dir / "detail.zh.v1.txt").read_text(encoding="utf-8").split("---\n")[-1].strip("\n")
     assert prompt in card and hashlib.sha256(prompt.encode()).hexdigest() in card
-    assert "Qwen/Qwen2.5-VL-32B-Instruct" in card and "`language.cjk_ratio` v1" in card
+    assert "Qwen/Qwen2.5-VL-32B-Instruct" in card
+    assert f"`language.cjk_ratio` v{CHECKS['language.cjk_ratio'].version}" in card
     assert "news.example.cn" in card
 
     # Every file in the manifest has the recorded hash; every image's checksum is its bytes'.
@@ -333,3 +335,28 @@ def test_a_failed_overwrite_leaves_the_published_release_intact(settings: Settin
     assert after["items"] == before["items"] and after["objects"] == before["objects"]
     assert after["local"] == before["local"]
     assert [e for e in after["exports"] if e[3] == "published"] == [e for e in before["exports"] if e[3] == "published"]
+
+
+def test_a_bucket_that_outlived_its_database_keeps_its_releases(settings: Settings, resources: Resources) -> None:
+    seed(settings, 10, with_images=False)
+    params = ReleaseParams(name="kept", include_images=False)
+    first = write_release(resources, params)
+    shipped = {k: resources.store.get_bytes(k) for k in resources.store.list_keys("exports/")}
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:  # the lineage database is recreated; the bucket is not
+        conn.execute(text("DELETE FROM export_item"))
+        conn.execute(text("DELETE FROM export"))
+    engine.dispose()
+    # The same lineage gives the same manifest: the same prefix, not one byte changed.
+    again = write_release(resources, params)
+    assert again.s3_prefix == first.s3_prefix == "exports/kept/"
+    assert {k: resources.store.get_bytes(k) for k in resources.store.list_keys("exports/")} == shipped
+    # Other contents under that name never overwrite the objects someone may have downloaded.
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM export_item"))
+        conn.execute(text("DELETE FROM export"))
+    engine.dispose()
+    other = write_release(resources, dataclasses.replace(params, max_samples=2))
+    assert other.s3_prefix == "exports/kept@v1.2/" and other.n_samples == 2
+    assert {k: resources.store.get_bytes(k) for k in resources.store.list_keys("exports/kept/")} == shipped

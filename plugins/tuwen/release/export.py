@@ -614,13 +614,17 @@ def version_prefix(name: str, version: int) -> str:
     return f"exports/{name}/" if version == 1 else f"exports/{name}@v{version}/"
 
 
-def _free_prefix(store: ObjectStore, name: str, version: int) -> str:
+def _free_prefix(store: ObjectStore, name: str, version: int, manifest: bytes) -> str:
     """The version's prefix, unless a complete release (one with a manifest) that this lineage database
-    does not know already sits there (a bucket that outlived its database): then the next free one. A
-    prefix without a manifest holds only a failed upload's leftovers and is cleared."""
+    does not know already sits there (a bucket that outlived its database): then the next free one. The
+    same manifest there means the same files (it lists every file's SHA-256): uploading them again changes
+    no byte, so that prefix is used. A prefix without a manifest holds only a failed upload's leftovers
+    and is cleared."""
     prefix = version_prefix(name, version)
     suffix = 1
     while store.exists(prefix + MANIFEST):
+        if store.get_bytes(prefix + MANIFEST) == manifest:
+            return prefix
         log.warning("release %s: s3 %s holds a release this lineage database does not know; left as it is",
                     name, prefix)
         suffix += 1
@@ -729,7 +733,7 @@ def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | 
             return ReleaseResult(params.name, previous.export_id, sum(counts.values()), counts,
                                  Path(previous.local_path or final_dir), previous.s3_prefix, files, timings)
         started = time.perf_counter()
-        s3_prefix = _free_prefix(store, params.name, version)
+        s3_prefix = _free_prefix(store, params.name, version, (tmp_dir / MANIFEST).read_bytes())
         with engine.begin() as conn:
             conn.execute(update(Export).where(Export.id == export_id).values(s3_prefix=s3_prefix))
         _upload(store, params, tmp_dir, files, s3_prefix)

@@ -46,9 +46,13 @@ def downgrade() -> None:
     op.execute("DROP VIEW v_release, v_release_contents, v_takedown_items")
     for name in ("views.sql", "release_views.sql", "analyst_role.sql"):
         op.execute((SQL_DIR / name).read_text(encoding="utf-8"))
-    op.execute("DELETE FROM export_item WHERE export_id IN (SELECT id FROM export WHERE version > 1 OR "
-               "status = 'superseded')")
-    op.execute("DELETE FROM export WHERE status = 'superseded' OR version > 1")
+    # One row per name again: the published version if there is one, else the newest attempt.
+    dropped = """SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY status = 'published' DESC,
+                                                            version DESC) AS rank FROM export) AS ranked
+                 WHERE rank > 1"""
+    op.execute(f"DELETE FROM export_item WHERE export_id IN ({dropped})")
+    op.execute(f"DELETE FROM export WHERE id IN ({dropped})")
+    op.execute("UPDATE export SET status = 'failed' WHERE status = 'superseded'")
     op.drop_constraint(op.f("ck_export_status"), "export", type_="check")
     op.create_check_constraint(op.f("ck_export_status"), "export", "status IN ('writing', 'published', 'failed')")
     op.drop_index(op.f("uq_export_published_name"), table_name="export")

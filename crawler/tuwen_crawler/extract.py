@@ -23,6 +23,8 @@ from scrapy.http import TextResponse
 from scrapy.utils.response import get_base_url
 from w3lib.url import safe_url_string
 
+from tuwen.urls import UrlError, normalize_url
+
 CONTEXT_MAX_CHARS = 300
 ALT_MAX_CHARS = 300
 # Image candidates taken from one page, in document order; the rest are only counted (PageImages.over_cap,
@@ -57,9 +59,13 @@ def _clean(text: str | None, limit: int) -> str | None:
 
 
 def absolute_url(base: str, raw: str) -> str:
-    """Resolve, percent-encode (UTF-8 paths) and drop the fragment."""
-    url = safe_url_string(urljoin(base, raw.strip()), encoding="utf-8")
-    return urldefrag(url)[0]
+    """Resolve against the page, then the one normal form (tuwen.urls) that lineage rows and takedowns
+    compare; a URL of another scheme (refused later, with a reason) is only percent-encoded and defragmented."""
+    joined = urljoin(base, raw.strip())
+    try:
+        return normalize_url(joined)
+    except UrlError:
+        return urldefrag(safe_url_string(joined, encoding="utf-8"))[0]
 
 
 def parse_srcset(srcset: str) -> list[tuple[str, float]]:

@@ -220,3 +220,24 @@ def test_a_superseded_release_that_shipped_an_item_is_named(settings: Settings, 
     result = add_takedown(resources.engine, "image_sha256", sha)
     assert result.releases == ["twice@v1"]  # only the first version held it
     assert [h.release for h in releases_with_takedowns(resources.engine)] == ["twice@v1"]
+
+
+def test_releases_by_url_finds_any_spelling(settings: Settings, resources: Resources, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    seed(settings, 6, with_images=False)
+    _, sample_id = _image_seen_at(settings, "https://xn--fsqu00a.cn/Img/%E5%9B%BE.jpg", "https://xn--fsqu00a.cn/g.html")
+    assert sample_id in _release_ids(resources, "shipped")
+    monkeypatch.setenv("TUWEN_DATABASE_URL", settings.database_url)
+    capsys.readouterr()
+    assert cli.main(["releases", "--url", "HTTPS://例子.CN./Img/图.jpg#x"]) == 0
+    assert capsys.readouterr().out == f"shipped\tpublished\t{sample_id}\t" + _file_of(settings, sample_id)
+    assert cli.main(["releases", "--url", "file:///etc/passwd"]) == 2
+    assert "not an absolute http(s) URL" in capsys.readouterr().err
+
+
+def _file_of(settings: Settings, sample_id: str) -> str:
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT file, position FROM export_item WHERE sample_id = :s"), {"s": sample_id}).one()
+    engine.dispose()
+    return f"{row.file}\t#{row.position}\n"

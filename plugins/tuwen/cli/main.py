@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 
 from tuwen.config import ConfigError, Settings
+
+# Commands that run the local development stack (`tuwen.local`), which the production image leaves out.
+LOCAL_COMMANDS = ("services", "up", "down", "demo")
+
+
+def local_package_present() -> bool:
+    return importlib.util.find_spec("tuwen.local") is not None
+
+
+def _local_errors() -> tuple[type[Exception], ...]:
+    """The local stack's own errors, whose message says what to do (none without the local package)."""
+    if not local_package_present():
+        return ()
+    from tuwen.local.airflow_stack import AirflowRunError
+    from tuwen.local.services import ServiceError
+
+    return (ServiceError, AirflowRunError)
 
 
 def _services(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
                         "exit status 1 when some are missing")
     p.set_defaults(func=_status)
     args = parser.parse_args(argv)
+    if args.command in LOCAL_COMMANDS and not local_package_present():
+        print(f"tuwen: `tuwen {args.command}` runs the local development stack (package tuwen.local), which this "
+              "installation does not include (the production image leaves it out); use a repository checkout",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations report through our own lines
     try:
@@ -206,16 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuwen: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a clear one-paragraph message instead of a traceback for users
-        from tuwen.local.services import ServiceError
-
-        known: tuple[type[Exception], ...] = (ServiceError,)
-        try:
-            from tuwen.local.airflow_stack import AirflowRunError
-
-            known = (*known, AirflowRunError)
-        except ImportError:
-            pass
-        if isinstance(exc, known):
+        if isinstance(exc, _local_errors()):
             print(f"tuwen: {exc}", file=sys.stderr)
             return 1
         raise

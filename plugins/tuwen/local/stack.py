@@ -1,7 +1,7 @@
 """Bring up everything the local demo needs, on the machine's defaults, idempotently.
 
 PostgreSQL (databases `tuwen` and `airflow`, lineage schema migrated), the S3 server with the
-bucket, the stand-in VLM server (only when TUWEN_VLM_BASE_URL points at this machine) and the
+bucket (its objects kept under `<run dir>/s3-data` across restarts), the stand-in VLM server (only when TUWEN_VLM_BASE_URL points at this machine) and the
 fixture website. Every step prints what it found or started and where.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuwen.config import Settings
@@ -39,8 +39,15 @@ class LocalStack:
     settings: Settings
     run_dir: Path = RUN_DIR
     fixture_site_port: int = FIXTURE_SITE_PORT
+    _services: list[BackgroundService] | None = field(default=None, init=False, repr=False)
 
     def services(self) -> list[BackgroundService]:
+        # The same objects every time: one that started its process reaps it when stopping it.
+        if self._services is None:
+            self._services = self._find_services()
+        return self._services
+
+    def _find_services(self) -> list[BackgroundService]:
         found = []
         host, _, port = self.settings.s3_endpoint.partition(":")
         if host in LOCAL_HOSTS:

@@ -91,3 +91,4 @@ def test_english_json_is_an_object_key_under_inputs() -> None:
     assert check_english_json("inputs/llava_instruct_150k.json") == "inputs/llava_instruct_150k.json"
     assert check_english_json("s3://tuwen/inputs/en/v1.json") == "inputs/en/v1.json"
     assert check_english_json("") is None
+    assert ReleaseParams(name="r", english_json="s3://tuwen/inputs/en.json").english_json == "inputs/en.json"

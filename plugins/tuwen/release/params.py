@@ -164,7 +164,7 @@ class ReleaseParams:
             if bad or sum(self.mix.values()) == 0:
                 raise ParamError(f"param mix: needs non-negative integer weights for included task types "
                                  f"{list(self.task_types)} (not all zero), got {dict(self.mix)}")
-        check_english_json(self.english_json)
+        object.__setattr__(self, "english_json", check_english_json(self.english_json))  # the bare object key
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any], scope: ReleaseScope | None = None) -> ReleaseParams:

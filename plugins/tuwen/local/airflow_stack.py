@@ -363,7 +363,7 @@ class AirflowStack:
             for service in self.services(env):
                 messages.append(service.start())
                 if service.name == "airflow-api-server":
-                    # Through the REST API: the CLI would cost another interpreter start (~15 s here).
+                    # Through the REST API: the CLI would cost another Airflow interpreter start, the slowest step here.
                     api = self.client()
                     try:
                         api.set_pool(VLM_POOL, self.pool_slots, "tuwen: VLM batch tasks across all runs")

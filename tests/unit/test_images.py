@@ -6,6 +6,8 @@ import hashlib
 import io
 import math
 import statistics
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -370,3 +372,24 @@ def test_an_allocation_that_fails_is_decode_memory(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(images, "_decode_ycbcr_planes", out_of_memory)
     assert inspect_and_normalize(encode(photo(400, 300)), "image/jpeg", LIMITS).reason == "decode_memory"
+
+
+def test_a_png_with_a_black_last_row_and_all_its_data_is_kept() -> None:
+    # A blank last row is what a PNG short of data decodes to; the data check then clears this one.
+    pixels = np.asarray(photo(400, 300)).copy()
+    pixels[-20:] = 0
+    decision = inspect_and_normalize(encode(Image.fromarray(pixels), "PNG"), "image/png", LIMITS)
+    assert decision.accepted, decision.reason
+
+
+def test_png_data_is_short_counts_the_rows_the_header_declares() -> None:
+    whole = encode(photo(400, 300), "PNG")
+    assert not images.png_data_is_short(whole)
+    # The same IHDR over a complete zlib stream of half the rows.
+    rows = b"".join(b"\x00" + np.asarray(photo(400, 300))[y].tobytes() for y in range(150))
+    ihdr_end = 8 + 8 + 13 + 4
+    idat = zlib.compress(rows)
+    chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    short = whole[:ihdr_end] + chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    assert images.png_data_is_short(short)
+    assert inspect_and_normalize(short, "image/png", LIMITS).reason == "corrupt"

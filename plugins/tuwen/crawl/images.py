@@ -597,7 +597,10 @@ def _inspect(data: bytes, limits: ImageLimits, sha: str, n_bytes: int) -> ImageD
             return _reject("unsupported_mode", sha, n_bytes, **meta)
         if width * height * decode_bytes_per_pixel(image) > limits.max_decode_bytes:
             return _reject("decode_memory", sha, n_bytes, **meta)
-        if fmt in ("JPEG", "MPO") and jpeg_scan_count(data, limits.max_jpeg_scans) > limits.max_jpeg_scans:
+        # Only a progressive JPEG can cover every block with a few bytes per scan (end-of-band runs); a
+        # sequential scan codes each block, so its decoding work grows with the file, not faster.
+        if (image.info.get("progressive")
+                and jpeg_scan_count(data, limits.max_jpeg_scans) > limits.max_jpeg_scans):
             return _reject("scan_bomb", sha, n_bytes, **meta)
         pixels: np.ndarray | YCbCrPlanes | None = _decode_ycbcr_planes(data, image)
         if pixels is None and fmt in ("JPEG", "MPO"):

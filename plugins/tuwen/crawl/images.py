@@ -20,14 +20,15 @@ and the encode, without round trips between Pillow images and arrays (docs/BENCH
   as Pillow, so the pixels are identical (a test checks).
 - Everything else, and any JPEG that is not complete, is decoded by Pillow and converted to BGR.
 
-Hostile bytes are refused by their structure before anything is decoded (see docs/OPERATIONS.md's
-threat model): a progressive JPEG with more scans than any encoder writes (`scan_bomb`: each scan
-walks the whole image again), a header whose decode would need more memory than the per-image budget
-(`decode_memory`), a PNG whose pixel data holds fewer rows than its header declares, and a JPEG that
-libjpeg says ran out of data with a large part of the picture left flat (`corrupt`). Whatever still
-raises while a file is inspected is a `corrupt` rejection, never an exception. The CPU time, wall
-time and memory of one inspection are bounded by the crawler's worker processes
-(tuwen_crawler.image_pool), which enforce the `job_*` fields of ImageLimits.
+Hostile bytes are refused by their structure (docs/OPERATIONS.md, Security, lists every bound).
+Before a pixel is decoded: a progressive JPEG with more scans than any encoder writes (`scan_bomb`:
+each scan walks the whole image again) and a header whose decode would need more memory than the
+per-image budget (`decode_memory`). Right after the decode, before any conversion: a JPEG that libjpeg
+says ran out of data with a large part of the picture left flat, and a PNG whose pixel data holds
+fewer rows than its header declares (`corrupt`). Whatever still raises while a file is inspected is a
+`corrupt` rejection, never an exception. The CPU time, wall time and memory of one inspection are
+bounded by the crawler's worker processes (tuwen_crawler.image_pool), which enforce the `job_*`
+fields of ImageLimits.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def gif_lying_header() -> bytes:
 # -- WebP ------------------------------------------------------------------------------------------
 
 def webp_memory_bomb() -> bytes:
-    """A lossless 6000x5000 RGBA WebP of one colour: a few kilobytes, ~0.5 GB to turn into pixels."""
+    """A lossless 6000x5000 RGBA WebP of one colour: a few dozen bytes, ~0.5 GB to turn into pixels."""
     return _save(Image.new("RGBA", BOMB_SIZE, (30, 60, 90, 128)), "WEBP", lossless=True, method=0)
 
 

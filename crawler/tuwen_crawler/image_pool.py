@@ -46,6 +46,11 @@ logger = logging.getLogger(__name__)
 Work = Callable[[bytes, str | None, ImageLimits], ImageDecision]
 Job = tuple[bytes, str | None, ImageLimits]
 
+# A spawned worker imports and warms up the image code before it says it is ready; on a crowded
+# machine that has taken tens of seconds. The jobs' wall deadline starts only after it.
+WORKER_START_SECONDS = 300.0
+READY = "ready"
+
 
 def _address_space() -> int | None:
     """This process's virtual memory size in bytes (Linux), None where /proc is not there."""
@@ -83,6 +88,7 @@ def _serve(conn: Connection, work: Work) -> None:
     """A worker's life: import and warm the image code, then answer jobs until told to stop."""
     warm_up()
     job_limits = _JobLimits()  # measured after warming up: the libraries' own memory is the baseline
+    conn.send(READY)
     while True:
         try:
             job = conn.recv()
@@ -116,6 +122,16 @@ class _Worker:
         # each time).
         self.answer = select.poll()
         self.answer.register(self.conn.fileno(), select.POLLIN)
+        self.ready = False  # its READY message read
+
+    def wait_until_ready(self) -> bool:
+        """Read the worker's READY message once; False when it did not come in WORKER_START_SECONDS."""
+        if not self.ready:
+            if not self.answers_within(WORKER_START_SECONDS):
+                return False
+            self.conn.recv()  # READY (EOFError if the worker died starting)
+            self.ready = True
+        return True
 
     def answers_within(self, seconds: float) -> bool:
         """Whether the worker's answer (or its exit) is readable within `seconds`."""
@@ -181,8 +197,12 @@ class ImageProcessPool:
         worker = self._idle.get()
         limits = job[2]
         try:
+            if not worker.wait_until_ready():
+                worker.process.kill()
+                self._replace(worker)
+                raise WorkerDied(f"image worker {worker.process.pid} did not start in {WORKER_START_SECONDS} s; "
+                                 "killed", None)
             worker.conn.send(job)
-            # The first job of a fresh worker also waits for its start-up (imports, warm-up).
             if not worker.answers_within(limits.job_wall_seconds):
                 worker.process.kill()
                 self._replace(worker)

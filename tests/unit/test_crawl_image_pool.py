@@ -138,6 +138,19 @@ def test_a_job_over_its_cpu_time_is_killed_and_the_image_is_decode_timeout() -> 
         pool.shutdown()
 
 
+def test_a_fresh_workers_start_up_does_not_count_against_the_first_jobs_wall_time() -> None:
+    # Spawning, importing and warming up take seconds (tens on a crowded machine); the deadline is the
+    # job's own, so the first image of a fresh worker is not refused as decode_timeout.
+    pool = ImageProcessPool(1)
+    try:
+        started = time.monotonic()
+        decision = within(300, lambda: pool.inspect(photo_bytes(4), "image/jpeg", ImageLimits(job_wall_seconds=1.0)))
+        assert decision.accepted, decision.reason
+        assert time.monotonic() - started > 1.0  # the worker's start-up was in there
+    finally:
+        pool.shutdown()
+
+
 def test_a_job_stuck_past_its_wall_time_is_killed_and_no_worker_is_left_hung() -> None:
     pool = ImageProcessPool(1, work=sleep_on_crash_bytes)
     try:

@@ -27,8 +27,9 @@ from tuwen.storage import ObjectStore, StorageError
 DONE = ("succeeded", "unparseable")
 STORE_SAMPLE = 200  # accepted images whose objects `tuwen status` asks the store for
 REPAIR = ("recrawl: trigger `tuwen_crawl` (Airflow UI -> Trigger, or `airflow dags trigger tuwen_crawl`; "
-          "locally `make up` then the same, or `make demo`). The crawler puts back every missing object of "
-          "an accepted image it fetches again; no row changes and nothing is paid twice.")
+          "locally `make up` then the same, or `make demo`); for each accepted image it fetches again whose "
+          "model copy is missing the crawler puts both objects back, changing no row. Then re-run "
+          "`tuwen_synthesize` for those crawl dates.")
 
 
 @dataclass

@@ -5,10 +5,12 @@ database rows point at. moto keeps them in memory only; this module gives the lo
 property. moto's S3 backend funnels every change of an object through `put_object` (plain PUT,
 copy, completed multipart upload) and `delete_object` (single and multi-object delete), and every
 change of a bucket through `create_bucket` / `delete_bucket`. `DiskMirror.install` wraps those four
-to note what changed; the server calls `DiskMirror.flush` once moto has answered a request (moto
-sets an object's metadata after `put_object` returns), before the answer is sent, so an
+to note what changed; once moto has answered a request (moto sets an object's metadata after
+`put_object` returns) the server takes the changes (`take_changes`, on the event loop, where moto's
+state is consistent) and writes them in one writer thread, in order, before the answer is sent: an
 acknowledged write is on disk (in the page cache: a process stop or kill loses nothing; a power
-loss may lose the last writes, as nothing is fsynced).
+loss may lose the last writes, as nothing is fsynced), and the loop serves other requests while the
+filesystem works.
 
 Layout under the data folder:
   <bucket>/bucket.json                   the bucket's account, partition and region
@@ -114,14 +116,27 @@ class DiskMirror:
         S3Backend.create_bucket = noting(S3Backend.create_bucket, bucket_of)  # type: ignore[method-assign]
         S3Backend.delete_bucket = noting(S3Backend.delete_bucket, bucket_of)  # type: ignore[method-assign]
 
-    def flush(self) -> None:
-        """Write what changed since the last flush: buckets first, then their objects."""
+    def take_changes(self) -> Callable[[], None] | None:
+        """What changed since the last call, read from moto now, as a function that writes it to disk
+        (buckets first, then their objects) and touches nothing of moto's, so another thread may run it.
+        None when nothing changed."""
         buckets, self._dirty_buckets = self._dirty_buckets, set()
         keys, self._dirty_keys = self._dirty_keys, set()
-        for bucket in sorted(buckets):
-            self._write_bucket(bucket)
-        for bucket, key in sorted(keys):
-            self._write_key(bucket, key)
+        if not buckets and not keys:
+            return None
+        writes = [self._bucket_write(bucket) for bucket in sorted(buckets)]
+        writes += [self._key_write(bucket, key) for bucket, key in sorted(keys)]
+
+        def write() -> None:
+            for one in writes:
+                one()
+        return write
+
+    def flush(self) -> None:
+        """Write what changed since the last call, here and now."""
+        write = self.take_changes()
+        if write is not None:
+            write()
 
     @staticmethod
     def _bucket(name: str) -> Any:
@@ -132,36 +147,40 @@ class DiskMirror:
         partition, account_id = owner
         return s3_backends[account_id][partition].buckets.get(name)
 
-    def _write_bucket(self, name: str) -> None:
+    def _bucket_write(self, name: str) -> Callable[[], None]:
         bucket_dir = self.root / name
         bucket = self._bucket(name)
         if bucket is None:
-            shutil.rmtree(bucket_dir, ignore_errors=True)
-            self._made_dirs = {d for d in self._made_dirs if bucket_dir not in d.parents}
-            return
-        info = {"name": name, "account_id": bucket.account_id, "partition": bucket.partition,
-                "region": bucket.region_name}
-        bucket_dir.mkdir(parents=True, exist_ok=True)
-        self._replace(bucket_dir / BUCKET_FILE, [json.dumps(info).encode("utf-8")])
+            def remove() -> None:
+                shutil.rmtree(bucket_dir, ignore_errors=True)
+                self._made_dirs = {d for d in self._made_dirs if bucket_dir not in d.parents}
+            return remove
+        info = json.dumps({"name": name, "account_id": bucket.account_id, "partition": bucket.partition,
+                           "region": bucket.region_name}).encode("utf-8")
 
-    def _write_key(self, bucket_name: str, key_name: str) -> None:
-        bucket = self._bucket(bucket_name)
-        if bucket is None:
-            return
+        def create() -> None:
+            bucket_dir.mkdir(parents=True, exist_ok=True)
+            self._replace(bucket_dir / BUCKET_FILE, [info])
+        return create
+
+    def _key_write(self, bucket_name: str, key_name: str) -> Callable[[], None]:
         h = object_file_name(key_name)
         folder = self.root / bucket_name / OBJECTS_DIR / h[:2]
-        key = bucket.keys.get(key_name)
+        bucket = self._bucket(bucket_name)
+        key = None if bucket is None else bucket.keys.get(key_name)
         if not isinstance(key, FakeKey):  # deleted (or only a delete marker left in a versioned bucket)
-            (folder / h).unlink(missing_ok=True)
-            return
-        if folder not in self._made_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(folder)
+            return lambda: (folder / h).unlink(missing_ok=True)
         value = key.value
-        header = {"key": key.name, "size": len(value), "etag": key.etag.strip('"'),
-                  "last_modified": key.last_modified.isoformat(), "storage_class": key.storage_class,
-                  "metadata": dict(key.metadata)}
-        self._replace(folder / h, [json.dumps(header).encode("utf-8"), b"\n", value])
+        header = json.dumps({"key": key.name, "size": len(value), "etag": key.etag.strip('"'),
+                             "last_modified": key.last_modified.isoformat(), "storage_class": key.storage_class,
+                             "metadata": dict(key.metadata)}).encode("utf-8")
+
+        def put() -> None:
+            if folder not in self._made_dirs:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(folder)
+            self._replace(folder / h, [header, b"\n", value])
+        return put
 
     @staticmethod
     def _replace(path: Path, chunks: list[bytes]) -> None:

@@ -10,8 +10,9 @@ writes a few hundred objects a second into it on a 2-core machine (measurements:
 - moto's app is called on uvicorn's event loop, once the whole request body has arrived. moto never
   waits on anything, so a thread per request would buy no concurrency (the GIL runs one at a time) and
   cost hops between the loop and the thread for every chunk of a body. Bodies are at most a multipart
-  part (the minio client sends 5 MiB parts), so buffering is cheap. The same goes for writing the
-  changed objects to disk after each request: a write into the page cache, on the loop.
+  part (the minio client sends 5 MiB parts), so buffering is cheap. Writing what a request changed to
+  disk is the exception: creating a file can wait on the filesystem's journal, so it runs in one
+  writer thread while the loop serves other requests, and the answer is sent once it is written.
 - moto 5.2 lists its own package directory (~170 `isdir` calls) on every request to find the service a
   request is for. The listing never changes while the server runs, so it is taken once.
 """
@@ -19,12 +20,14 @@ writes a few hundred objects a second into it on a 2-core machine (measurements:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import logging
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +79,14 @@ def wsgi_environ(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
     return environ
 
 
-def inline_wsgi(app: WSGIApp, after_each: Callable[[], None] | None = None
+def inline_wsgi(app: WSGIApp, take_changes: Callable[[], Callable[[], None] | None] | None = None
                 ) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
-    """An ASGI app that reads the whole body, then calls the WSGI `app` on the event loop itself, and
-    `after_each` once the app has answered and before the answer is sent (a failure there is a 500)."""
+    """An ASGI app that reads the whole body, then calls the WSGI `app` on the event loop itself.
+
+    With `take_changes`: once the app has answered, the function it returns (what the request changed,
+    to be written to disk) runs in one writer thread, in request order, before the answer is sent; a
+    failure there answers 500."""
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-disk") if take_changes else None
 
     async def asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -110,9 +117,10 @@ def inline_wsgi(app: WSGIApp, after_each: Callable[[], None] | None = None
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-                if after_each is not None:
-                    after_each()
             status, headers = started
+            write = take_changes() if take_changes is not None else None
+            if write is not None:
+                await asyncio.get_running_loop().run_in_executor(writer, write)
         except Exception:  # the app's bug or a failed disk write: a 500, as any WSGI server answers, logged
             logger.exception("moto failed on %s %s", scope["method"], scope["path"])
             status, headers, body = "500 Internal Server Error", [("Content-Type", "text/plain")], b"moto failed\n"
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto_server does: some responses embed it
     _cache_module_listing()
     app = DomainDispatcherApplication(create_backend_app)
-    after_each = None
+    take_changes = None
     if args.data_dir is not None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         mirror = DiskMirror(args.data_dir)
@@ -141,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         loaded = mirror.load()
         logger.info("loaded %d objects from %s in %.1fs", loaded, args.data_dir, time.perf_counter() - started)
         mirror.install()
-        after_each = mirror.flush
-    uvicorn.run(inline_wsgi(app, after_each), host=args.host, port=args.port, log_level="warning",
+        take_changes = mirror.take_changes
+    uvicorn.run(inline_wsgi(app, take_changes), host=args.host, port=args.port, log_level="warning",
                 access_log=False, lifespan="on")
 
 

@@ -94,10 +94,11 @@ def test_environ_follows_pep_3333() -> None:
     assert (environ["SERVER_NAME"], environ["SERVER_PORT"], environ["REMOTE_PORT"]) == ("127.0.0.1", "9000", "5555")
 
 
-def _call(app: Any, body_chunks: list[bytes]) -> list[dict[str, Any]]:
+def _call(app: Any, body_chunks: list[bytes], take_changes: Any = None,
+          sent: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     messages = [{"type": "http.request", "body": c, "more_body": i < len(body_chunks) - 1}
                 for i, c in enumerate(body_chunks)]
-    sent: list[dict[str, Any]] = []
+    sent = [] if sent is None else sent
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
@@ -107,7 +108,7 @@ def _call(app: Any, body_chunks: list[bytes]) -> list[dict[str, Any]]:
 
     scope = {"type": "http", "method": "PUT", "path": "/x", "query_string": b"", "http_version": "1.1",
              "headers": []}
-    asyncio.run(inline_wsgi(app)(scope, receive, send))
+    asyncio.run(inline_wsgi(app, take_changes)(scope, receive, send))
     return sent
 
 
@@ -127,6 +128,30 @@ def test_the_app_sees_the_whole_body_and_a_crash_is_a_500() -> None:
 
 
 # --- objects kept on disk across restarts (`tuwen.local.s3_disk`) ----------------------------------
+
+
+def test_what_a_request_changed_is_written_before_its_answer_and_a_failed_write_is_a_500() -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        events.append("moto")
+        start_response("200 OK", [])
+        return [b"stored"]
+
+    sent: list[dict[str, Any]] = []
+
+    def take_changes() -> Any:
+        events.append("taken")
+        return lambda: events.append(f"written with {len(sent)} messages sent")
+
+    _call(app, [b"x"], take_changes, sent)
+    assert events == ["moto", "taken", "written with 0 messages sent"] and sent[0]["status"] == 200
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    start, body = _call(app, [b"x"], lambda: disk_full)
+    assert start["status"] == 500 and body["body"] == b"moto failed\n"  # never acknowledged as stored
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
         elif kind == "delete":
             del data[at:at + draw(st.integers(1, 256))]
         else:  # a number in the first 64 bytes, where every format keeps its sizes and counts
-            spot = draw(st.integers(0, min(60, len(data) - 2)))
+            spot = draw(st.integers(0, max(0, min(60, len(data) - 2))))
             data[spot:spot + 2] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
         if not data:
             break

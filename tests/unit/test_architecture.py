@@ -23,7 +23,7 @@ MAY_IMPORT_LOCAL = ("tuwen.local", "tuwen.cli")
 # Where services are built from settings: the entry points and the one place that knows how.
 MAY_BUILD_SERVICES = ("tuwen.local", "tuwen.cli", "tuwen.resources", "tuwen.db.session", "tuwen.db.migrate",
                       "tuwen_crawler")
-SERVICE_BUILDERS = {"ObjectStore", "get_engine", "session_scope", "create_engine", "from_settings"}
+SERVICE_BUILDERS = {"ObjectStore", "get_engine", "session_scope", "create_engine", "Resources.from_settings"}
 
 
 def _module_name(package: str, root: Path, path: Path) -> str:
@@ -120,3 +120,35 @@ def test_a_stage_never_imports_a_later_stage(stage: str) -> None:
                  for name, deps in GRAPH.items() if _within(name, (f"tuwen.{stage}",))}
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"tuwen.{stage} imports a later stage: {offenders}"
+
+
+# The one place a stage opens its own engine: a worker process the gate spawns, which cannot be handed the
+# parent's engine and is handed its URL instead.
+SPAWNED_WORKERS = {("tuwen.quality.run", "get_engine")}
+
+
+def _service_builds(path: Path) -> set[str]:
+    builds = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else ""
+            if isinstance(func, ast.Attribute):
+                owner = func.value.id if isinstance(func.value, ast.Name) else ""
+                name = f"{owner}.{func.attr}" if func.attr == "from_settings" else func.attr
+            if name in SERVICE_BUILDERS:
+                builds.add(name)
+    return builds
+
+
+def test_stage_modules_take_their_services_from_the_entry_point() -> None:
+    stages = tuple(f"tuwen.{s}" for s in STAGES)
+    offenders = {name: sorted(b for b in _service_builds(path) if (name, b) not in SPAWNED_WORKERS)
+                 for name, path in MODULES.items() if _within(name, stages)}
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"stage modules that build services instead of taking them: {offenders}"
+
+
+def test_the_service_rule_sees_a_builder() -> None:
+    # Guards the rule above: the crawler's pipeline (an entry point) does build its services.
+    assert _service_builds(MODULES["tuwen_crawler.pipelines"]) & {"ObjectStore", "get_engine"}

@@ -1,11 +1,14 @@
-"""The `tuwen` command: local services, the lineage schema, the demo, releases and takedowns."""
+"""The `tuwen` command: local services, the lineage schema, the demo, a crawl or OCR by hand, releases and takedowns."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib.util
+import json
 import logging
 import sys
+from pathlib import Path
 
 from tuwen.config import ConfigError, Settings
 
@@ -169,6 +172,28 @@ def _releases(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _crawl(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.crawl.run import CrawlError, run_crawl
+    from tuwen.resources import Resources
+
+    try:
+        summary = run_crawl(Resources.from_settings(settings), args.site, args.partition_date, args.dag_id,
+                            args.run_id, args.timeout_s, jobdir=args.jobdir)
+    except CrawlError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=1, default=str))
+    return 0
+
+
+def _ocr(args: argparse.Namespace, settings: Settings) -> int:
+    from tuwen.crawl.ocr import ocr_pending
+    from tuwen.resources import Resources
+
+    print(ocr_pending(Resources.from_settings(settings), args.partition_date, args.limit, threads=args.threads))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuwen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("down", help="stop exactly what `tuwen up` started")
     p.add_argument("--run-dir", help="the run dir given to `tuwen up` (default: .run)")
     p.set_defaults(func=_down)
+    p = sub.add_parser("crawl", help="crawl one site of the sites file now (what the tuwen_crawl DAG's task does)")
+    p.add_argument("--site", required=True)
+    p.add_argument("--partition-date", required=True, type=dt.date.fromisoformat)
+    p.add_argument("--dag-id")
+    p.add_argument("--run-id")
+    p.add_argument("--jobdir", type=Path, help="resumable crawl state directory")
+    p.add_argument("--timeout-s", type=float, default=3 * 3600)
+    p.set_defaults(func=_crawl)
+    p = sub.add_parser("ocr", help="OCR accepted images that have no OCR text yet")
+    p.add_argument("--partition-date", type=dt.date.fromisoformat)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=_ocr)
     p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release, lost objects")
     p.add_argument("--hours", type=int, default=24, help="window for rates and counts (default 24)")
     p.add_argument("--store-sample", type=int, default=200,

@@ -3,7 +3,7 @@
 The text grounds the quality checks (a description of a sign should quote the sign) and lets analysts
 find images with Chinese text. It runs on the model-ready copy, the pixels the VLM sees.
 
-    python -m tuwen.crawl.ocr [--partition-date 2024-05-01] [--limit 500] [--threads 1]
+    tuwen ocr [--partition-date 2024-05-01] [--limit 500] [--threads 1]
 
 `ocr_pending` claims images with `FOR UPDATE SKIP LOCKED`, so several workers (or Airflow mapped
 tasks) can run at once without doing an image twice. An image without text gets ocr_text = '' so it
@@ -13,17 +13,14 @@ usually a misread texture, not text.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tuwen.config import Settings
 from tuwen.crawl.queries import claim_for_ocr, store_ocr
 from tuwen.resources import Resources
 
@@ -90,18 +87,3 @@ def ocr_pending(resources: Resources, partition_date: dt.date | None = None, lim
     elapsed = time.monotonic() - started
     logger.info("OCR: %d images in %.1fs (%.2f images/s)", done, elapsed, done / elapsed if elapsed else 0.0)
     return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuwen.crawl.ocr", description="OCR accepted images without OCR text.")
-    parser.add_argument("--partition-date", type=dt.date.fromisoformat)
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(ocr_pending(Resources.from_settings(Settings.from_env()), args.partition_date, args.limit, threads=args.threads))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ Twisted's reactor cannot be restarted inside a process, so Airflow tasks, the CL
 run the spider as a child process (cwd crawler/, settings from TUWEN_* variables) and read the
 outcome back from the crawl_run row the spider wrote.
 
-    python -m tuwen.crawl.run --site fixture --partition-date 2024-05-01 [--jobdir .run/jobs/fixture]
+    tuwen crawl --site fixture --partition-date 2024-05-01 [--jobdir .run/jobs/fixture]
 
 A JOBDIR makes a crawl resumable: a graceful stop (SIGTERM/SIGINT) keeps Scrapy's queue and
 dupefilter; after a hard kill (SIGKILL, OOM) Scrapy's on-disk state is unreliable (its queue index is
@@ -15,10 +15,8 @@ See tuwen_crawler.spiders.site_spider.prepare_jobdir.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -165,27 +163,3 @@ def run_crawl(resources: Resources, site_name: str, partition_date: dt.date | st
     return CrawlSummary(crawl_run_id=row.id, site=site_name, partition_date=partition_date, status=row.status,
                         counts=row.counts, duration_s=round(duration, 2), log_path=str(log_path),
                         stats={k: row.stats[k] for k in keep if k in row.stats})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuwen.crawl.run", description="Crawl one site from the sites YAML.")
-    parser.add_argument("--site", required=True)
-    parser.add_argument("--partition-date", required=True, type=dt.date.fromisoformat)
-    parser.add_argument("--dag-id")
-    parser.add_argument("--run-id")
-    parser.add_argument("--jobdir", type=Path, help="resumable crawl state directory")
-    parser.add_argument("--timeout-s", type=float, default=3 * 3600)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run_crawl(Resources.from_settings(Settings.from_env()), args.site, args.partition_date, args.dag_id, args.run_id,
-                            args.timeout_s, jobdir=args.jobdir)
-    except CrawlError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=1, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

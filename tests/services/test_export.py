@@ -165,6 +165,25 @@ def test_same_params_same_lineage_give_byte_identical_files(settings: Settings, 
     engine.dispose()
 
 
+def test_a_rerun_whose_card_alone_differs_keeps_the_published_release(settings: Settings,
+                                                                      resources: Resources) -> None:
+    # `make demo` twice: the second run's card names other latencies (and a new QC run), its samples and
+    # images are the same. That is the same release: no new version, nothing superseded.
+    seed(settings, 12)
+    params = ReleaseParams(name="rerun", overwrite=True)
+    published = write_release(resources, params)
+    card = (published.local_path / "README.md").read_bytes()
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE generation SET latency_ms = coalesce(latency_ms, 0) + 12345"))
+    again = write_release(resources, params)
+    assert again.export_id == published.export_id and again.s3_prefix == published.s3_prefix
+    assert (again.local_path / "README.md").read_bytes() == card  # the published card stands
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*), max(version) FROM export WHERE name = 'rerun'")).one() == (1, 1)
+    engine.dispose()
+
+
 def test_mix_picks_a_deterministic_subset_meeting_the_ratio(settings: Settings, resources: Resources) -> None:
     passed = set(seed(settings, 40, with_images=False))
     params = ReleaseParams(name="mix", include_images=False, mix={"conversation": 2, "complex_reasoning": 1,

@@ -200,6 +200,14 @@ class _JsonArrayWriter(_HashingWriter):
         return super().close()
 
 
+def _content(files: Mapping[str, Any]) -> dict[str, Any]:
+    """What a release ships, less the files that describe the run that made it (the card, with its
+    latencies, and the QC report, with its run id and time): a rerun over the same samples and images is
+    the same release, and the published one stands."""
+    return {name: entry for name, entry in files.items()
+            if name != CARD and not name.startswith(f"{QC_REPORT_DIR}/")}
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -698,8 +706,8 @@ def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | 
     A published name is immutable: without `params.overwrite` this raises ReleaseExists and changes
     nothing. With it, the new version is written under its own prefix and, once complete, published in
     the transaction that marks the previous one `superseded` (its rows, items and objects kept; its local
-    folder moved to `<name>@v<version>`); if the new files are byte-identical to the published ones,
-    nothing is superseded and the published release is returned. A failed export leaves the previous
+    folder moved to `<name>@v<version>`). When its samples and images are byte-identical to the published
+    ones (the card and QC report aside), nothing is superseded and the published release is returned. A failed export leaves the previous
     release as it was.
     """
     from tuwen.release.takedowns import apply_takedowns
@@ -722,12 +730,13 @@ def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
         files, _ = _write_files(resources, params, tmp_dir, export_id, counts, timings, qc_run_id)
-        if previous is not None and previous.files == files:
+        if previous is not None and _content(previous.files) == _content(files):
             shutil.rmtree(tmp_dir, ignore_errors=True)
             with engine.begin() as conn:
                 conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
                 conn.execute(delete(Export).where(Export.id == export_id))
-            log.info("release %s: the new files are byte-identical to published version %d; nothing replaced",
+            log.info("release %s: the samples and images are byte-identical to published version %d; "
+                     "nothing replaced",
                      params.name, previous.version)
             counts = _counts_of(engine, previous.export_id)
             return ReleaseResult(params.name, previous.export_id, sum(counts.values()), counts,

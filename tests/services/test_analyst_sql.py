@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from tests.services.test_export import seed
+from tests.services.test_export import publish_then_supersede, seed
 from tuwen.config import Settings
 from tuwen.release.export import ReleaseParams, write_release
 from tuwen.resources import Resources
@@ -101,15 +101,7 @@ def test_postgres_init_leaves_grants_to_the_migration() -> None:
 
 
 def test_a_superseded_release_stays_queryable_by_the_analyst(settings: Settings, resources: Resources) -> None:
-    seed(settings, 10, with_images=False)
-    first = write_release(resources, ReleaseParams(name="ana", include_images=False))
-    write_release(resources, ReleaseParams(name="ana", include_images=False, max_samples=2, overwrite=True))
-    engine = create_engine(settings.database_url)
-    with engine.connect() as conn:
-        sha = conn.execute(text("""SELECT i.sha256 FROM export_item ei JOIN image i ON i.id = ei.image_id
-                                   WHERE ei.export_id = :e ORDER BY ei.position DESC LIMIT 1"""),
-                           {"e": first.export_id}).scalar()
-    engine.dispose()
+    first, sha = publish_then_supersede(settings, resources, "ana")
     queries = {q.name: q for q in QUERIES}
     versions = _psql(settings.database_url, queries["09_release_contents.sql"], release="ana")
     assert [row[:4] for row in versions[:2]] == [["ana", "1", "superseded", str(first.n_samples)],

@@ -24,6 +24,7 @@ from tuwen.release.export import (
     ExportError,
     ReleaseExists,
     ReleaseParams,
+    ReleaseResult,
     mix_quotas,
     size_label,
     write_release,
@@ -72,6 +73,21 @@ def tar_index(release: Path) -> dict[str, bytes]:
                 assert (info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode) == (0, 0, 0, "", "", 0o644)
                 members[info.name] = tar.extractfile(info).read()
     return members
+
+
+def publish_then_supersede(settings: Settings, resources: Resources, name: str) -> tuple[ReleaseResult, str]:
+    """A release published, then overwritten by a smaller version: the first version's result and the
+    SHA-256 of an image only the first version shipped."""
+    seed(settings, 10, with_images=False)
+    first = write_release(resources, ReleaseParams(name=name, include_images=False))
+    write_release(resources, ReleaseParams(name=name, include_images=False, max_samples=2, overwrite=True))
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        sha = conn.execute(text("""SELECT i.sha256 FROM export_item ei JOIN image i ON i.id = ei.image_id
+                                   WHERE ei.export_id = :e ORDER BY ei.position DESC LIMIT 1"""),
+                           {"e": first.export_id}).scalar()
+    engine.dispose()
+    return first, sha
 
 
 def test_release_loads_in_every_trainer_with_nothing_dropped(settings: Settings, resources: Resources) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.services.test_export import seed
+from tests.services.test_export import publish_then_supersede, seed
 from tuwen.cli import main as cli
 from tuwen.config import Settings
 from tuwen.release.export import ReleaseParams, write_release
@@ -208,15 +208,7 @@ def test_cli_refuses_an_empty_or_public_suffix_domain_with_a_message(settings: S
 
 
 def test_a_superseded_release_that_shipped_an_item_is_named(settings: Settings, resources: Resources) -> None:
-    seed(settings, 10, with_images=False)
-    first = write_release(resources, ReleaseParams(name="twice", include_images=False))
-    write_release(resources, ReleaseParams(name="twice", include_images=False, max_samples=2, overwrite=True))
-    engine = create_engine(settings.database_url)
-    with engine.connect() as conn:
-        sha = conn.execute(text("""SELECT i.sha256 FROM export_item ei JOIN image i ON i.id = ei.image_id
-                                   WHERE ei.export_id = :e ORDER BY ei.position DESC LIMIT 1"""),
-                           {"e": first.export_id}).scalar()
-    engine.dispose()
+    first, sha = publish_then_supersede(settings, resources, "twice")
     result = add_takedown(resources.engine, "image_sha256", sha)
     assert result.releases == ["twice@v1"]  # only the first version held it
     assert [h.release for h in releases_with_takedowns(resources.engine)] == ["twice@v1"]

@@ -210,7 +210,7 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
     database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_crawl_{uuid.uuid4().hex[:8]}"
     ensure_database(database_url)
     s3_port = free_port()
-    s3 = s3_service(s3_port, run_dir=work)
+    s3 = s3_service(s3_port, run_dir=work, on_disk=False)  # the crawler is measured, not the stand-in's disk
     s3.start()
     try:
         upgrade(database_url)

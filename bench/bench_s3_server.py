@@ -26,10 +26,7 @@ OBJECT_BYTES = 190_000
 
 
 def _server(run_dir: Path, on_disk: bool) -> BackgroundService:
-    service = s3_service(free_port(), run_dir)
-    if not on_disk:
-        service.argv = service.argv[: service.argv.index("--data-dir")]
-    return service
+    return s3_service(free_port(), run_dir, on_disk=on_disk)
 
 
 def _put_round(service: BackgroundService, puts: int, threads: int) -> dict[str, float]:

@@ -51,7 +51,7 @@ def bench_settings(run_dir: Path, *, with_s3: bool = True) -> Iterator[Settings]
     try:
         if with_s3:
             port = free_port()
-            s3 = s3_service(port, run_dir)
+            s3 = s3_service(port, run_dir, on_disk=False)
             s3.start()
             settings = dataclasses.replace(settings, s3_endpoint=f"127.0.0.1:{port}")
             ObjectStore(settings).ensure_bucket()

@@ -141,11 +141,14 @@ def s3_data_dir(run_dir: Path = RUN_DIR) -> Path:
     return run_dir / "s3-data"
 
 
-def s3_service(port: int, run_dir: Path = RUN_DIR) -> BackgroundService:
+def s3_service(port: int, run_dir: Path = RUN_DIR, *, on_disk: bool = True) -> BackgroundService:
+    """The local S3 server; `on_disk=False` keeps objects in memory only (the benchmarks: in production
+    MinIO, on its own machine, does the writing, and on this 2-core machine the stand-in's disk writes
+    would take CPU from the code being measured)."""
+    data_dir = ["--data-dir", str(s3_data_dir(run_dir))] if on_disk else []
     return BackgroundService(
         name="s3-server",
-        argv=[sys.executable, "-m", "tuwen.local.s3_server", "--host", "127.0.0.1", "--port", str(port),
-              "--data-dir", str(s3_data_dir(run_dir))],
+        argv=[sys.executable, "-m", "tuwen.local.s3_server", "--host", "127.0.0.1", "--port", str(port), *data_dir],
         health_url=f"http://127.0.0.1:{port}/moto-api/",
         run_dir=run_dir,
     )

@@ -218,6 +218,9 @@ def _shown(field: dataclasses.Field[Any], value: Any) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", repr(value))
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class _Declared:
     """What `Settings` and `CrawlSettings` share: validation when built, reading and writing the env."""
 
@@ -225,6 +228,12 @@ class _Declared:
         problems = []
         for field in dataclasses.fields(cast(Any, self)):
             value = getattr(self, field.name)
+            if isinstance(value, str | Path) and _CONTROL_CHARS.search(str(value)):
+                # A carriage return or NUL in a path, URL or name is a paste mistake, and would not
+                # survive the trip through the environment to a task or the spider.
+                problems.append(f"{env_name(field.name)} must not contain control characters, "
+                                f"got {_shown(field, value)}")
+                continue
             try:
                 checked = _adapters(type(self))[field.name].validate_python(value)
             except ValidationError as exc:

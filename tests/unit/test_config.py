@@ -90,6 +90,7 @@ def test_the_declaration_lists_every_variable_once_with_a_meaning() -> None:
         ("TUWEN_TASK_MIX", "0:0:0", "TUWEN_TASK_MIX weights must be non-negative and not all zero"),
         ("TUWEN_TASK_MIX", "1:-1:2", "TUWEN_TASK_MIX weights must be non-negative"),
         ("TUWEN_TEMPERATURE", "hot", "TUWEN_TEMPERATURE must be a finite number"),
+        ("TUWEN_PROMPTS_DIR", "0\r/", "TUWEN_PROMPTS_DIR must not contain control characters"),  # found by scripts/fuzz.py settings
         # 0 divided by zero when planning batches; a negative size planned nothing, silently.
         ("TUWEN_BATCH_SIZE", "0", "TUWEN_BATCH_SIZE must be at least 1, got '0'"),
         ("TUWEN_BATCH_SIZE", "-5", "TUWEN_BATCH_SIZE must be at least 1"),

@@ -190,6 +190,50 @@ class Generation(Base):
     )
 
 
+class Judgement(Base):
+    """One paid faithfulness-judge completion about one sample (issue 17): the VLM, shown the image and
+    the sample, labels each statement supported / contradicted / unverifiable. Like `generation`, the
+    unique request key (sample, judge prompt, model, params) makes a rerun pay nothing; the quality
+    gate reads the latest succeeded judgement of a sample (check `faithfulness.judge`)."""
+
+    __tablename__ = "judgement"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    request_key: Mapped[str] = mapped_column(String(64), unique=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("sample.id"))
+    language: Mapped[str] = mapped_column(String(8))
+    prompt_id: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[int] = mapped_column(Integer)
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Statement counts and the statements themselves ([{"text", "label"}], bounded by the parser).
+    n_supported: Mapped[int | None] = mapped_column(Integer)
+    n_contradicted: Mapped[int | None] = mapped_column(Integer)
+    n_unverifiable: Mapped[int | None] = mapped_column(Integer)
+    statements: Mapped[list[Any] | None] = mapped_column()
+    raw_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(30))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error_type: Mapped[str | None] = mapped_column(String(50))
+    error: Mapped[str | None] = mapped_column(Text)
+    dag_id: Mapped[str | None] = mapped_column(String(250))
+    run_id: Mapped[str | None] = mapped_column(String(250))
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = _now()
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_in("status", GENERATION_STATUSES), name="status"),
+        Index("ix_judgement_sample_id", "sample_id"),
+    )
+
+
 class QCRun(Base):
     __tablename__ = "qc_run"
 

@@ -31,15 +31,15 @@ import mimetypes
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from tuwen.domain import TASK_TYPES
+from tuwen.quality import queries
 from tuwen.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -107,24 +107,11 @@ def _fetch_images(store: ObjectStore, out: Path, wanted: Mapping[str, str]) -> N
 
 
 def _load_metrics(engine: Engine, qc_run_id: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per task type, arrays of the metrics the distributions plot. COPY out as CSV: a few MB at seed
-    size, instead of a Python tuple per row."""
-    sql = (f"COPY (SELECT task_type, qc_status, (qc_metrics->>'answer_chars')::real, "
-           f"(qc_metrics->>'rounds')::real, (qc_metrics->>'cjk_ratio')::real, "
-           f"(qc_metrics->>'ocr_coverage')::real FROM sample WHERE qc_run_id = {int(qc_run_id)}) "
-           "TO STDOUT WITH (FORMAT csv)")
-    buffer = io.BytesIO()
-    raw = engine.raw_connection()
-    try:
-        with closing(raw.cursor()) as cur:
-            cur.copy_expert(sql, buffer)
-        raw.commit()
-    finally:
-        raw.close()
+    """Per task type, arrays of the metrics the distributions plot."""
     columns: dict[str, dict[str, list[float]]] = {
         task: {"answer_chars": [], "rounds": [], "cjk_ratio": [], "ocr_coverage": []} for task in TASK_TYPES}
     names = ("answer_chars", "rounds", "cjk_ratio", "ocr_coverage")
-    for row in csv.reader(io.StringIO(buffer.getvalue().decode("utf-8"))):
+    for row in csv.reader(io.StringIO(queries.metrics_csv(engine, qc_run_id))):
         target = columns.get(row[0])
         if target is None:
             continue
@@ -364,29 +351,9 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
-    with engine.connect() as conn:
-        run = conn.execute(text("SELECT * FROM qc_run WHERE id = :id"), {"id": qc_run_id}).one()
-        history = conn.execute(text(
-            "SELECT id, created_at, pass_rate, results FROM (SELECT id, created_at, pass_rate, results FROM qc_run "
-            "WHERE suite = :suite AND id <= :id AND n_samples > 0 ORDER BY id DESC LIMIT :n) h ORDER BY id"),
-            {"suite": run.suite, "id": qc_run_id, "n": N_HISTORY_RUNS}).all()
-        by_date = conn.execute(text(
-            "SELECT i.crawl_date, s.task_type, count(*) AS n, count(*) FILTER (WHERE s.qc_status = 'passed') AS passed "
-            "FROM sample s JOIN image i ON i.id = s.image_id WHERE s.qc_run_id = :id GROUP BY 1, 2"),
-            {"id": qc_run_id}).all()
-        labelled = sum(r.n for r in by_date)
-        # One example per reason: a deterministic pick (md5 of the id), never "the first row on disk".
-        examples_rows = conn.execute(text(
-            "SELECT DISTINCT ON (r.reason) r.reason, s.id, s.task_type, s.conversations, s.qc_reasons, s.qc_metrics, "
-            "i.sha256, i.model_key, i.model_mime FROM sample s JOIN image i ON i.id = s.image_id, "
-            "jsonb_array_elements_text(s.qc_reasons) AS r(reason) "
-            "WHERE s.qc_run_id = :id AND s.qc_status = 'failed' ORDER BY r.reason, md5(s.id)"),
-            {"id": qc_run_id}).all()
-        passed_rows = conn.execute(text(
-            "SELECT s.id, s.task_type, s.conversations, s.qc_reasons, s.qc_metrics, i.sha256, i.model_key, "
-            "i.model_mime FROM sample s JOIN image i ON i.id = s.image_id "
-            "WHERE s.qc_run_id = :id AND s.qc_status = 'passed' ORDER BY md5(s.id || :seed) LIMIT :n"),
-            {"id": qc_run_id, "seed": str(seed), "n": n_passed_samples}).all()
+    rows = queries.report_rows(engine, qc_run_id, n_history=N_HISTORY_RUNS, seed=seed, n_passed=n_passed_samples)
+    run, history, by_date, examples_rows, passed_rows = rows.run, rows.history, rows.by_date, rows.examples, rows.passed
+    labelled = sum(r.n for r in by_date)
     results = run.results or {}
     reasons = sorted((results.get("failed_reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:N_TOP_REASONS]
     examples, example_images = _sample_views(examples_rows, EXCERPT_TURNS, EXCERPT_CHARS)
@@ -438,9 +405,7 @@ def write_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir:
         target = out_dir if out_dir is not None else Path(tmp)
         render_qc_report(engine, store, qc_run_id, target)
         key = publish_qc_report(store, qc_run_id, target)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE qc_run SET results = results || jsonb_build_object('report_key', CAST(:key AS text)) "
-                          "WHERE id = :id"), {"key": key, "id": qc_run_id})
+    queries.record_report_key(engine, qc_run_id, key)
     log.info("QC report of qc_run %d at s3 %s%s", qc_run_id, key, f" and {out_dir}" if out_dir else "")
     return key
 

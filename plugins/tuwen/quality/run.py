@@ -26,17 +26,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine
 
-from tuwen.db.models import QCRun
 from tuwen.db.session import get_engine
 from tuwen.domain import TASK_TYPES
+from tuwen.quality import queries
 from tuwen.quality.checks import (
     CHECKS,
     QC_CHECKS_VERSION,
@@ -104,34 +103,10 @@ class _Verdicts:
         return {name: n for name, n in counts.items() if n}
 
 
-def _scope_sql(scope: ReleaseScope) -> tuple[str, dict[str, Any]]:
-    """Only the columns the checks read; no ORDER BY (the near-duplicate pass orders by id itself)."""
-    sql = ("SELECT s.id, s.task_type, s.language, s.conversations, g.finish_reason, i.ocr_text "
-           "FROM sample s JOIN image i ON i.id = s.image_id JOIN generation g ON g.id = s.generation_id "
-           "WHERE i.status = 'accepted' AND s.qc_status <> 'taken_down' "
-           "AND s.task_type = ANY(%(task_types)s) AND s.language = ANY(%(languages)s)")
-    params: dict[str, Any] = {"task_types": list(scope.task_types), "languages": list(scope.languages)}
-    if scope.date_from:
-        sql += " AND i.crawl_date >= %(date_from)s"
-        params["date_from"] = scope.date_from
-    if scope.date_to:
-        sql += " AND i.crawl_date <= %(date_to)s"
-        params["date_to"] = scope.date_to
-    return sql, params
-
-
 def _chunk_bounds(engine: Engine, scope: ReleaseScope, chunk_rows: int) -> list[tuple[str, str]]:
     """(first id, last id) of consecutive id ranges of about chunk_rows samples of the scope. Only the
     ids are read here; each chunk's rows are then read by whoever judges it."""
-    sql, params = _scope_sql(scope)
-    raw = engine.raw_connection()
-    try:
-        with closing(raw.cursor()) as cur:
-            cur.execute("SELECT s.id " + sql[sql.index("FROM "):] + " ORDER BY s.id", params)
-            ids = [row[0] for row in cur.fetchall()]
-        raw.commit()
-    finally:
-        raw.close()
+    ids = queries.scope_ids(engine, scope)
     return [(ids[i], ids[min(i + chunk_rows, len(ids)) - 1]) for i in range(0, len(ids), chunk_rows)]
 
 
@@ -151,16 +126,8 @@ def _judge_chunk(database: Engine | str, scope: ReleaseScope, config: QCConfig,
                  bounds: tuple[str, str]) -> _ChunkVerdicts:
     """Read one id range of the scope and run the checks on it. In-process `database` is the handed-in
     engine; a spawned worker gets its URL instead, since an engine's connections cannot cross processes."""
-    sql, params = _scope_sql(scope)
     engine = get_engine(database) if isinstance(database, str) else database
-    raw = engine.raw_connection()
-    try:
-        with closing(raw.cursor()) as cur:
-            cur.execute(sql + " AND s.id BETWEEN %(lo)s AND %(hi)s", {**params, "lo": bounds[0], "hi": bounds[1]})
-            rows = cur.fetchall()
-        raw.commit()
-    finally:
-        raw.close()
+    rows = queries.scope_rows(engine, scope, *bounds)
     ids: list[str] = []
     task_codes: list[int] = []
     rounds: list[int] = []
@@ -233,35 +200,6 @@ def _judge_scope(engine: Engine, scope: ReleaseScope, config: QCConfig, out: IO[
     return verdicts, near_dups
 
 
-def _write_verdicts(engine: Engine, qc_run_id: int, copy_file: IO[str], near_dups: dict[str, str]) -> None:
-    """COPY the verdicts into a temp table, mark near-duplicates there, apply everything with one
-    UPDATE. Taken-down samples keep their status even if a takedown landed while the gate ran."""
-    copy_file.seek(0)
-    raw = engine.raw_connection()
-    try:
-        with closing(raw.cursor()) as cur:
-            cur.execute("CREATE TEMP TABLE qc_verdict (id text, reasons jsonb, metrics jsonb) "
-                        "ON COMMIT DROP")
-            cur.copy_expert("COPY qc_verdict (id, reasons, metrics) FROM STDIN", copy_file, size=1 << 20)
-            if near_dups:
-                cur.execute(
-                    "UPDATE qc_verdict v SET reasons = v.reasons || %(reason)s::jsonb, "
-                    "metrics = v.metrics || jsonb_build_object('near_duplicate_of', d.kept) "
-                    "FROM unnest(%(ids)s::text[], %(kept)s::text[]) AS d(id, kept) WHERE v.id = d.id",
-                    {"reason": json.dumps([NEAR_DUPLICATE_REASON]), "ids": list(near_dups),
-                     "kept": list(near_dups.values())})
-            cur.execute("ANALYZE qc_verdict")
-            cur.execute(
-                "UPDATE sample s SET qc_status = CASE WHEN v.reasons = '[]'::jsonb THEN 'passed' ELSE 'failed' END, "
-                "qc_reasons = v.reasons, qc_metrics = v.metrics, qc_run_id = %s "
-                "FROM qc_verdict v WHERE s.id = v.id AND s.qc_status <> 'taken_down'",
-                (qc_run_id,),
-            )
-        raw.commit()
-    finally:
-        raw.close()
-
-
 def gate_frame(verdicts: _Verdicts) -> pd.DataFrame:
     """The gate frame `tuwen.quality.gate.build_gate_frame` would build, from the arrays directly
     (building it from 641,868 SampleVerdict objects is what the arrays avoid)."""
@@ -317,20 +255,16 @@ def run_quality_gate(resources: Resources, scope: ReleaseScope, *, config: QCCon
     config = config or QCConfig()
     settings, engine = resources.settings, resources.engine
     min_pass_rate = scope.min_pass_rate if scope.min_pass_rate is not None else settings.qc_min_pass_rate
-    with engine.begin() as conn:
-        qc_run_id = conn.execute(
-            insert(QCRun).values(suite=SUITE_NAME, suite_version=f"checks-v{QC_CHECKS_VERSION}",
-                                 scope=scope.as_json(), config={"min_pass_rate": min_pass_rate,
-                                                                "checks": describe_checks(config)},
-                                 dag_id=dag_id, run_id=run_id).returning(QCRun.id)
-        ).scalar_one()
+    qc_run_id = queries.insert_qc_run(
+        engine, suite=SUITE_NAME, suite_version=f"checks-v{QC_CHECKS_VERSION}", scope=scope.as_json(),
+        config={"min_pass_rate": min_pass_rate, "checks": describe_checks(config)}, dag_id=dag_id, run_id=run_id)
 
     # The COPY lines (~250 bytes a sample) go to disk, not memory: 160 MB at seed size.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as copy_file:
         verdicts, near_dups = _judge_scope(engine, scope, config, copy_file, workers)
         timings["read_check_minhash_s"] = time.perf_counter() - started
         mark = time.perf_counter()
-        _write_verdicts(engine, qc_run_id, copy_file, near_dups)
+        queries.write_verdicts(engine, qc_run_id, copy_file, near_dups)
         timings["write_verdicts_s"] = time.perf_counter() - mark
 
     n = len(verdicts.ids)
@@ -350,11 +284,8 @@ def run_quality_gate(resources: Resources, scope: ReleaseScope, *, config: QCCon
     results = {"failed_reasons": failed_reasons, "check_pass_rates": gate.check_pass_rates,
                "task_mix": gate.task_mix, "failed_expectations": gate.failed_expectations,
                "skipped": gate.skipped, "gx": gate.validation_result}
-    with engine.begin() as conn:
-        conn.execute(update(QCRun).where(QCRun.id == qc_run_id).values(
-            n_samples=n, n_passed=n_passed, n_failed=n - n_passed, pass_rate=pass_rate, success=success,
-            data_docs_key=data_docs_key, results=results,
-        ))
+    queries.finish_qc_run(engine, qc_run_id, n_samples=n, n_passed=n_passed, pass_rate=pass_rate,
+                          success=success, data_docs_key=data_docs_key, results=results)
     report_key = None
     if report:
         from tuwen.quality.report import write_qc_report

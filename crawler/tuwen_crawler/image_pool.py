@@ -44,6 +44,7 @@ from tuwen.crawl.images import ImageDecision, ImageLimits, inspect_and_normalize
 logger = logging.getLogger(__name__)
 
 Work = Callable[[bytes, str | None, ImageLimits], ImageDecision]
+WarmUp = Callable[[], None]
 Job = tuple[bytes, str | None, ImageLimits]
 
 # A spawned worker imports and warms up the image code before it says it is ready; on a crowded
@@ -84,9 +85,9 @@ class _JobLimits:
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
-def _serve(conn: Connection, work: Work) -> None:
+def _serve(conn: Connection, work: Work, warm: WarmUp) -> None:
     """A worker's life: import and warm the image code, then answer jobs until told to stop."""
-    warm_up()
+    warm()
     job_limits = _JobLimits()  # measured after warming up: the libraries' own memory is the baseline
     conn.send(READY)
     while True:
@@ -112,10 +113,10 @@ def _rejection(data: bytes, reason: str) -> ImageDecision:
 
 
 class _Worker:
-    def __init__(self, context: Any, work: Work) -> None:
+    def __init__(self, context: Any, work: Work, warm: WarmUp) -> None:
         self.conn, child = context.Pipe(duplex=True)
         # spawn, not fork: forking a process that runs threads (reactor, pools) can deadlock.
-        self.process = context.Process(target=_serve, args=(child, work), daemon=True, name="tuwen-image")
+        self.process = context.Process(target=_serve, args=(child, work, warm), daemon=True, name="tuwen-image")
         self.process.start()
         child.close()
         # One poll() system call per job for the wall-time deadline (Connection.poll builds a selector
@@ -169,9 +170,11 @@ class ImageProcessPool:
     """inspect_and_normalize in `processes` worker processes, called from the pipeline's threads;
     `processes=0` keeps the work in the calling thread."""
 
-    def __init__(self, processes: int, work: Work = inspect_and_normalize) -> None:
+    def __init__(self, processes: int, work: Work = inspect_and_normalize, warm: WarmUp = warm_up) -> None:
         self.processes = processes
-        self.work = work  # a module-level function (spawned workers import it); tests swap in their own
+        # Module-level functions (spawned workers import them); tests swap in their own.
+        self.work = work
+        self.warm = warm
         self._context = multiprocessing.get_context("spawn")
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
@@ -187,7 +190,7 @@ class ImageProcessPool:
 
     def _add_worker(self) -> None:
         """Spawn one worker and make it available (the caller holds the lock)."""
-        worker = _Worker(self._context, self.work)
+        worker = _Worker(self._context, self.work, self.warm)
         self._workers.append(worker)
         self._idle.put(worker)
 

@@ -133,6 +133,8 @@ PixelBudget = Annotated[int, Field(ge=MIN_PIXEL_BUDGET, le=MAX_PIXEL_BUDGET)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
 WebUrl = Annotated[str, AfterValidator(_http_url)]
+# Empty means "the same as another setting" (the judge's endpoint defaults to the VLM's).
+WebUrlOrEmpty = Annotated[str, AfterValidator(lambda value: _http_url(value) if value else value)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 BucketName = Annotated[str, AfterValidator(_bucket_name)]
 TaskMix = Annotated[dict[str, int], BeforeValidator(_task_mix_weights), AfterValidator(_task_mix_complete)]
@@ -358,6 +360,24 @@ class Settings(_Declared):
     ocr_enabled: bool = setting(True, "Run OCR on images (Chinese-text checks and OCR grounding).")
     min_image_side: PositiveInt = setting(224, "Images with a shorter side are rejected (px).")
     qc_min_pass_rate: Share = setting(0.8, "A QC run fails below this share of passing samples.")
+    judge_enabled: bool = setting(
+        False, "Run the faithfulness judge after synthesis (a DAG run's `judge` param overrides it).")
+    judge_base_url: WebUrlOrEmpty = setting(
+        "", "OpenAI-compatible endpoint of the judge model; empty: TUWEN_VLM_BASE_URL.", kind="http(s) URL, or empty")
+    judge_model: str = setting("", "Model name of the judge (part of each judgement's key); empty: TUWEN_VLM_MODEL.")
+    judge_api_key: str = setting("", "Bearer token for the judge endpoint; empty: TUWEN_VLM_API_KEY.", secret=True)
+    judge_prompt_version: PositiveInt | None = setting(
+        None, "Judge prompt version (prompts/judge/); empty: the latest.")
+    judge_max_tokens: PositiveInt = setting(1024, "max_tokens of one judge completion.")
+    judge_structured_output: bool = setting(
+        True, "Ask the judge for JSON by response_format json_schema (vLLM's guided decoding); off: plain text.")
+
+
+    @property
+    def judge_endpoint(self) -> tuple[str, str, str]:
+        """(base URL, model, API key) of the judge: its own settings, the VLM's where they are empty."""
+        return (self.judge_base_url or self.vlm_base_url, self.judge_model or self.vlm_model,
+                self.judge_api_key or self.vlm_api_key)
 
     @property
     def max_tokens(self) -> dict[str, int]:

@@ -30,7 +30,9 @@ benchmarks, the `StandinProcess` context manager that starts it as a subprocess 
 
 The modules: `answers` (what it sees in an image, the answers it writes), `faults` (latency, errors
 and bad or hostile answers, chosen per request or pinned to an image), `server` (the HTTP
-endpoints), `process` (the subprocess helper and the command line).
+endpoints), `process` (the subprocess helper and the command line), `serving` (off by default: an
+emulation of vLLM's continuous batching - max_num_seqs, a waiting queue, step times that grow with
+the batch, Prometheus /metrics under vLLM's names - that decides when answers come; see its doc).
 """
 
 from tuwen.local.standin_vlm.answers import (

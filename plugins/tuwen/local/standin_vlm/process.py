@@ -23,6 +23,7 @@ from tuwen.local.standin_vlm.faults import (
     parse_fault_rates,
 )
 from tuwen.local.standin_vlm.server import DEFAULT_MODEL, READY_LINE_PREFIX, serve
+from tuwen.local.standin_vlm.serving import PRESETS, ServingPreset, serving_preset
 
 # --------------------------------------------------------------------------------------------
 # Subprocess helper for tests and benchmarks
@@ -50,6 +51,9 @@ class StandinProcess:
         hang_s: float = 30.0,
         retry_after_s: int = 1,
         ocr: bool = False,
+        serving: str | None = None,
+        max_num_seqs: int | None = None,
+        serving_time_scale: float | None = None,
         host: str = "127.0.0.1",
         startup_timeout_s: float = 30.0,
     ) -> None:
@@ -84,6 +88,14 @@ class StandinProcess:
             self.args += ["--fault-seed", str(fault_seed)]
         if ocr:
             self.args.append("--ocr")
+        if serving is not None:
+            # Checked here, in the caller, rather than in the child.
+            serving_preset(serving, max_num_seqs=max_num_seqs, time_scale=serving_time_scale)
+            self.args += ["--serving", serving]
+            if max_num_seqs is not None:
+                self.args += ["--max-num-seqs", str(max_num_seqs)]
+            if serving_time_scale is not None:
+                self.args += ["--serving-time-scale", repr(float(serving_time_scale))]
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -182,6 +194,23 @@ class StandinProcess:
 
         return httpx.post(f"{self.root_url}/stand-in/stats/reset", timeout=10).raise_for_status().json()
 
+    def serving(self) -> dict[str, Any]:
+        """GET /stand-in/serving (serving model only): the preset and the occupancy summary."""
+        import httpx
+
+        return httpx.get(f"{self.root_url}/stand-in/serving", timeout=10).raise_for_status().json()
+
+    def reset_serving(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.post(f"{self.root_url}/stand-in/serving/reset", timeout=10).raise_for_status().json()
+
+    def metrics_text(self) -> str:
+        """GET /metrics (serving model only): Prometheus text with vLLM's metric names."""
+        import httpx
+
+        return httpx.get(f"{self.root_url}/metrics", timeout=10).raise_for_status().text
+
 
 # --------------------------------------------------------------------------------------------
 # CLI
@@ -227,6 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="quote text read by rapidocr_onnxruntime in answers (slow; off by default)",
     )
+    parser.add_argument(
+        "--serving",
+        default=None,
+        choices=sorted(PRESETS),
+        help=(
+            "answer through an EMULATION of vLLM's continuous batching (max_num_seqs, a waiting queue, a step time "
+            "growing with the batch, per-task output lengths) with Prometheus GET /metrics under vLLM's names; "
+            "--latency is then unused. Presets: h100-32b (~650 output tokens/s at 64 sequences), test-small"
+        ),
+    )
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=None, help="override the serving preset's max_num_seqs"
+    )
+    parser.add_argument(
+        "--serving-time-scale",
+        type=float,
+        default=None,
+        help="divide every emulated duration by this (e.g. 20: the same batching shape, 20x faster)",
+    )
     return parser
 
 
@@ -245,4 +293,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except StandinConfigError as exc:
         parser.error(str(exc))
-    serve(args.host, args.port, args.model, faults, args.ocr)
+    serving: ServingPreset | None = None
+    if args.serving is not None:
+        try:
+            serving = serving_preset(args.serving, max_num_seqs=args.max_num_seqs, time_scale=args.serving_time_scale)
+        except StandinConfigError as exc:
+            parser.error(str(exc))
+    serve(args.host, args.port, args.model, faults, args.ocr, serving=serving)

@@ -45,6 +45,7 @@ from tuwen.local.standin_vlm.faults import (
     malformed,
     truncate_mid_sentence,
 )
+from tuwen.local.standin_vlm.serving import ServingModel, ServingPreset, output_length
 
 DEFAULT_MODEL = "tuwen-standin-vlm"
 OWNED_BY = "tuwen-stand-in"
@@ -225,6 +226,7 @@ class StandinServer:
         self.plan = FaultPlan(faults or FaultConfig())
         self.stats = StandinStats()
         self.ocr_enabled = ocr
+        self.serving: ServingModel | None = None  # set by enable_serving: see serving.py
         self._ocr: OcrReader | None = None
         self._features: OrderedDict[str, ImageFeatures] = OrderedDict()
         self._http: ClientSession | None = None
@@ -240,6 +242,8 @@ class StandinServer:
         app.router.add_get("/stand-in/stats", self.get_stats)
         app.router.add_post("/stand-in/stats/reset", self.reset_stats)
         app.on_startup.append(self._on_startup)
+        if self.serving is not None:
+            self.serving.add_routes(app)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
@@ -257,6 +261,24 @@ class StandinServer:
     async def _on_cleanup(self, _app: web.Application) -> None:
         if self._http is not None:
             await self._http.close()
+
+    def enable_serving(self, preset: ServingPreset) -> None:
+        """Answer through the emulated continuous-batching engine (serving.py) instead of after a fixed latency."""
+        self.serving = ServingModel(preset, self.model)
+
+    async def _serve(
+        self, task: str, request_key: str, max_tokens: int | None, prompt_tokens: int, finish_reason: str
+    ) -> int:
+        """Run the request as one sequence of the emulated engine; returns the tokens it emitted."""
+        assert self.serving is not None
+        if finish_reason == "length" and max_tokens is not None:
+            emitted = max_tokens  # the text was cut at max_tokens: the engine ran to the limit
+        else:
+            emitted = output_length(self.serving.preset, task, request_key)
+            if max_tokens is not None:
+                emitted = min(emitted, max_tokens)
+        await self.serving.generate(prompt_tokens, emitted, finish_reason)
+        return emitted
 
     # -- plain endpoints -------------------------------------------------------------------
     async def health(self, _request: web.Request) -> web.Response:
@@ -384,7 +406,8 @@ class StandinServer:
             )
             return error_response(int(fault), message, headers=headers)
         # Latency counts from arrival, so decoding time is part of it, as it is on a real server.
-        if (remaining := latency - (time.monotonic() - arrived)) > 0:
+        # With the serving model on, it decides the timing instead (after the answer is written, below).
+        if self.serving is None and (remaining := latency - (time.monotonic() - arrived)) > 0:
             await asyncio.sleep(remaining)
         if fault == "timeout":
             await asyncio.sleep(config.hang_s)
@@ -423,6 +446,10 @@ class StandinServer:
             )
         prompt_tokens = len(parsed.prompt) + image_tokens
         completion_tokens = len(content)
+        if self.serving is not None:
+            completion_tokens = await self._serve(
+                task, request_key, parsed.max_tokens, prompt_tokens, finish_reason
+            )
         stats.ok += 1
         stats.finish_reasons[finish_reason] += 1
         return web.json_response(
@@ -460,9 +487,12 @@ async def run_server(
     faults: FaultConfig | None = None,
     ocr: bool = False,
     stop: asyncio.Event | None = None,
+    serving: ServingPreset | None = None,
 ) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); prints one line saying where it listens."""
     server = StandinServer(model=model, faults=faults, ocr=ocr)
+    if serving is not None:
+        server.enable_serving(serving)
     # handler_cancellation: a client that gives up on a hung request frees its handler at once.
     runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -491,6 +521,7 @@ def serve(
     model: str = DEFAULT_MODEL,
     faults: FaultConfig | None = None,
     ocr: bool = False,
+    serving: ServingPreset | None = None,
 ) -> None:
     """Run the stand-in in the foreground (blocking) until SIGINT/SIGTERM. Port 0 picks a free port."""
     try:
@@ -500,5 +531,5 @@ def serve(
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run_server(host, port, model, faults, ocr))
+        runner.run(run_server(host, port, model, faults, ocr, serving=serving))
 

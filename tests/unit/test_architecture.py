@@ -3,7 +3,7 @@
 - No stage, DAG or crawler module imports `tuwen.local` (the stand-ins, the fixture site, the local
   servers): only the `tuwen` command and `tuwen.local` itself may.
 - No import circle between tuwen's modules.
-- Data flows one way, crawl → synthesis → quality → release: a stage never imports a later one.
+- Data flows one way, crawl → synthesis → judge → quality → release: a stage never imports a later one.
 - Services are built by entry points only: stage modules take an engine, an object store or
   `Resources` as arguments and never build their own.
 """
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"tuwen": ROOT / "plugins" / "tuwen", "tuwen_crawler": ROOT / "crawler" / "tuwen_crawler"}
-STAGES = ("crawl", "synthesis", "quality", "release")  # in the order data flows through them
+STAGES = ("crawl", "synthesis", "judge", "quality", "release")  # in the order data flows through them
 MAY_IMPORT_LOCAL = ("tuwen.local", "tuwen.cli")
 # Where services are built from settings: the entry points and the one place that knows how.
 MAY_BUILD_SERVICES = ("tuwen.local", "tuwen.cli", "tuwen.resources", "tuwen.db.session", "tuwen.db.migrate",
@@ -74,7 +74,7 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 def test_the_walk_sees_the_layout() -> None:
     # Guards the rules below against passing vacuously on a walk that found nothing.
-    for expected in ("tuwen.crawl.images", "tuwen.synthesis.runner", "tuwen.quality.run", "tuwen.release.export",
+    for expected in ("tuwen.crawl.images", "tuwen.curate.run", "tuwen.synthesis.runner", "tuwen.judge.runner", "tuwen.quality.run", "tuwen.release.export",
                      "tuwen.local.standin_vlm", "tuwen.domain", "tuwen_crawler.pipelines"):
         assert any(_within(m, (expected,)) for m in MODULES), expected
     assert "tuwen.crawl.images" in GRAPH["tuwen_crawler.pipelines"]

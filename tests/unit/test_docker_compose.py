@@ -90,7 +90,8 @@ def local_stack_names() -> set[str]:
 
 # The tuwen settings that are secrets, and the only Airflow services that get them: tasks run on the
 # Celery workers alone, and airflow-init migrates the lineage database.
-TUWEN_SECRETS = {"TUWEN_DATABASE_URL", "TUWEN_S3_ACCESS_KEY", "TUWEN_S3_SECRET_KEY", "TUWEN_VLM_API_KEY"}
+TUWEN_SECRETS = {"TUWEN_DATABASE_URL", "TUWEN_S3_ACCESS_KEY", "TUWEN_S3_SECRET_KEY", "TUWEN_VLM_API_KEY",
+                 "TUWEN_JUDGE_API_KEY"}
 TUWEN_SECRETS_BY_SERVICE = {
     "airflow-worker": TUWEN_SECRETS,
     "airflow-init": {"TUWEN_DATABASE_URL"},

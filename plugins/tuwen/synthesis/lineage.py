@@ -177,12 +177,49 @@ WHERE id = %(id)s"""
 _ANSWER_TEXT = ("raw_text", "finish_reason", "error_type", "error", "dag_id", "run_id", "task_id")
 
 
-class AnswerStore:
-    """Writes one answer per transaction on one pooled connection; used from one thread only."""
+class OneConnectionWriter:
+    """One transaction per call on one pooled DBAPI connection, reconnecting once after a dropped
+    connection; used from one thread only (a batch's writer thread). The judge's store shares it."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._conn: Any = None
+
+    def _transaction(self, statements: Callable[[Any], object]) -> None:
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    statements(cur)
+                conn.commit()
+                return
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                # The server restarted or the connection dropped: reconnect once, then give up loudly.
+                self._discard()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.engine.raw_connection()
+        return self._conn
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class AnswerStore(OneConnectionWriter):
+    """Writes one answer (generation and sample) per transaction; used from one thread only."""
 
     def store_answer(self, values: dict[str, Any], sample: dict[str, Any] | None) -> bool:
         """An answer the server returned (status set by the caller), and its sample if it parsed.
@@ -219,35 +256,3 @@ class AnswerStore:
                 cur.execute(_COUNT_ATTEMPTS, params)
 
         self._transaction(write)
-
-    def _transaction(self, statements: Callable[[Any], object]) -> None:
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                with conn.cursor() as cur:
-                    statements(cur)
-                conn.commit()
-                return
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                # The server restarted or the connection dropped: reconnect once, then give up loudly.
-                self._discard()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                conn.rollback()
-                raise
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self.engine.raw_connection()
-        return self._conn
-
-    def _discard(self) -> None:
-        if self._conn is not None:
-            self._conn.invalidate()
-            self._conn = None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None

@@ -46,7 +46,7 @@ without the bias, so the mix guarantee does not change; only who gets which slot
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,12 +146,14 @@ class Plan:
     batches: list[dict[str, Any]] = field(default_factory=list)
 
 
-def split_batches(todo: list[int], batch_size: int, partition_label: str) -> list[dict[str, Any]]:
-    """Round-robin the images over at most MAX_MAPPED_BATCHES batches of about batch_size."""
+def split_batches(todo: Sequence[Any], batch_size: int, partition_label: str, key: str = "image_ids"
+                  ) -> list[dict[str, Any]]:
+    """Round-robin the items (images; the judge's samples) over at most MAX_MAPPED_BATCHES batches of
+    about batch_size, each batch {key: items, "partition": label}."""
     if not todo:
         return []
     n_batches = min(MAX_MAPPED_BATCHES, math.ceil(len(todo) / batch_size))
-    return [{"image_ids": todo[i::n_batches], "partition": partition_label} for i in range(n_batches)]
+    return [{key: list(todo[i::n_batches]), "partition": partition_label} for i in range(n_batches)]
 
 
 def plan_partition(resources: Resources, partition: Partition, params: RunParams) -> Plan:

@@ -82,7 +82,8 @@ class Prompt:
     source: str = ""
 
 
-def _split_front_matter(raw: str, path: Path) -> tuple[dict[str, str], str]:
+def split_front_matter(raw: str, path: Path) -> tuple[dict[str, str], str]:
+    """(front matter, rest) of a prompt file's text; the judge's prompt files share this format."""
     if not raw.startswith("---\n"):
         return {}, raw
     end = raw.find("\n---\n", 3)
@@ -100,6 +101,19 @@ def _split_front_matter(raw: str, path: Path) -> tuple[dict[str, str], str]:
     return {k: str(v) for k, v in meta.items()}, raw[end + len("\n---\n") :]
 
 
+def read_prompt_text(path: Path) -> tuple[dict[str, str], str, str]:
+    """(front matter, prompt text, SHA-256 of the text) of one prompt file, the text never empty.
+
+    The hash is of the text without the front matter: notes can be added to a released file
+    without forking the response cache, the text cannot be changed.
+    """
+    meta, body = split_front_matter(path.read_text(encoding="utf-8"), path)
+    text = body.strip("\n")
+    if not text.strip():
+        raise PromptError(f"{path.name}: the prompt text is empty")
+    return meta, text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def load_prompt_file(path: Path) -> Prompt:
     """Read one prompt file; its name gives task type, language and version."""
     match = _PROMPT_FILE.match(path.name)
@@ -110,17 +124,14 @@ def load_prompt_file(path: Path) -> Prompt:
         raise PromptError(f"{path.name}: unknown task type {task_type!r}; known: {', '.join(TASK_TYPES)}")
     if language not in LANGUAGES:
         raise PromptError(f"{path.name}: unknown language {language!r}; known: {', '.join(LANGUAGES)}")
-    meta, body = _split_front_matter(path.read_text(encoding="utf-8"), path)
-    text = body.strip("\n")
-    if not text.strip():
-        raise PromptError(f"{path.name}: the prompt text is empty")
+    meta, text, sha256 = read_prompt_text(path)
     return Prompt(
         id=path.name.removesuffix(".txt"),
         task_type=task_type,
         language=language,
         version=int(match["version"]),
         text=text,
-        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        sha256=sha256,
         source=meta.get("source", ""),
     )
 

@@ -20,9 +20,9 @@ import concurrent.futures
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tuwen.progress import Progress
 from tuwen.resources import Resources
@@ -199,6 +199,32 @@ _IO_THREADS = 8
 _READ_AHEAD = 2 * _IO_THREADS
 
 
+class ImageJob(Protocol):
+    """What a request needs to carry an image: any job with these (synthesis's, the judge's)."""
+
+    @property
+    def image_sha256(self) -> str: ...
+    @property
+    def model_key(self) -> str: ...
+    @property
+    def model_mime(self) -> str: ...
+
+
+J = TypeVar("J", bound="ImageJob")
+
+
+def image_url(resources: Resources, job: ImageJob) -> str:
+    """The image as the request carries it (a data URL or a presigned URL); ObjectMissingError if gone."""
+    settings, store = resources.settings, resources.store
+    if not job.model_key:
+        raise ObjectMissingError(f"image {job.image_sha256} has no model-ready copy")
+    if settings.vlm_image_mode == "presigned_url":
+        if not store.exists(job.model_key):
+            raise ObjectMissingError(f"no object {job.model_key!r} in bucket {store.bucket!r}")
+        return store.presigned_get(job.model_key, expires_s=int(settings.vlm_timeout_s * 4))
+    return data_url(store.get_bytes(job.model_key), job.model_mime)
+
+
 def _request(job: _Job, image_url: str) -> VLMRequest:
     sampling = job.spec.sampling
     return VLMRequest(
@@ -213,52 +239,52 @@ def _request(job: _Job, image_url: str) -> VLMRequest:
     )
 
 
-async def _run_batch_async(resources: Resources, jobs: list[_Job], writer: _ResultWriter,
-                           client: VLMClient | None = None) -> None:
-    settings, store = resources.settings, resources.store
+async def send_with_images(
+    resources: Resources, jobs: Sequence[J], request_of: Callable[[J, str], VLMRequest],
+    on_result: Callable[[VLMResult], None], on_missing: Callable[[J, str], None],
+    client: VLMClient | None = None, endpoint: tuple[str, str, str] | None = None,
+) -> None:
+    """Send one request per job, its image read from the object store; the stage's plumbing.
+
+    `on_result` (each finished request) and `on_missing` (a job whose image object is gone: nothing
+    is sent for it) run on one database thread, so a stage's writer needs no locking. Without a
+    `client`, one is built for `endpoint` (default: the VLM's) and closed at the end. Raises what
+    `VLMClient.run` raises (CircuitOpenError when the endpoint looks down).
+    """
     loop = asyncio.get_running_loop()
     io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="tuwen-s3")
     db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-db")
-
-    def image_url(job: _Job) -> str:
-        if not job.model_key:
-            raise ObjectMissingError(f"image {job.image_sha256} has no model-ready copy")
-        if settings.vlm_image_mode == "presigned_url":
-            if not store.exists(job.model_key):
-                raise ObjectMissingError(f"no object {job.model_key!r} in bucket {store.bucket!r}")
-            return store.presigned_get(job.model_key, expires_s=int(settings.vlm_timeout_s * 4))
-        return data_url(store.get_bytes(job.model_key), job.model_mime)
 
     async def requests() -> AsyncIterator[VLMRequest]:
         # The client pulls one request at a time, so reading images one by one would put a serial S3
         # round trip in front of every request: a read-ahead window keeps the io_pool's reads in
         # parallel (and bounds the encoded images held in memory to the window).
-        window: deque[tuple[_Job, asyncio.Future[str]]] = deque()
+        window: deque[tuple[J, asyncio.Future[str]]] = deque()
         upcoming = iter(jobs)
         try:
             while True:
                 while len(window) < _READ_AHEAD and (job := next(upcoming, None)) is not None:
-                    window.append((job, loop.run_in_executor(io_pool, image_url, job)))
+                    window.append((job, loop.run_in_executor(io_pool, image_url, resources, job)))
                 if not window:
                     return
                 job, future = window.popleft()
                 try:
                     url = await future
                 except ObjectMissingError as exc:
-                    await loop.run_in_executor(db_pool, writer.image_missing, job, str(exc))
+                    await loop.run_in_executor(db_pool, on_missing, job, str(exc))
                     continue
-                yield _request(job, url)
+                yield request_of(job, url)
         finally:
             for _, future in window:
                 future.cancel()
 
-    async def on_result(res: VLMResult) -> None:
-        await loop.run_in_executor(db_pool, writer.write, res)
+    async def deliver(res: VLMResult) -> None:
+        await loop.run_in_executor(db_pool, on_result, res)
 
     own_client = client is None
-    client = client or VLMClient.from_settings(settings)
+    client = client or VLMClient.from_settings(resources.settings, endpoint)
     try:
-        await client.run(requests(), on_result)
+        await client.run(requests(), deliver)
     finally:
         if own_client:
             await client.aclose()
@@ -277,7 +303,7 @@ def run_batch(resources: Resources, image_ids: Sequence[int], params: RunParams,
     if jobs:
         writer = _ResultWriter(resources, {j.key: j for j in jobs}, ids, result)
         try:
-            asyncio.run(_run_batch_async(resources, jobs, writer))
+            asyncio.run(send_with_images(resources, jobs, _request, writer.write, writer.image_missing))
         finally:
             writer.progress.finish()
             writer.close()

@@ -336,11 +336,14 @@ class VLMClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VLMClient:
+    def from_settings(cls, settings: Settings, endpoint: tuple[str, str, str] | None = None) -> VLMClient:
+        """A client for the VLM; `endpoint` (base URL, model, API key) points it elsewhere, e.g. at the
+        judge (`settings.judge_endpoint`), with the same timeouts, retries and in-flight bound."""
+        base_url, model, api_key = endpoint or (settings.vlm_base_url, settings.vlm_model, settings.vlm_api_key)
         return cls(
-            settings.vlm_base_url,
-            settings.vlm_api_key,
-            settings.vlm_model,
+            base_url,
+            api_key,
+            model,
             timeout_s=settings.vlm_timeout_s,
             max_retries=settings.vlm_max_retries,
             max_in_flight=settings.vlm_max_in_flight,

@@ -107,6 +107,25 @@ def standin_url(run_dir: Path) -> Iterator[str]:
     yield from (f"http://127.0.0.1:{port}/v1" for _ in _started(standin_vlm_service(port, STANDIN_MODEL, run_dir)))
 
 
+STANDIN_CONTRADICTION_RATE = 0.3
+
+
+@pytest.fixture
+def standin_contradictions(standin_url: str) -> Iterator[str]:
+    """The shared stand-in giving 30 % of its answers one known false statement during one test (rate 0
+    again after it, as every other test expects); yields its root URL, where GET /stand-in/injections
+    lists what it injected (the ground truth for the faithfulness judge's plumbing tests)."""
+    import httpx
+
+    root = standin_url.removesuffix("/v1")
+    httpx.post(f"{root}/stand-in/injections/reset", timeout=10).raise_for_status()
+    httpx.post(f"{root}/stand-in/contradictions", json={"rate": STANDIN_CONTRADICTION_RATE}, timeout=10).raise_for_status()
+    try:
+        yield root
+    finally:
+        httpx.post(f"{root}/stand-in/contradictions", json={"rate": 0.0}, timeout=10).raise_for_status()
+
+
 @pytest.fixture(scope="session")
 def fixture_site(tmp_path_factory: pytest.TempPathFactory, run_dir: Path) -> Iterator[tuple[str, Path]]:
     """The standard fixture website, generated once per session and served on a free port."""

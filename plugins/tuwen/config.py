@@ -442,6 +442,9 @@ class StackSettings(_Declared):
         secret=True)
     redis_port: Port = setting(6379, "Port of the Redis broker `make up` starts for the celery executor.")
     fixture_site_port: Port = setting(8765, "Port of the fixture website the local sites file points at.")
+    standin_contradiction_rate: Share = setting(
+        0.0, "Share of the local stand-in VLM's answers given one known false statement (tests and demos of "
+        "the faithfulness judge's plumbing).")
     retry_delay_s: NonNegativeInt = setting(
         60, "Seconds between retries of a tuwen_synthesize batch (the fault tests shorten it).")
 

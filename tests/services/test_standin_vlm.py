@@ -648,3 +648,149 @@ def test_fault_rates_parse_and_validate() -> None:
         parse_fault_rates("500")
     config = FaultConfig.from_json({"latency": "fixed:1", "fault_rates": {"timeout": 0.5}, "fault_seed": 3})
     assert FaultConfig.from_json(config.to_json()) == config
+
+
+# --- injected contradictions and judge requests (the faithfulness judge's plumbing, not a model's judgement) ---
+
+JUDGE_PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "judge"
+SYNTHESIS_PROMPTS = {
+    "zh": {"conversation": CONVERSATION_ZH, "complex_reasoning": REASONING_ZH, "detail": DETAIL_ZH},
+    "en": {"conversation": CONVERSATION_EN, "complex_reasoning": REASONING_EN, "detail": DETAIL_EN},
+}
+JUDGE_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "judgement", "schema": {"type": "object", "properties": {"statements": {"type": "array"}}}},
+}
+
+
+def judge_request_text(conversations: list[dict[str, str]], language: str) -> str:
+    """The contract with tuwen.judge: the judge prompt with {sample} replaced by the rounds, 问：…\\n答：… (zh)
+    or Q: …\\nA: … (en), one blank line between rounds."""
+    from tuwen.synthesis.prompts import read_prompt_text
+
+    q, a = ("问：", "答：") if language == "zh" else ("Q: ", "A: ")
+    rounds = [f"{q}{human['value'].replace('<image>', '').strip()}\n{a}{gpt['value']}"
+              for human, gpt in zip(conversations[::2], conversations[1::2], strict=True)]
+    text = read_prompt_text(JUDGE_PROMPTS / f"faithfulness.{language}.v1.txt")[1]
+    return text.replace("{sample}", "\n\n".join(rounds))
+
+
+def fixture_images(n: int) -> list[bytes]:
+    rng = random.Random(41)
+    images = []
+    for _ in range(n):
+        image = Image.new("RGB", (rng.randint(240, 900), rng.randint(240, 900)),
+                          tuple(rng.randrange(256) for _ in range(3)))
+        for _ in range(4):
+            x, y = rng.randrange(image.width), rng.randrange(image.height)
+            image.paste(tuple(rng.randrange(256) for _ in range(3)),
+                        (x, y, x + rng.randint(40, 300), y + rng.randint(40, 300)))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def synthesize_and_judge(client: openai.OpenAI, images: list[bytes], *, as_json: bool = True) -> list[dict]:
+    """Each image × task × language: a synthesis request, parsed as tuwen parses it, then a judge request."""
+    from tuwen.synthesis.parsing import parse_answer
+    from tuwen.synthesis.prompts import description_instruction
+
+    results = []
+    for image in images:
+        for language, prompts in SYNTHESIS_PROMPTS.items():
+            for task, prompt in prompts.items():
+                text = chat(client, prompt, image).choices[0].message.content
+                sha = hashlib.sha256(image).hexdigest()
+                instruction = description_instruction(sha, language) if task == "detail" else ""
+                parsed = parse_answer(task, language, text, instruction)
+                assert parsed.ok, (parsed.error, text)
+                extra = {"response_format": JUDGE_SCHEMA} if as_json else {}
+                response = chat(client, judge_request_text(parsed.conversations, language), image, **extra)
+                results.append({"image_sha256": sha, "language": language, "task": task, "response": response})
+    return results
+
+
+def judged_statements(response, language: str, as_json: bool) -> list[dict[str, str]]:
+    content = response.choices[0].message.content
+    if as_json:
+        return json.loads(content)["statements"]
+    labels = {"支持": "supported", "矛盾": "contradicted", "无法确认": "unverifiable"} if language == "zh" else {
+        label: label for label in ("supported", "contradicted", "unverifiable")}
+    statements = []
+    for line in content.splitlines():
+        label, _, statement = line.partition("：" if language == "zh" else ": ")
+        statements.append({"text": statement, "label": labels[label]})
+    return statements
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json_schema", "plain_text"])
+def test_the_judge_labels_every_injected_contradiction_and_passes_clean_samples(as_json: bool) -> None:
+    with (
+        StandinProcess(contradiction_rate=0.3) as process,
+        openai.OpenAI(base_url=process.base_url, api_key="EMPTY", max_retries=0, timeout=30) as judge_client,
+    ):
+        results = synthesize_and_judge(judge_client, fixture_images(12), as_json=as_json)
+        injections = process.injections()
+    injected = {(i["image_sha256"], i["language"], i["task"]): i for i in injections}
+    assert {i["kind"] for i in injections} == {"colour", "count", "quote"}
+    assert 0.15 < len(injected) / len(results) < 0.45, len(injected)
+    caught = clean = clean_flagged = 0
+    for result in results:
+        statements = judged_statements(result["response"], result["language"], as_json)
+        assert statements and all(s["label"] in {"supported", "contradicted", "unverifiable"} for s in statements)
+        contradicted = {s["text"] for s in statements if s["label"] == "contradicted"}
+        usage = result["response"].usage
+        assert usage.completion_tokens == len(result["response"].choices[0].message.content)
+        assert usage.prompt_tokens > usage.completion_tokens  # the image and the sample are in the prompt
+        injection = injected.get((result["image_sha256"], result["language"], result["task"]))
+        if injection is None:
+            clean += 1
+            clean_flagged += bool(contradicted)
+        else:
+            caught += injection["statement"] in contradicted
+    assert caught / len(injected) >= 0.9, (caught, len(injected))  # the stand-in gets 1.0
+    assert clean_flagged / clean <= 0.05, (clean_flagged, clean)  # and 0.0
+
+
+def test_rate_zero_injects_nothing(client: openai.OpenAI, vlm: StandinProcess) -> None:
+    vlm.reset_injections()
+    results = synthesize_and_judge(client, fixture_images(3))
+    assert vlm.injections() == []
+    for result in results:
+        assert all(s["label"] != "contradicted" for s in judged_statements(result["response"], result["language"], True))
+
+
+def test_the_contradiction_rate_can_be_changed_on_a_running_server_and_is_validated(vlm: StandinProcess) -> None:
+    try:
+        vlm.set_contradiction_rate(1.0)
+        vlm.reset_injections()
+        chat_client = openai.OpenAI(base_url=vlm.base_url, api_key="EMPTY", max_retries=0)
+        content = chat(chat_client, DETAIL_EN, GRASS_UNDER_WHITE).choices[0].message.content
+        [injection] = vlm.injections()
+        assert injection["statement"] in content and injection["task"] == "detail"
+        for bad in ({"rate": 1.5}, {"rate": "high"}, {}):
+            response = httpx.post(f"{vlm.root_url}/stand-in/contradictions", json=bad, timeout=10)
+            assert_vllm_error(response, 400, "BadRequestError")
+    finally:
+        vlm.set_contradiction_rate(0.0)
+        vlm.reset_injections()
+    with pytest.raises(StandinConfigError):
+        StandinProcess(contradiction_rate=-0.1)
+
+
+def test_faults_apply_to_judge_requests(faulty: StandinProcess, faulty_client: openai.OpenAI) -> None:
+    prompt = judge_request_text([{"from": "human", "value": "<image>\n颜色？"}, {"from": "gpt", "value": "画面以蓝色为主。"}], "zh")
+    faulty.set_faults(image_faults={hashlib.sha256(SKY_OVER_RED).hexdigest(): "malformed"})
+    content = chat(faulty_client, prompt, SKY_OVER_RED, response_format=JUDGE_SCHEMA).choices[0].message.content
+    assert content == "画面以蓝色为主。"  # the labels are gone: the judge's parser must reject it
+    plain = chat(faulty_client, prompt, GRASS_UNDER_WHITE).choices[0].message.content
+    assert plain.startswith(("支持：", "矛盾：", "无法确认："))
+    faulty.set_faults(fault_rates="500=1.0")
+    with pytest.raises(openai.InternalServerError):
+        chat(faulty_client, prompt, SKY_OVER_RED, response_format=JUDGE_SCHEMA)
+
+
+def test_a_bad_response_format_is_a_400(vlm: StandinProcess) -> None:
+    body = {"model": DEFAULT_MODEL, "messages": user_message("hi"), "response_format": "json"}
+    assert_vllm_error(raw_chat(vlm, body), 400, "BadRequestError")

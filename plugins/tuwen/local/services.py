@@ -154,11 +154,15 @@ def s3_service(port: int, run_dir: Path = RUN_DIR, *, on_disk: bool = True) -> B
     )
 
 
-def standin_vlm_service(port: int, model: str, run_dir: Path = RUN_DIR, extra_args: list[str] | None = None) -> BackgroundService:
+def standin_vlm_service(port: int, model: str, run_dir: Path = RUN_DIR, extra_args: list[str] | None = None,
+                        *, contradiction_rate: float = 0.0) -> BackgroundService:
+    """The stand-in VLM; `contradiction_rate` > 0 gives that share of its answers one known false
+    statement (listed by GET /stand-in/injections) for tests of the faithfulness judge's plumbing."""
+    rate_args = ["--contradiction-rate", repr(float(contradiction_rate))] if contradiction_rate else []
     return BackgroundService(
         name="standin-vlm",
         argv=[sys.executable, "-m", "tuwen.local.standin_vlm", "--host", "127.0.0.1", "--port", str(port), "--model", model,
-              *(extra_args or [])],
+              *rate_args, *(extra_args or [])],
         health_url=f"http://127.0.0.1:{port}/health",
         run_dir=run_dir,
     )

@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuwen.config import Settings
+from tuwen.config import Settings, StackSettings
 from tuwen.db.migrate import upgrade
 from tuwen.local.services import (
     RUN_DIR,
@@ -39,6 +39,9 @@ class LocalStack:
     settings: Settings
     run_dir: Path = RUN_DIR
     fixture_site_port: int = FIXTURE_SITE_PORT
+    # Share of the stand-in's answers given a known false statement (the judge's tests and demos);
+    # None: TUWEN_STANDIN_CONTRADICTION_RATE (default 0, answers as they always were).
+    standin_contradiction_rate: float | None = None
     _services: list[BackgroundService] | None = field(default=None, init=False, repr=False)
 
     def services(self) -> list[BackgroundService]:
@@ -57,7 +60,11 @@ class LocalStack:
             # With OCR on, the stand-in reads the text in each image too, so its answers quote what is
             # written there and the QC grounding check has something real to compare.
             extra = ["--ocr"] if self.settings.ocr_enabled else []
-            found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir, extra))
+            rate = self.standin_contradiction_rate
+            if rate is None:
+                rate = StackSettings.from_env().standin_contradiction_rate
+            found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir, extra,
+                                             contradiction_rate=rate))
         found.append(fixture_site_service(self.run_dir / "fixture-site", self.fixture_site_port, self.run_dir))
         return found
 

@@ -23,12 +23,22 @@ What it adds, for testing the client (stand-in only, under /stand-in/):
   answers (a NUL, a lone surrogate, a long run of blanks, enormous output); chosen per request
   from rates, deterministically when a seed is set, "fail the first N requests", or pinned to an image;
 - counters (`GET /stand-in/stats`), including requests per image hash, so a test can assert that
-  stored answers were not requested again.
+  stored answers were not requested again;
+- injected contradictions (`--contradiction-rate R`, or `POST /stand-in/contradictions {"rate": R}`
+  at run time): a share R of answers, chosen per (image, prompt), carries one false statement of a
+  known kind (a wrong colour, a wrong pixel size, a quoted text the image does not hold), and
+  `GET /stand-in/injections` lists them — test-only ground truth;
+- faithfulness-judge requests (recognised by the judge prompt's opening): the stand-in splits the
+  sample's answers into sentences and labels each by re-measuring the image (colour words against
+  its colours, sizes against its size, quoted text against its OCR text), as JSON when
+  `response_format` asks for it and as `label: statement` lines otherwise. This tests the judge's
+  plumbing end to end; it is not a model's judgement and says nothing about one (see `judging`).
 
 Run it with `python -m tuwen.local.standin_vlm --port 8000`; from Python use `serve(...)` or, in tests and
 benchmarks, the `StandinProcess` context manager that starts it as a subprocess on a free port.
 
-The modules: `answers` (what it sees in an image, the answers it writes), `faults` (latency, errors
+The modules: `answers` (what it sees in an image, the answers it writes), `judging` (injected
+contradictions and rule-based judge answers), `faults` (latency, errors
 and bad or hostile answers, chosen per request or pinned to an image), `server` (the HTTP
 endpoints), `process` (the subprocess helper and the command line), `serving` (off by default: an
 emulation of vLLM's continuous batching - max_num_seqs, a waiting queue, step times that grow with

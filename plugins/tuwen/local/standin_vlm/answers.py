@@ -215,10 +215,21 @@ def detect_task(prompt: str) -> tuple[str, str]:
 class AnswerWriter:
     """Template text about one image, in one language, varied by an RNG seeded from (image, prompt)."""
 
-    def __init__(self, features: ImageFeatures, language: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        features: ImageFeatures,
+        language: str,
+        rng: random.Random,
+        extra: str | None = None,
+        extra_rng: random.Random | None = None,
+    ) -> None:
         self.f = features
         self.zh = language == "zh"
         self.rng = rng
+        # An injected false sentence (see judging.py) and the RNG that places it: a separate RNG, so
+        # the answer around it is the same text as without it.
+        self.extra = extra
+        self.extra_rng = extra_rng or random.Random(0)
 
     # -- small vocabulary ------------------------------------------------------------------
     def t(self, zh: str, en: str) -> str:
@@ -538,7 +549,11 @@ class AnswerWriter:
         rounds = self.rounds()
         chosen = self.rng.sample(rounds, k=min(len(rounds), self.rng.randint(3, 5)))
         user, assistant = self.t("用户:", "User: "), self.t("助手:", "Assistant: ")
-        return "\n\n".join(f"{user}{self.pick(qz, qe)}\n\n{assistant}{answer()}" for qz, qe, answer in chosen)
+        pairs = [(self.pick(qz, qe), answer()) for qz, qe, answer in chosen]
+        if self.extra:
+            i = self.extra_rng.randrange(len(pairs))
+            pairs[i] = (pairs[i][0], self.join(pairs[i][1], self.extra))
+        return "\n\n".join(f"{user}{question}\n\n{assistant}{answer}" for question, answer in pairs)
 
     def complex_reasoning(self) -> tuple[str, str]:
         f = self.f
@@ -630,6 +645,8 @@ class AnswerWriter:
 
     def reasoning(self) -> str:
         question, answer = self.complex_reasoning()
+        if self.extra:
+            answer = self.join(answer, self.extra)
         return self.t(f"问题:{question}\n\n回答:{answer}", f"Question: {question}\n\nAnswer: {answer}")
 
     def description(self) -> str:
@@ -665,17 +682,30 @@ class AnswerWriter:
         closing = self.t(
             f"从这些特征看，{self.setting_guess()}。", f"Taken together, {self.setting_guess()}."
         )
-        return self.join(opening, *middle, light, text, self.sky_hint(), closing)
+        parts = [opening, *middle, light, text, self.sky_hint(), closing]
+        if self.extra:
+            parts.insert(self.extra_rng.randrange(1, len(parts)), self.extra)
+        return self.join(*parts)
 
 
-def compose_answer(task: str, language: str, features: ImageFeatures | None, rng: random.Random) -> str:
-    """The stand-in's reply for one request, before any fault or max_tokens cut."""
+def compose_answer(
+    task: str,
+    language: str,
+    features: ImageFeatures | None,
+    rng: random.Random,
+    extra: str | None = None,
+    extra_rng: random.Random | None = None,
+) -> str:
+    """The stand-in's reply for one request, before any fault or max_tokens cut.
+
+    `extra` is an injected false sentence (judging.plan_injection), placed by `extra_rng` into one
+    answer as a sentence of its own; without it the text is exactly what it always was."""
     if features is None:
         return {
             "zh": "这条消息里没有图片。请附上一张图片，我再根据图片内容回答。",
             "en": "There is no image in this message. Please attach one and I will answer about it.",
         }[language]
-    writer = AnswerWriter(features, language, rng)
+    writer = AnswerWriter(features, language, rng, extra, extra_rng)
     if task == "conversation":
         return writer.conversation()
     if task == "complex_reasoning":

@@ -22,7 +22,7 @@ from tuwen.local.standin_vlm.faults import (
     StandinConfigError,
     parse_fault_rates,
 )
-from tuwen.local.standin_vlm.server import DEFAULT_MODEL, READY_LINE_PREFIX, serve
+from tuwen.local.standin_vlm.server import DEFAULT_MODEL, READY_LINE_PREFIX, check_contradiction_rate, serve
 from tuwen.local.standin_vlm.serving import PRESETS, ServingPreset, serving_preset
 
 # --------------------------------------------------------------------------------------------
@@ -54,10 +54,12 @@ class StandinProcess:
         serving: str | None = None,
         max_num_seqs: int | None = None,
         serving_time_scale: float | None = None,
+        contradiction_rate: float = 0.0,
         host: str = "127.0.0.1",
         startup_timeout_s: float = 30.0,
     ) -> None:
         rates = parse_fault_rates(fault_rates)  # fail here, in the caller, rather than in the child
+        check_contradiction_rate(contradiction_rate)
         self.host = host
         self.model = model
         self.startup_timeout_s = startup_timeout_s
@@ -96,6 +98,8 @@ class StandinProcess:
                 self.args += ["--max-num-seqs", str(max_num_seqs)]
             if serving_time_scale is not None:
                 self.args += ["--serving-time-scale", repr(float(serving_time_scale))]
+        if contradiction_rate:
+            self.args += ["--contradiction-rate", repr(float(contradiction_rate))]
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -211,6 +215,25 @@ class StandinProcess:
 
         return httpx.get(f"{self.root_url}/metrics", timeout=10).raise_for_status().text
 
+    def injections(self) -> list[dict[str, Any]]:
+        """GET /stand-in/injections: the contradictions put into answers ({"statement", "kind", "task",
+        "language", "image_sha256"}, newest last, the last 10,000) — test-only ground truth."""
+        import httpx
+
+        response = httpx.get(f"{self.root_url}/stand-in/injections", timeout=10).raise_for_status()
+        return list(response.json()["injections"])
+
+    def reset_injections(self) -> None:
+        import httpx
+
+        httpx.post(f"{self.root_url}/stand-in/injections/reset", timeout=10).raise_for_status()
+
+    def set_contradiction_rate(self, rate: float) -> None:
+        """POST /stand-in/contradictions: change --contradiction-rate on the running server."""
+        import httpx
+
+        httpx.post(f"{self.root_url}/stand-in/contradictions", json={"rate": rate}, timeout=10).raise_for_status()
+
 
 # --------------------------------------------------------------------------------------------
 # CLI
@@ -224,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
             "A STAND-IN for vLLM's OpenAI-compatible server (GET /health, GET /v1/models, POST /v1/chat/completions), "
             "for testing and demoing tuwen without a GPU. It is NOT a model: answers are templates about image size, "
             "colours and brightness, deterministic per (image, prompt). Stand-in-only endpoints: GET/POST /stand-in/faults, "
-            "GET /stand-in/stats, POST /stand-in/stats/reset."
+            "GET /stand-in/stats, POST /stand-in/stats/reset, GET /stand-in/injections (test-only), "
+            "POST /stand-in/contradictions. A faithfulness-judge request is answered by rules that compare each "
+            "statement with the same measurements: it tests the judge's plumbing, not a model's judgement."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -275,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="divide every emulated duration by this (e.g. 20: the same batching shape, 20x faster)",
     )
+    parser.add_argument(
+        "--contradiction-rate",
+        type=float,
+        default=0.0,
+        help=(
+            "share of answers that carry one known false statement (a wrong colour, a wrong pixel size, or a "
+            "quoted text the image does not hold), chosen per (image, prompt); listed by GET /stand-in/injections "
+            "for tests (default 0)"
+        ),
+    )
     return parser
 
 
@@ -291,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hang_s=args.hang_s,
             retry_after_s=args.retry_after_s,
         )
+        check_contradiction_rate(args.contradiction_rate)
     except StandinConfigError as exc:
         parser.error(str(exc))
     serving: ServingPreset | None = None
@@ -299,4 +335,4 @@ def main(argv: Sequence[str] | None = None) -> None:
             serving = serving_preset(args.serving, max_num_seqs=args.max_num_seqs, time_scale=args.serving_time_scale)
         except StandinConfigError as exc:
             parser.error(str(exc))
-    serve(args.host, args.port, args.model, faults, args.ocr, serving=serving)
+    serve(args.host, args.port, args.model, faults, args.ocr, args.contradiction_rate, serving=serving)

@@ -45,6 +45,14 @@ from tuwen.local.standin_vlm.faults import (
     malformed,
     truncate_mid_sentence,
 )
+from tuwen.local.standin_vlm.judging import (
+    draw_injection,
+    judge_language,
+    judge_sample,
+    plan_injection,
+    render_judgement,
+    unlabelled,
+)
 from tuwen.local.standin_vlm.serving import ServingModel, ServingPreset, output_length
 
 DEFAULT_MODEL = "tuwen-standin-vlm"
@@ -54,6 +62,9 @@ READY_LINE_PREFIX = "tuwen stand-in VLM (a test double of vLLM's API, not a mode
 
 IMAGE_FETCH_TIMEOUT_S = 10.0
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# Injected contradictions remembered for GET /stand-in/injections (a test reads them back): the
+# newest this many, so a long demo cannot grow the list without bound.
+MAX_INJECTION_RECORDS = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +137,9 @@ class ParsedRequest:
     image_url: str | None
     max_tokens: int | None
     mm_processor_kwargs: Mapping[str, Any]
+    # response_format's type ("json_schema", "json_object", "text") or None: a judge request with a
+    # JSON one gets JSON, as vLLM's guided decoding would give; without one, plain text.
+    response_format: str | None = None
 
 
 def parse_chat_request(body: Any, served_model: str) -> ParsedRequest:
@@ -190,7 +204,18 @@ def parse_chat_request(body: Any, served_model: str) -> ParsedRequest:
     mm_kwargs = body.get("mm_processor_kwargs") or {}
     if not isinstance(mm_kwargs, dict):
         raise RequestError(400, "mm_processor_kwargs must be an object.", "mm_processor_kwargs")
-    return ParsedRequest("\n".join(texts), image_urls[0] if image_urls else None, max_tokens, mm_kwargs)
+    response_format = body.get("response_format")
+    if response_format is not None and not (
+        isinstance(response_format, dict) and isinstance(response_format.get("type"), str)
+    ):
+        raise RequestError(400, "response_format must be an object with a type.", "response_format")
+    return ParsedRequest(
+        "\n".join(texts),
+        image_urls[0] if image_urls else None,
+        max_tokens,
+        mm_kwargs,
+        response_format["type"] if response_format is not None else None,
+    )
 
 
 def decode_data_url(url: str) -> bytes:
@@ -201,6 +226,11 @@ def decode_data_url(url: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "Image data URL is not valid base64.", "messages") from None
+
+
+def check_contradiction_rate(rate: float) -> None:
+    if not (isinstance(rate, int | float) and 0.0 <= rate <= 1.0):
+        raise StandinConfigError(f"contradiction rate must be in [0, 1], got {rate!r}")
 
 
 def reset_connection(request: web.Request) -> None:
@@ -220,9 +250,17 @@ class StandinServer:
     """The aiohttp application and its state: served model name, fault plan, counters, caches."""
 
     def __init__(
-        self, model: str = DEFAULT_MODEL, faults: FaultConfig | None = None, ocr: bool = False
+        self,
+        model: str = DEFAULT_MODEL,
+        faults: FaultConfig | None = None,
+        ocr: bool = False,
+        contradiction_rate: float = 0.0,
     ) -> None:
+        check_contradiction_rate(contradiction_rate)
         self.model = model
+        self.contradiction_rate = contradiction_rate
+        # request key -> {"statement", "kind", ...}: what was injected (test-only ground truth).
+        self.injections: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.plan = FaultPlan(faults or FaultConfig())
         self.stats = StandinStats()
         self.ocr_enabled = ocr
@@ -241,6 +279,9 @@ class StandinServer:
         app.router.add_post("/stand-in/faults", self.set_faults)
         app.router.add_get("/stand-in/stats", self.get_stats)
         app.router.add_post("/stand-in/stats/reset", self.reset_stats)
+        app.router.add_get("/stand-in/injections", self.get_injections)
+        app.router.add_post("/stand-in/injections/reset", self.reset_injections)
+        app.router.add_post("/stand-in/contradictions", self.set_contradictions)
         app.on_startup.append(self._on_startup)
         if self.serving is not None:
             self.serving.add_routes(app)
@@ -315,6 +356,34 @@ class StandinServer:
         in_flight = self.stats.in_flight
         self.stats = StandinStats(in_flight=in_flight, max_in_flight=in_flight)
         return web.json_response(self.stats.to_json())
+
+    # -- injected contradictions (test-only ground truth) ----------------------------------
+    async def get_injections(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"contradiction_rate": self.contradiction_rate, "injections": list(self.injections.values())}
+        )
+
+    async def reset_injections(self, _request: web.Request) -> web.Response:
+        self.injections.clear()
+        return web.json_response({"contradiction_rate": self.contradiction_rate, "injections": []})
+
+    async def set_contradictions(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            rate = body["rate"] if isinstance(body, dict) else None
+            if not isinstance(rate, int | float) or isinstance(rate, bool):
+                raise StandinConfigError(f"rate must be a number, got {rate!r}")
+            check_contradiction_rate(float(rate))
+        except (json.JSONDecodeError, KeyError, StandinConfigError) as exc:
+            return error_response(400, f"expected {{\"rate\": R}} with 0 <= R <= 1: {exc}")
+        self.contradiction_rate = float(rate)
+        return web.json_response({"contradiction_rate": self.contradiction_rate})
+
+    def _record_injection(self, request_key: str, record: dict[str, Any]) -> None:
+        self.injections[request_key] = record
+        self.injections.move_to_end(request_key)
+        if len(self.injections) > MAX_INJECTION_RECORDS:
+            self.injections.popitem(last=False)
 
     # -- chat completions ------------------------------------------------------------------
     async def load_image(self, url: str) -> bytes:
@@ -420,14 +489,30 @@ class StandinServer:
             # The handler must still return something; aiohttp discards it because the transport is gone.
             return web.Response(status=500)
 
-        task, language = detect_task(parsed.prompt)
         rng = random.Random(request_key)
-        content = compose_answer(task, language, features, rng)
+        injection = None
+        if (judged_in := judge_language(parsed.prompt)) is not None:
+            # A faithfulness-judge request: labels from re-measuring the image, never from the record
+            # of what was injected (see judging.py: this exercises the judge's plumbing only).
+            task, language = "judge", judged_in
+            if features is None:
+                content = compose_answer(task, language, None, rng)
+            else:
+                as_json = parsed.response_format in {"json_schema", "json_object"}
+                content = render_judgement(judge_sample(parsed.prompt, language, features), language, as_json)
+        else:
+            task, language = detect_task(parsed.prompt)
+            extra_rng = draw_injection(request_key, self.contradiction_rate) if features is not None else None
+            if extra_rng is not None and features is not None:
+                injection = plan_injection(features, language, extra_rng)
+            content = compose_answer(
+                task, language, features, rng, injection.statement if injection else None, extra_rng
+            )
         finish_reason = "stop"
         if fault == "refusal":
             content = REFUSAL[language]
         elif fault == "malformed":
-            content = malformed(content, task)
+            content = unlabelled(content) if task == "judge" else malformed(content, task)
         elif fault == "truncated":
             content, finish_reason = truncate_mid_sentence(content, rng), "length"
         # One token per character: the stand-in's cheap, documented stand-in for a tokenizer.
@@ -435,6 +520,13 @@ class StandinServer:
             content, finish_reason = content[: parsed.max_tokens], "length"
         if fault in HOSTILE_FAULTS:
             content = hostile_answer(fault, content)  # a misbehaving server ignores max_tokens too
+        if injection is not None and injection.statement in content:
+            # Only what the client really received counts: a refusal or a cut may have dropped it.
+            self._record_injection(
+                request_key,
+                {"statement": injection.statement, "kind": injection.kind, "task": task,
+                 "language": language, "image_sha256": image_sha},
+            )
         image_tokens = 0
         if features is not None:
             kwargs = parsed.mm_processor_kwargs
@@ -488,9 +580,10 @@ async def run_server(
     ocr: bool = False,
     stop: asyncio.Event | None = None,
     serving: ServingPreset | None = None,
+    contradiction_rate: float = 0.0,
 ) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); prints one line saying where it listens."""
-    server = StandinServer(model=model, faults=faults, ocr=ocr)
+    server = StandinServer(model=model, faults=faults, ocr=ocr, contradiction_rate=contradiction_rate)
     if serving is not None:
         server.enable_serving(serving)
     # handler_cancellation: a client that gives up on a hung request frees its handler at once.
@@ -501,7 +594,8 @@ async def run_server(
     await site.start()
     bound_port = runner.addresses[0][1]
     print(
-        f"{READY_LINE_PREFIX} http://{host}:{bound_port}/v1 (model {model!r}, faults {json.dumps(server.plan.config.to_json())})",
+        f"{READY_LINE_PREFIX} http://{host}:{bound_port}/v1 (model {model!r}, faults {json.dumps(server.plan.config.to_json())}, "
+        f"contradiction rate {server.contradiction_rate:g})",
         flush=True,
     )
     stop = stop or asyncio.Event()
@@ -521,6 +615,7 @@ def serve(
     model: str = DEFAULT_MODEL,
     faults: FaultConfig | None = None,
     ocr: bool = False,
+    contradiction_rate: float = 0.0,
     serving: ServingPreset | None = None,
 ) -> None:
     """Run the stand-in in the foreground (blocking) until SIGINT/SIGTERM. Port 0 picks a free port."""
@@ -531,5 +626,5 @@ def serve(
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run_server(host, port, model, faults, ocr, serving=serving))
+        runner.run(run_server(host, port, model, faults, ocr, contradiction_rate=contradiction_rate, serving=serving))
 

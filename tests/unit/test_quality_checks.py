@@ -79,7 +79,8 @@ def test_labelled_set_covers_every_check_and_task() -> None:
     assert len(ROWS) >= 60
     assert len({row["id"] for row in ROWS}) == len(ROWS)
     failing = Counter(reason for row in ROWS for reason in row["expected_reasons"])
-    assert {name: failing[name] for name in CHECKS if failing[name] < 2} == {}
+    # faithfulness.judge reads the judge's verdict, not the text: tests/unit/test_quality_faithfulness.py.
+    assert {name: failing[name] for name in CHECKS if failing[name] < 2 and name != "faithfulness.judge"} == {}
     good = [row for row in ROWS if row["expected"] == "pass"]
     assert len(good) >= 20
     assert {row["task_type"] for row in good} == set(TASK_TYPES)

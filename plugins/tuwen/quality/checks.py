@@ -37,6 +37,9 @@ class SampleForQC:
     conversations: Sequence[Mapping[str, Any]]
     finish_reason: str | None = None
     ocr_text: str | None = None  # None: OCR did not run; "": it ran and found no text
+    # The faithfulness judge's verdict (its latest succeeded judgement): statements the image
+    # contradicts. None: the judge has not judged the sample, which passes `faithfulness.judge`.
+    judge_contradicted: int | None = None
 
 
 @dataclass
@@ -102,6 +105,8 @@ class QCConfig:
     quote_seen_share: float = 0.6
     max_ungrounded_quote_share: float = 0.5
     quote_requires_cue: bool = True
+    # faithfulness: a judged sample fails when at least this many of its statements are contradicted
+    judge_max_contradicted: int = 1
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,13 @@ _SPECS = (
         1,
         "quoted Chinese text presented as text in the image (写着“…”, 「…」字样) was seen by OCR",
         ("quote_seen_share", "max_ungrounded_quote_share", "quote_requires_cue"),
+    ),
+    CheckSpec(
+        "faithfulness.judge",
+        1,
+        "when the faithfulness judge (a VLM shown the image, tuwen.judge) has judged the sample, its latest "
+        "succeeded judgement finds fewer contradicted statements than the limit; a sample not judged passes",
+        ("judge_max_contradicted",),
     ),
 )
 CHECKS: dict[str, CheckSpec] = {spec.name: spec for spec in _SPECS}
@@ -722,6 +734,12 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
         _check_conversation(questions, answers, config, failed, metrics)
         if sample.ocr_text is not None:
             _check_grounding(sample, answers_text, quotes, config, failed, metrics)
+    # The judge's verdict is about the sample as stored, answers or not; unjudged is not failed.
+    metrics["judged"] = float(sample.judge_contradicted is not None)
+    if sample.judge_contradicted is not None:
+        metrics["judge_contradicted"] = float(sample.judge_contradicted)
+        if sample.judge_contradicted >= config.judge_max_contradicted:
+            failed.add("faithfulness.judge")
 
     reasons = [name for name in CHECKS if name in failed]
     return SampleVerdict(passed=not reasons, reasons=reasons, metrics=metrics)

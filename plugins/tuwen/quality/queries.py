@@ -54,10 +54,26 @@ def scope_ids(engine: Engine, scope: ReleaseScope) -> list[str]:
     return ids
 
 
+# The latest succeeded judgement of each sample in one id range (the faithfulness judge, check
+# faithfulness.judge). DISTINCT ON over the range alone — the planner does not carry s.id's range into
+# a subquery, so it is written there — reads judgement.sample_id's index once per chunk: no cost without
+# judgements, one range scan with them, instead of a probe per sample.
+LATEST_JUDGEMENT_SQL = (
+    "SELECT DISTINCT ON (sample_id) sample_id, n_contradicted FROM judgement "
+    "WHERE status = 'succeeded' AND sample_id BETWEEN %(lo)s AND %(hi)s "
+    "ORDER BY sample_id, completed_at DESC NULLS LAST, id DESC"
+)
+
+
 def scope_rows(engine: Engine, scope: ReleaseScope, lo: str, hi: str) -> Sequence[tuple[Any, ...]]:
     """The check inputs of the samples in scope with lo <= id <= hi: (id, task_type, language,
-    conversations, finish_reason, ocr_text) tuples, unordered."""
+    conversations, finish_reason, ocr_text, judge_contradicted) tuples, unordered; judge_contradicted
+    is the latest succeeded judgement's n_contradicted, None when the sample has none."""
     sql, params = scope_sql(scope)
+    select, _, rest = sql.partition(" FROM ")
+    joins, _, where = rest.partition(" WHERE ")
+    sql = (f"{select}, j.n_contradicted FROM {joins} LEFT JOIN ({LATEST_JUDGEMENT_SQL}) j ON j.sample_id = s.id "
+           f"WHERE {where}")
     raw = engine.raw_connection()
     try:
         with closing(raw.cursor()) as cur:

@@ -137,8 +137,9 @@ def _judge_chunk(database: Engine | str, scope: ReleaseScope, config: QCConfig,
     task_index = {task: i for i, task in enumerate(TASK_TYPES)}
     bits = _BIT
     dumps = json.dumps
-    for sample_id, task_type, language, conversations, finish_reason, ocr_text in rows:
-        verdict = run_checks(SampleForQC(task_type, language, conversations, finish_reason, ocr_text), config)
+    for sample_id, task_type, language, conversations, finish_reason, ocr_text, judge_contradicted in rows:
+        verdict = run_checks(
+            SampleForQC(task_type, language, conversations, finish_reason, ocr_text, judge_contradicted), config)
         mask = 0
         for reason in verdict.reasons:
             mask |= bits[reason]

@@ -43,12 +43,15 @@ def tuwen_crawl() -> None:
     def list_sites() -> list[str]:
         from tuwen.config import Settings
         from tuwen.crawl.sites import load_sites
+        from tuwen.domain import ParamError
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         wanted = get_current_context()["params"].get("sites") or []
-        names = list(load_sites(Settings.from_env().sites_file))
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            raise ValueError(f"unknown sites {unknown}; the sites file has {names}")
+        with fail_fast_on_bad_input():
+            names = list(load_sites(Settings.from_env().sites_file))
+            unknown = sorted(set(wanted) - set(names))
+            if unknown:
+                raise ParamError(f"param sites: unknown {unknown}; the sites file has {names}")
         return [n for n in names if not wanted or n in wanted]
 
     @task(max_active_tis_per_dagrun=4)
@@ -57,11 +60,14 @@ def tuwen_crawl() -> None:
         from tuwen.crawl.run import run_crawl
         from tuwen.domain import resolve_partition
         from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
-        partition = resolve_partition(context)
+        with fail_fast_on_bad_input():
+            partition = resolve_partition(context)
+            settings = Settings.from_env()
         summary = run_crawl(
-            Resources.from_settings(Settings.from_env()), site, partition.start,
+            Resources.from_settings(settings), site, partition.start,
             dag_id=context["dag"].dag_id, run_id=context["run_id"],
         )
         return summary.as_dict()
@@ -70,10 +76,12 @@ def tuwen_crawl() -> None:
     def ocr_images(summaries: list[dict]) -> dict:
         from tuwen.config import Settings
         from tuwen.domain import resolve_partition
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
-        partition = resolve_partition(context)
-        settings = Settings.from_env()
+        with fail_fast_on_bad_input():
+            partition = resolve_partition(context)
+            settings = Settings.from_env()
         done = 0
         if settings.ocr_enabled:
             from tuwen.crawl.ocr import ocr_pending  # loads the OCR models: only when OCR is on

@@ -75,13 +75,17 @@ def tuwen_export() -> None:
         from tuwen.release.export import check_can_publish
         from tuwen.release.params import release_params_for_run
         from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
-        resources = Resources.from_settings(Settings.from_env())
         # The params are parsed once, and the release's name and params checked before the gate runs:
         # a bad name or a published one (without overwrite) fails here, not after the gate.
-        scope = ReleaseScope.from_params(context["params"])
-        release = release_params_for_run(context["params"], context["run_id"], context.get("logical_date"), scope)
+        with fail_fast_on_bad_input():
+            settings = Settings.from_env()
+            scope = ReleaseScope.from_params(context["params"])
+            release = release_params_for_run(context["params"], context["run_id"], context.get("logical_date"),
+                                             scope)
+        resources = Resources.from_settings(settings)
         check_can_publish(resources.engine, release)
         # Raises QualityGateFailed below the bar (export_release is then skipped as upstream_failed);
         # the QC report is published to qc/<qc_run>/report/ either way.
@@ -94,10 +98,13 @@ def tuwen_export() -> None:
         from tuwen.release.export import write_release
         from tuwen.release.params import ReleaseParams
         from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
-        params = ReleaseParams.from_params(gate["release"], context["params"])
-        result = write_release(Resources.from_settings(Settings.from_env()), params,
+        with fail_fast_on_bad_input():
+            params = ReleaseParams.from_params(gate["release"], context["params"])
+            settings = Settings.from_env()
+        result = write_release(Resources.from_settings(settings), params,
                                dag_id=context["dag"].dag_id, run_id=context["run_id"], qc_run_id=gate["qc_run_id"])
         # The report the gate decided on is part of the release (qc_report/, listed in the manifest).
         report = result.local_path / "qc_report" / "index.html"

@@ -18,7 +18,14 @@ which keeps going, and every batch task of every run shares the pool `vlm`.
 **Params**: `language` (zh, en or mix with `en_share`), `task_types`, `prompt_version` (empty:
 latest), `limit` (at most this many new completions), `force_regenerate` (pay again on purpose: the new
 answers are new generations and samples keyed by this run, the earlier ones stay, and releases
-that shipped them still reference them).
+that shipped them still reference them), `judge` (empty: TUWEN_JUDGE_ENABLED).
+
+**Faithfulness judge** (optional, `tuwen.judge`): after the batches, `plan_judging` lists the
+partition's samples without a stored verdict and `judge` is mapped over them in the same pool
+`vlm`: the VLM (or the model of TUWEN_JUDGE_*) is shown each sample with its image and labels its
+statements supported / contradicted / unverifiable, each verdict stored as it arrives and never
+paid twice. A judge endpoint that is down leaves the samples unjudged with the reason and does not
+fail the run; the next run asks again. Disabled, `plan_judging` returns no batches and `judge` skips.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from tuwen.domain import LANGUAGES, TASK_TYPES
         "prompt_version": Param(None, type=["null", "integer"], description="prompt version; empty = latest"),
         "limit": Param(None, type=["null", "integer"], minimum=0, description="max new completions"),
         "force_regenerate": Param(False, type="boolean", description="request again even if stored"),
+        "judge": Param(None, type=["null", "boolean"],
+                       description="run the faithfulness judge; empty = TUWEN_JUDGE_ENABLED"),
     },
     tags=["tuwen"],
     doc_md=__doc__,
@@ -60,10 +69,14 @@ def tuwen_synthesize() -> None:
         from tuwen.resources import Resources
         from tuwen.synthesis.keys import RunParams
         from tuwen.synthesis.planning import plan_partition
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
-        params = RunParams.from_params(context["params"], context["run_id"])
-        plan = plan_partition(Resources.from_settings(Settings.from_env()), resolve_partition(context), params)
+        with fail_fast_on_bad_input():
+            params = RunParams.from_params(context["params"], context["run_id"])
+            partition = resolve_partition(context)
+            settings = Settings.from_env()
+        plan = plan_partition(Resources.from_settings(settings), partition, params)
         print(f"partition {plan.partition}: {plan.images} images, {plan.newly_assigned} newly assigned a task, "
               f"{plan.already_done} already stored, {plan.to_request} to request in {len(plan.batches)} batches")
         return plan.batches
@@ -74,25 +87,79 @@ def tuwen_synthesize() -> None:
         from tuwen.resources import Resources
         from tuwen.synthesis.keys import RunParams
         from tuwen.synthesis.runner import AirflowIds, run_batch
+        from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
         ids = AirflowIds(context["dag"].dag_id, context["run_id"], context["task"].task_id,
                          context["ti"].map_index)
-        params = RunParams.from_params(context["params"], context["run_id"])
-        result = run_batch(Resources.from_settings(Settings.from_env()), batch["image_ids"], params, ids)
+        with fail_fast_on_bad_input():
+            params = RunParams.from_params(context["params"], context["run_id"])
+            settings = Settings.from_env()
+        result = run_batch(Resources.from_settings(settings), batch["image_ids"], params, ids)
         return result.as_dict()
 
-    @task
-    def summarize(results: list[dict]) -> dict:
-        totals: dict[str, int] = {}
-        for result in results:
-            for name, value in result.items():
-                if isinstance(value, int):
-                    totals[name] = totals.get(name, 0) + value
-        print(f"synthesis totals: {totals}")
-        return totals
+    # none_failed: judging also runs when there was nothing new to synthesize (the batches skipped).
+    @task(trigger_rule="none_failed")
+    def plan_judging() -> list[dict]:
+        from tuwen.config import Settings
+        from tuwen.domain import resolve_partition
+        from tuwen.judge.keys import JudgeRunParams
+        from tuwen.judge.planning import plan_judging as plan_partition_judging
+        from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
 
-    summarize(synthesize.expand(batch=plan()))
+        context = get_current_context()
+        with fail_fast_on_bad_input():
+            settings = Settings.from_env()
+            params = JudgeRunParams.from_params(context["params"], settings)
+            partition = resolve_partition(context)
+        plan = plan_partition_judging(Resources.from_settings(settings), partition, params)
+        if not plan.enabled:
+            print("faithfulness judge off (param judge / TUWEN_JUDGE_ENABLED)")
+        else:
+            print(f"judge partition {plan.partition}: {plan.samples} samples, {plan.already_done} already judged, "
+                  f"{plan.to_judge} to judge in {len(plan.batches)} batches")
+        return plan.batches
+
+    @task(pool="vlm")
+    def judge(batch: dict) -> dict:
+        from tuwen.config import Settings
+        from tuwen.judge.keys import JudgeRunParams
+        from tuwen.judge.runner import run_judge_batch
+        from tuwen.resources import Resources
+        from tuwen.synthesis.runner import AirflowIds
+        from tuwen.task_failure import fail_fast_on_bad_input
+
+        context = get_current_context()
+        ids = AirflowIds(context["dag"].dag_id, context["run_id"], context["task"].task_id,
+                         context["ti"].map_index)
+        with fail_fast_on_bad_input():
+            settings = Settings.from_env()
+            params = JudgeRunParams.from_params(context["params"], settings)
+        result = run_judge_batch(Resources.from_settings(settings), batch["sample_ids"], params, ids)
+        return result.as_dict()
+
+    @task(trigger_rule="none_failed")
+    def summarize(results: list[dict], verdicts: list[dict]) -> dict:
+        summary: dict[str, dict[str, int]] = {}
+        for stage, outcomes in (("synthesis", results), ("judge", verdicts)):
+            totals: dict[str, int] = {}
+            for result in outcomes or []:
+                for name, value in result.items():
+                    if isinstance(value, int):
+                        totals[name] = totals.get(name, 0) + value
+            summary[stage] = totals
+            print(f"{stage} totals: {totals}")
+        down = [v["endpoint_down"] for v in verdicts or [] if v.get("endpoint_down")]
+        if down:
+            print(f"WARNING: the judge endpoint was down in {len(down)} batches; those samples are unjudged "
+                  f"(recorded as failed judgements; the next run asks again): {down[0]}")
+        return summary
+
+    synthesized = synthesize.expand(batch=plan())
+    judge_batches = plan_judging()
+    synthesized >> judge_batches
+    summarize(synthesized, judge.expand(batch=judge_batches))
 
 
 tuwen_synthesize()

@@ -12,11 +12,11 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 # The venv is rebuilt when requirements.txt or pyproject.toml change; uv installs the pinned set fast.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-overrides.txt pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "tuwen needs Python 3.11 ($(PY)) on PATH"; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
-	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt --override requirements-overrides.txt
 	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 	@echo "venv ready: $(VENV)"
@@ -62,7 +62,8 @@ down: venv
 	@$(BIN)/tuwen down
 
 lock:
-	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --no-header
+	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --no-header \
+		--override requirements-overrides.txt
 
 clean:
 	-@test -x $(BIN)/tuwen && $(BIN)/tuwen down

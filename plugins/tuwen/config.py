@@ -372,6 +372,17 @@ class Settings(_Declared):
     judge_structured_output: bool = setting(
         True, "Ask the judge for JSON by response_format json_schema (vLLM's guided decoding); off: plain text.")
 
+    # Curation (tuwen.curate, issue 18): between the crawl and synthesis.
+    curate_enabled: bool = setting(
+        True, "Curate accepted images before synthesis; off: every accepted image counts as curated.")
+    curate_zh_share: Share = setting(
+        0.7, "Least share of a partition's curated images with Chinese text (the seed: most); the rest are held.")
+    curate_personal_data: Literal["held", "rejected"] = setting(
+        "held", "Verdict on an image whose OCR text shows personal data (phone, ID card, e-mail, plate).")
+    curate_filters_off: str = setting(
+        "", "Curation filters switched off, comma-separated (qr_code, low_information, simple_graphic, "
+        "personal_data, unsafe).", kind="names, comma-separated")
+    curate_tasks: PositiveInt = setting(4, "Mapped curation tasks per crawl partition (pool `curate`).")
 
     @property
     def judge_endpoint(self) -> tuple[str, str, str]:

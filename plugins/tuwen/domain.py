@@ -24,6 +24,9 @@ HUMAN, GPT = "human", "gpt"
 IMAGE_STATUSES = ("accepted", "rejected", "duplicate", "near_duplicate", "taken_down")
 GENERATION_STATUSES = ("pending", "succeeded", "failed", "unparseable")
 QC_STATUSES = ("pending", "passed", "failed", "taken_down")
+# An accepted image's curation verdict (tuwen.curate): synthesis takes only `curated` images; `held` ones are
+# kept back by a policy (the Chinese-text share, personal data) and a changed setting can release them.
+CURATION_STATUSES = ("curated", "held", "rejected")
 
 
 class ParamError(ValueError):

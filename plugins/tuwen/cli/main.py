@@ -194,6 +194,22 @@ def _ocr(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _curate(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from tuwen.curate.queries import counts
+    from tuwen.curate.run import apply_zh_policy, curate_pending
+    from tuwen.resources import Resources
+
+    resources = Resources.from_settings(settings)
+    result: dict = {"filters": curate_pending(resources, args.partition_date, args.limit).as_dict()}
+    if args.partition_date:
+        result["policy"] = apply_zh_policy(resources, args.partition_date)
+    result["counts"] = counts(resources.engine, args.partition_date)
+    print(json.dumps(result, ensure_ascii=False, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuwen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_ocr)
+    p = sub.add_parser("curate", help="curate accepted images (filters, then the Chinese-text policy of the day)")
+    p.add_argument("--partition-date", type=dt.date.fromisoformat)
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=_curate)
     p = sub.add_parser("status", help="today's counts, queue depth, error rates, last release, lost objects")
     p.add_argument("--hours", type=int, default=24, help="window for rates and counts (default 24)")
     p.add_argument("--store-sample", type=int, default=200,

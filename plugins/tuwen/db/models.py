@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tuwen.domain import GENERATION_STATUSES, IMAGE_STATUSES, QC_STATUSES, TASK_TYPES
+from tuwen.domain import CURATION_STATUSES, GENERATION_STATUSES, IMAGE_STATUSES, QC_STATUSES, TASK_TYPES
 
 # Stable constraint names so Alembic migrations (and downgrades) are deterministic.
 NAMING = {
@@ -112,6 +112,32 @@ class Image(Base):
         CheckConstraint("status = 'accepted' OR status = 'taken_down' OR reason IS NOT NULL", name="reason"),
         Index("ix_image_crawl_date_status", "crawl_date", "status"),
         Index("ix_image_phash", "phash"),
+    )
+
+
+class Curation(Base):
+    """An accepted image's current curation verdict (issue 18, migration 0010): one row per image, rewritten
+    when the curation config changes (a threshold, a switched-off filter, the Chinese-text share), so a
+    re-curation re-labels without re-crawling. `reasons` are stable filter names; `scores` the filters'
+    measurements; personal data is recorded by kind (`personal_data.mobile`), never its value."""
+
+    __tablename__ = "curation"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    reasons: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
+    scores: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    config_version: Mapped[str] = mapped_column(String(40))
+    curated_at: Mapped[dt.datetime] = _now()
+    dag_id: Mapped[str | None] = mapped_column(String(250))
+    run_id: Mapped[str | None] = mapped_column(String(250))
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", CURATION_STATUSES), name="status"),
+        CheckConstraint("status = 'curated' OR reasons <> '[]'::jsonb", name="reason"),
+        Index("ix_curation_status", "status"),
     )
 
 

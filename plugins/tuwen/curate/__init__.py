@@ -1,0 +1,1 @@
+"""Curation: which accepted images reach synthesis (filters, the Chinese-text policy, the verdict per image)."""

@@ -12,6 +12,7 @@ import datetime as dt
 import time
 from collections import Counter
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from bench.common import seed_images
@@ -133,7 +134,8 @@ def test_a_dead_judge_endpoint_leaves_samples_unjudged_with_a_reason(settings: S
         assert Counter(r[0] for r in _rows(resources.settings, "SELECT status FROM judgement")) == {"succeeded": 30}
 
 
-def test_injected_contradictions_come_back_contradicted(settings: Settings) -> None:
+def test_injected_contradictions_come_back_contradicted(settings: Settings, capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
     # The stand-in's own rules find its own injections: plumbing, not a model's judgement.
     with StandinProcess(contradiction_rate=0.4) as vlm:
         resources = _synthesized(settings, 40, vlm.base_url)
@@ -154,3 +156,13 @@ def test_injected_contradictions_come_back_contradicted(settings: Settings) -> N
         statements = {s["text"] for r in _rows(resources.settings, "SELECT statements FROM judgement")
                       for s in r.statements if s["label"] == "contradicted"}
         assert any(stmt.rstrip("。.") in " ".join(statements) for stmt in injected)
+
+        # `make demo`'s summary reports the same counts.
+        from tuwen.local.demo import print_summary, summarize
+
+        summary = summarize(resources.settings)
+        assert summary.judged_samples == len(samples) and summary.contradicted_samples == len(flagged)
+        assert summary.judgements_by_status == {"succeeded": len(samples)}
+        print_summary(resources.settings, summary)
+        out = capsys.readouterr().out
+        assert f"judged {len(samples)}/{len(samples)} samples, {len(flagged)} with a contradicted statement" in out

@@ -25,6 +25,9 @@ class PipelineSummary:
     rejection_reasons: dict[str, int]
     samples_by_task: dict[str, int]
     generations_by_status: dict[str, int]
+    judgements_by_status: dict[str, int]
+    judged_samples: int  # samples with a succeeded faithfulness verdict
+    contradicted_samples: int  # of those, the ones with at least one contradicted statement
     qc_pass_rate: float | None
     qc_passed: int
     qc_total: int
@@ -40,6 +43,11 @@ def summarize(settings: Settings, release: str | None = None) -> PipelineSummary
             .group_by(ImageSource.reason)).tuples() if reason is not None}
         samples = dict(s.execute(select(Sample.task_type, func.count()).group_by(Sample.task_type)).all())
         generations: dict[str, int] = dict(s.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).tuples().all())
+        judgements: dict[str, int] = {status: n for status, n in s.execute(
+            text("SELECT status, count(*) FROM judgement GROUP BY status"))}
+        judged, contradicted = s.execute(text(
+            "SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE n_contradicted > 0) "
+            "FROM judgement WHERE status = 'succeeded'")).one()
         qc = s.execute(select(QCRun).order_by(QCRun.id.desc()).limit(1)).scalar_one_or_none()
         query = select(Export).where(Export.status == "published").order_by(Export.published_at.desc())
         if release:
@@ -48,6 +56,7 @@ def summarize(settings: Settings, release: str | None = None) -> PipelineSummary
         return PipelineSummary(
             images_by_status=images, sources_by_outcome=sources, rejection_reasons=reasons,
             samples_by_task=samples, generations_by_status=generations,
+            judgements_by_status=judgements, judged_samples=judged, contradicted_samples=contradicted,
             qc_pass_rate=qc.pass_rate if qc else None, qc_passed=qc.n_passed if qc else 0,
             qc_total=qc.n_samples if qc else 0,
             release=None if export is None else {
@@ -67,6 +76,10 @@ def print_summary(settings: Settings, summary: PipelineSummary) -> None:
     print(f"mentions by reason:     {fmt(summary.rejection_reasons)}")
     print(f"generations (paid):     {fmt(summary.generations_by_status)}")
     print(f"samples per task:       {fmt(summary.samples_by_task)}")
+    n_samples = sum(summary.samples_by_task.values())
+    print(f"faithfulness judge:     judged {summary.judged_samples}/{n_samples} samples, "
+          f"{summary.contradicted_samples} with a contradicted statement (judgements: "
+          f"{fmt(summary.judgements_by_status)})")
     if summary.qc_pass_rate is not None:
         print(f"QC pass rate:           {summary.qc_passed}/{summary.qc_total} = {100 * summary.qc_pass_rate:.1f}%")
     if summary.release:
@@ -76,6 +89,9 @@ def print_summary(settings: Settings, summary: PipelineSummary) -> None:
         print(f"  in bucket: {r['s3']}  (S3 endpoint http://{settings.s3_endpoint})")
     print("\nAnswers came from the STAND-IN VLM server (a test double of vLLM's API, not a model)"
           if settings.vlm_model == "tuwen-standin-vlm" else f"\nAnswers came from {settings.vlm_model}")
+    if settings.judge_endpoint[1] == "tuwen-standin-vlm":
+        print("The faithfulness judge was the stand-in too: its verdicts exercise the plumbing, not a model's "
+              "judgement\n(TUWEN_STANDIN_CONTRADICTION_RATE=0.1 make demo has it inject known contradictions to find).")
     print("To use a real Qwen2.5-VL served by vLLM, set e.g.\n"
           "  TUWEN_VLM_BASE_URL=http://gpu-host:8000/v1 TUWEN_VLM_MODEL=Qwen/Qwen2.5-VL-32B-Instruct make demo")
     db = settings.database_url.replace("postgresql+psycopg2://", "postgresql://")
@@ -97,7 +113,11 @@ def run_demo(settings: Settings, release: str = "tuwen-demo", logical_date: dt.d
     for dag_id in DAG_ORDER:
         # The demo republishes its own release each run: byte-identical files leave the published
         # version as it is; changed lineage publishes a new version and keeps the old one (superseded).
-        conf = {"release": release, "overwrite": True} if dag_id == "tuwen_export" else None
+        conf: dict[str, Any] | None = None
+        if dag_id == "tuwen_export":
+            conf = {"release": release, "overwrite": True}
+        elif dag_id == "tuwen_synthesize":
+            conf = {"judge": True}  # the demo shows the optional faithfulness judge (off by default)
         print(f"airflow dags test {dag_id} {day} ...", flush=True)
         log_file = dags_test(dag_id, day, env, log_dir, conf=conf)
         print(f"  ok (log {log_file})")

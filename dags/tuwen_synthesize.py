@@ -31,10 +31,10 @@ fail the run; the next run asks again. Disabled, `plan_judging` returns no batch
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
+from tuwen.config import StackSettings
 from tuwen.domain import LANGUAGES, TASK_TYPES
 
 
@@ -45,7 +45,7 @@ from tuwen.domain import LANGUAGES, TASK_TYPES
     catchup=False,
     max_active_runs=2,
     # TUWEN_RETRY_DELAY_S lets the fault tests watch a retry within seconds; production keeps a minute.
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=int(os.environ.get("TUWEN_RETRY_DELAY_S", "60")))},
+    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=StackSettings.from_env().retry_delay_s)},
     params={
         "date_from": Param(None, type=["null", "string"], format="date", description="first crawl date"),
         "date_to": Param(None, type=["null", "string"], format="date", description="last crawl date"),

@@ -1,8 +1,9 @@
 """Every setting tuwen reads from the environment, declared once: variable, type, default and meaning.
 
 `Settings` (the pipeline's settings) and `CrawlSettings` (the Scrapy process's) are frozen dataclasses
-whose fields are the declaration: the variable is TUWEN_ + the field's name in capitals, the annotation
-is its type with its bounds, the field's default is the default and `setting(...)` gives the meaning.
+whose fields are the declaration: the variable is TUWEN_ + the field's name in capitals (or the
+`env` name a variable shared with docker compose keeps), the annotation is its type with its bounds,
+the field's default is the default and `setting(...)` gives the meaning.
 Pydantic checks every value whenever an object is built (`from_env()` at a process's start,
 `Settings(...)`, `dataclasses.replace(...)`), and a bad value raises one ConfigError that names the
 variable and what it accepts.
@@ -142,10 +143,11 @@ LogLevel = Annotated[Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], B
 
 
 def setting(default: Any = None, meaning: str = "", *, kind: str = "", secret: bool = False,
-            factory: Callable[[], Any] | None = None) -> Any:
+            factory: Callable[[], Any] | None = None, env: str = "") -> Any:
     """A declared setting: its default and one line on what it means (`kind` names its accepted form
-    where the type alone does not say; a `secret` value is never repeated in an error)."""
-    metadata = {"meaning": meaning, "kind": kind, "secret": secret}
+    where the type alone does not say; a `secret` value is never repeated in an error; `env` is the
+    variable's name where it is not TUWEN_ + the field's name: one docker compose reads too)."""
+    metadata = {"meaning": meaning, "kind": kind, "secret": secret, "env": env}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -165,6 +167,11 @@ class Variable(NamedTuple):
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
+
+
+def _env_of(field: dataclasses.Field[Any]) -> str:
+    """The variable of a declared field."""
+    return field.metadata.get("env") or env_name(field.name)
 
 
 def env_text(value: Any) -> str:
@@ -233,14 +240,14 @@ class _Declared:
             if isinstance(value, str | Path) and _CONTROL_CHARS.search(str(value)):
                 # A carriage return or NUL in a path, URL or name is a paste mistake, and would not
                 # survive the trip through the environment to a task or the spider.
-                problems.append(f"{env_name(field.name)} must not contain control characters, "
+                problems.append(f"{_env_of(field)} must not contain control characters, "
                                 f"got {_shown(field, value)}")
                 continue
             try:
                 checked = _adapters(type(self))[field.name].validate_python(value)
             except ValidationError as exc:
                 problem = _problem(exc.errors()[0])
-                problems.append(f"{env_name(field.name)} {problem}, got {_shown(field, value)}")
+                problems.append(f"{_env_of(field)} {problem}, got {_shown(field, value)}")
                 continue
             object.__setattr__(self, field.name, checked)
         if not problems:
@@ -258,7 +265,7 @@ class _Declared:
         environ = os.environ if environ is None else environ
         given = {}
         for field in dataclasses.fields(cast(Any, cls)):
-            value = environ.get(env_name(field.name), "").strip()
+            value = environ.get(_env_of(field), "").strip()
             if value:
                 given[field.name] = value
         return cast(Self, cast(Any, cls)(**given))
@@ -266,14 +273,14 @@ class _Declared:
     def to_env(self) -> dict[str, str]:
         """The TUWEN_* variables that rebuild these settings with `from_env()` in another process
         (Airflow tasks, the spider subprocess)."""
-        return {env_name(f.name): env_text(getattr(self, f.name)) for f in dataclasses.fields(cast(Any, self))}
+        return {_env_of(f): env_text(getattr(self, f.name)) for f in dataclasses.fields(cast(Any, self))}
 
     @classmethod
     def variables(cls) -> list[Variable]:
         """The declaration as documentation: every variable with its accepted form, default and meaning."""
         defaults = cast(Any, cls)()
         return [
-            Variable(env_name(f.name), f.metadata["kind"] or _kind(_adapters(cls)[f.name]),
+            Variable(_env_of(f), f.metadata["kind"] or _kind(_adapters(cls)[f.name]),
                      _doc_default(getattr(defaults, f.name)), f.metadata["meaning"])
             for f in dataclasses.fields(cast(Any, cls))
         ]
@@ -337,6 +344,10 @@ class Settings(_Declared):
     vlm_timeout_s: Seconds = setting(120.0, "Per-request timeout in seconds.")
     vlm_max_retries: NonNegativeInt = setting(4, "Retries per request (the only retry layer around the VLM).")
     vlm_max_in_flight: PositiveInt = setting(32, "Concurrent requests per task; see VLM_POOL_SLOTS.")
+    vlm_inflight_control: Literal["fixed", "aimd"] = setting(
+        "fixed", "fixed: TUWEN_VLM_MAX_IN_FLIGHT requests per task; aimd: as many as keep vLLM's running "
+        "batch full and its queue short (read from its /metrics, else latency), TUWEN_VLM_MAX_IN_FLIGHT the ceiling.")
+    vlm_metrics_poll_s: Seconds = setting(1.0, "How often aimd in-flight control reads the VLM's /metrics.")
     vlm_image_mode: ImageMode = setting(
         ImageMode.DATA_URL, "How images reach the model: inline base64, or a presigned URL vLLM fetches.")
     temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = setting(0.7, "Sampling temperature.")
@@ -458,6 +469,9 @@ class StackSettings(_Declared):
         "the faithfulness judge's plumbing).")
     retry_delay_s: NonNegativeInt = setting(
         60, "Seconds between retries of a tuwen_synthesize batch (the fault tests shorten it).")
+    vlm_pool_slots: PositiveInt = setting(
+        4, "Slots of the Airflow pool `vlm` `make up` creates (docker compose's airflow-init reads it too).",
+        env="VLM_POOL_SLOTS")
 
 
 def parse_task_mix(raw: str) -> dict[str, int]:
@@ -469,7 +483,7 @@ DECLARATIONS: tuple[type[_Declared], ...] = (Settings, CrawlSettings, StackSetti
 
 
 def declared_variables() -> list[Variable]:
-    """Every TUWEN_* variable tuwen reads, in declaration order."""
+    """Every variable tuwen reads, in declaration order."""
     return [v for cls in DECLARATIONS for v in cls.variables()]
 
 

@@ -26,12 +26,15 @@ from tuwen.config import (
 )
 from tuwen.domain import SEED_TASK_MIX
 
+# Declared variables without the TUWEN_ prefix: docker compose reads them too, under these names.
+SHARED_WITH_COMPOSE = {"VLM_POOL_SLOTS"}
+
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No TUWEN_* variable from the machine running the tests."""
+    """No declared variable from the machine running the tests."""
     for name in list(os.environ):
-        if name.startswith("TUWEN_"):
+        if name.startswith("TUWEN_") or name in SHARED_WITH_COMPOSE:
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -75,7 +78,8 @@ def test_the_declaration_lists_every_variable_once_with_a_meaning() -> None:
     assert len(names) == len(set(names))
     assert set(Settings().to_env()) | set(CrawlSettings().to_env()) | set(StackSettings().to_env()) == set(names)
     for variable in variables:
-        assert variable.name.startswith("TUWEN_") and variable.kind and variable.meaning.endswith((".", ")"))
+        assert variable.name.startswith("TUWEN_") or variable.name in SHARED_WITH_COMPOSE, variable.name
+        assert variable.kind and variable.meaning.endswith((".", ")"))
     kinds = {v.name: v.kind for v in variables}
     assert kinds["TUWEN_VLM_IMAGE_MODE"] == "data_url | presigned_url"
     assert kinds["TUWEN_BATCH_SIZE"] == "integer ≥ 1"
@@ -258,6 +262,9 @@ def test_check_command_validates_the_environment(clean_env: pytest.MonkeyPatch, 
         ("TUWEN_REDIS_PORT", "0", "TUWEN_REDIS_PORT must be at least 1"),
         ("TUWEN_AIRFLOW_WORKERS", "0", "TUWEN_AIRFLOW_WORKERS must be at least 1"),
         ("TUWEN_RETRY_DELAY_S", "soon", "TUWEN_RETRY_DELAY_S must be an integer"),
+        ("VLM_POOL_SLOTS", "four", "VLM_POOL_SLOTS must be an integer"),
+        ("VLM_POOL_SLOTS", "0", "VLM_POOL_SLOTS must be at least 1"),
+        ("TUWEN_FIXTURE_SITE_PORT", "http", "TUWEN_FIXTURE_SITE_PORT must be an integer"),
     ],
 )
 def test_bad_local_stack_variables_name_the_variable(
@@ -269,7 +276,7 @@ def test_bad_local_stack_variables_name_the_variable(
     clean_env.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         StackSettings.from_env()
-    if name != "TUWEN_RETRY_DELAY_S":
+    if name not in ("TUWEN_RETRY_DELAY_S", "TUWEN_FIXTURE_SITE_PORT"):
         with pytest.raises(ConfigError, match=message):
             StackOptions.from_env()
 
@@ -281,8 +288,30 @@ def test_local_stack_options_come_from_the_declaration(clean_env: pytest.MonkeyP
     clean_env.setenv("TUWEN_AIRFLOW_EXECUTOR", "celery")
     clean_env.setenv("TUWEN_AIRFLOW_PORT", "18080")
     clean_env.setenv("VLM_POOL_SLOTS", "7")
+    clean_env.setenv("TUWEN_AIRFLOW_USER", "ops")
+    clean_env.setenv("TUWEN_AIRFLOW_PASSWORD", " s3cret ")
     options = StackOptions.from_env()
     assert (options.executor, options.port, options.pool_slots) == ("celery", 18080, 7)
+    assert (options.user, options.password) == ("ops", "s3cret")
+    assert "s3cret" not in repr(options)
+
+
+def test_local_stack_reads_its_other_variables_through_the_declaration(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tuwen.local.airflow_stack import StackOptions, airflow_login, worker_hostname
+    from tuwen.local.stack import LocalStack
+
+    clean_env.setenv("TUWEN_AIRFLOW_NODE", "worker-2")
+    assert worker_hostname().startswith("worker-2@")
+    assert airflow_login(tmp_path, StackOptions(user="ops", password="pw")) == ("ops", "pw", False)
+    user, password, generated = airflow_login(tmp_path, StackOptions())
+    assert user == "tuwen" and password and generated
+    assert airflow_login(tmp_path, StackOptions())[1:] == (password, False)  # kept in the run folder
+    clean_env.setenv("TUWEN_FIXTURE_SITE_PORT", "18765")
+    services = LocalStack(Settings(vlm_base_url="http://vlm.invalid/v1"), run_dir=tmp_path).services()
+    site = next(s for s in services if s.name == "fixture-site")
+    assert ":18765/" in site.health_url
 
 
 ALL_VARIABLES = sorted(v.name for v in declared_variables())

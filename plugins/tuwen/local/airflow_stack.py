@@ -22,6 +22,7 @@ from tuwen.config import REPO_ROOT
 from tuwen.local.services import BackgroundService
 
 VLM_POOL = "vlm"
+CURATE_POOL = "curate"  # the crawl DAG's mapped curation tasks (CPU-bound: OCR, filters, the nudity detector)
 
 
 class AirflowRunError(RuntimeError):
@@ -67,6 +68,8 @@ def migrate_metadata(env: dict[str, str], log_dir: Path) -> None:
 def ensure_pool(env: dict[str, str], log_dir: Path, slots: int) -> None:
     _airflow(["pools", "set", VLM_POOL, str(slots), "tuwen: VLM requests across all DAG runs"], env,
              log_dir / "airflow-pools.log", timeout_s=120)
+    _airflow(["pools", "set", CURATE_POOL, str(slots), "tuwen: curation tasks across all DAG runs"], env,
+             log_dir / "airflow-pools-curate.log", timeout_s=120)
 
 
 def dags_test(dag_id: str, logical_date: dt.date, env: dict[str, str], log_dir: Path,
@@ -96,7 +99,9 @@ def worker_hostname() -> str:
     """
     import socket
 
-    node = os.environ.get("TUWEN_AIRFLOW_NODE", "").strip()
+    from tuwen.config import StackSettings
+
+    node = StackSettings.from_env().airflow_node
     fqdn = socket.getfqdn()
     return f"{node}@{fqdn}" if node else fqdn
 
@@ -367,9 +372,10 @@ class AirflowStack:
                     api = self.client()
                     try:
                         api.set_pool(VLM_POOL, self.pool_slots, "tuwen: VLM batch tasks across all runs")
+                        api.set_pool(CURATE_POOL, self.pool_slots, "tuwen: curation tasks across all runs")
                     finally:
                         api.close()
-                    messages.append(f"airflow pool {VLM_POOL}: {self.pool_slots} slots")
+                    messages.append(f"airflow pools {VLM_POOL}, {CURATE_POOL}: {self.pool_slots} slots each")
         except BaseException:
             self.down()
             raise
@@ -454,26 +460,26 @@ class StackOptions:
     port: int = 8080
     redis_port: int = 6379
     pool_slots: int = 4
+    user: str = DEFAULT_AIRFLOW_USER
+    password: str = field(default="", repr=False)  # empty: generated once into the run folder
 
     @classmethod
     def from_env(cls) -> StackOptions:
         from tuwen.config import StackSettings
 
-        stack = StackSettings.from_env()  # a bad TUWEN_AIRFLOW_* value is a ConfigError naming it
-        slots = os.environ.get("VLM_POOL_SLOTS", "").strip()
-        if slots and not slots.isdigit():
-            raise AirflowRunError(f"VLM_POOL_SLOTS must be an integer, got {slots!r}")
+        stack = StackSettings.from_env()  # a bad value is a ConfigError naming its variable
         return cls(
             executor=stack.airflow_executor, workers=stack.airflow_workers,
             worker_concurrency=stack.airflow_worker_concurrency, port=stack.airflow_port,
-            redis_port=stack.redis_port, pool_slots=int(slots) if slots else cls.pool_slots,
+            redis_port=stack.redis_port, pool_slots=stack.vlm_pool_slots, user=stack.airflow_user,
+            password=stack.airflow_password,
         )
 
 
-def airflow_login(run_dir: Path) -> tuple[str, str, bool]:
-    """(user, password, generated): TUWEN_AIRFLOW_USER/PASSWORD, else a random password kept in run_dir."""
-    user = os.environ.get("TUWEN_AIRFLOW_USER", "").strip() or DEFAULT_AIRFLOW_USER
-    password = os.environ.get("TUWEN_AIRFLOW_PASSWORD", "").strip()
+def airflow_login(run_dir: Path, options: StackOptions) -> tuple[str, str, bool]:
+    """(user, password, generated): the options' (TUWEN_AIRFLOW_USER/PASSWORD), else a random password
+    kept in run_dir."""
+    user, password = options.user, options.password
     if password:
         return user, password, False
     path = run_dir / "airflow" / "secrets" / "admin_password"
@@ -496,7 +502,7 @@ def stack_up(settings: Any, run_dir: Path, metadata_url: str, options: StackOpti
     from tuwen.local.stack import LocalStack
 
     messages = list(LocalStack(settings, run_dir=run_dir).up())
-    user, password, generated = airflow_login(run_dir)
+    user, password, generated = airflow_login(run_dir, options)
     stack = _stack(settings, run_dir, metadata_url, options, user, password)
     # What was started, so `tuwen down` stops exactly that even if the variables changed since.
     (run_dir / "airflow-stack.json").write_text(json.dumps(
@@ -505,7 +511,7 @@ def stack_up(settings: Any, run_dir: Path, metadata_url: str, options: StackOpti
     messages += stack.up()
     how = (f"password in {run_dir / 'airflow' / 'secrets' / 'admin_password'}"
            + (f" (generated now: {password})" if generated else "")
-           if not os.environ.get("TUWEN_AIRFLOW_PASSWORD", "").strip() else "password from TUWEN_AIRFLOW_PASSWORD")
+           if not options.password else "password from TUWEN_AIRFLOW_PASSWORD")
     messages += [
         f"Airflow {options.executor} executor"
         + (f" with {options.workers} Celery workers x {options.worker_concurrency}" if options.executor == "celery"

@@ -25,7 +25,6 @@ from tuwen.local.services import (
 )
 from tuwen.storage import ObjectStore
 
-FIXTURE_SITE_PORT = int(os.environ.get("TUWEN_FIXTURE_SITE_PORT", "8765"))
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -38,7 +37,7 @@ def airflow_metadata_url() -> str:
 class LocalStack:
     settings: Settings
     run_dir: Path = RUN_DIR
-    fixture_site_port: int = FIXTURE_SITE_PORT
+    fixture_site_port: int | None = None  # None: TUWEN_FIXTURE_SITE_PORT
     # Share of the stand-in's answers given a known false statement (the judge's tests and demos);
     # None: TUWEN_STANDIN_CONTRADICTION_RATE (default 0, answers as they always were).
     standin_contradiction_rate: float | None = None
@@ -65,7 +64,8 @@ class LocalStack:
                 rate = StackSettings.from_env().standin_contradiction_rate
             found.append(standin_vlm_service(vlm.port or 80, self.settings.vlm_model, self.run_dir, extra,
                                              contradiction_rate=rate))
-        found.append(fixture_site_service(self.run_dir / "fixture-site", self.fixture_site_port, self.run_dir))
+        site_port = self.fixture_site_port or StackSettings.from_env().fixture_site_port
+        found.append(fixture_site_service(self.run_dir / "fixture-site", site_port, self.run_dir))
         return found
 
     def up(self) -> list[str]:

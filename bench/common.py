@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, insert
 
 from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
-from tuwen.db.models import CrawlRun, Image
+from tuwen.db.models import CrawlRun, Curation, Image
 from tuwen.db.session import get_engine
 from tuwen.local.services import (
     drop_database,
@@ -90,11 +90,15 @@ def record_result(heading: str, entry: str, intro: str = "") -> None:
     RESULTS.write_text(doc, encoding="utf-8")
 
 
+SEEDED_CURATION = "seeded"  # the config version of the verdicts seed_images writes
+
+
 def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, height: int = 448, *,
-                rng_seed: int = 1, spider: str = "bench") -> list[int]:
+                rng_seed: int = 1, spider: str = "bench", curated: bool = True) -> list[int]:
     """n distinct JPEGs (~100 KB at the default size: noise plus a per-image stripe) stored as model-ready
     copies in the bucket, with accepted `image` rows for crawl date `day`; returns the image ids.
-    Calls with different `rng_seed` make different images (e.g. one seed per day)."""
+    Calls with different `rng_seed` make different images (e.g. one seed per day). With `curated` each
+    image also gets a `curated` verdict (as if tuwen.curate had passed it), so synthesis takes it."""
     rng = np.random.default_rng(rng_seed)
     base = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
     store = ObjectStore(settings)
@@ -118,7 +122,11 @@ def seed_images(settings: Settings, n: int, day: dt.date, width: int = 672, heig
                      "model_mime": "image/jpeg", "status": "accepted", "crawl_date": day,
                      "first_crawl_run_id": run_id})
     with engine.begin() as conn:
-        return list(conn.execute(insert(Image).returning(Image.id), rows).scalars())
+        ids = list(conn.execute(insert(Image).returning(Image.id), rows).scalars())
+        if curated:
+            conn.execute(insert(Curation), [{"image_id": image_id, "status": "curated",
+                                             "config_version": SEEDED_CURATION} for image_id in ids])
+        return ids
 
 
 # --- generated samples, inserted with COPY (the QC benchmark inserts 641,868 of them) ---------------

@@ -6,7 +6,11 @@ Runs daily. For every site in the sites file (`TUWEN_SITES_FILE`, YAML) one mapp
 stores each image content-addressed by SHA-256 in the object store and records `image` and
 `image_source` rows, plus a `crawl_run` row with its stats, in the lineage database. Images are
 labelled with this run's data-interval date: that date is the partition `tuwen_synthesize` works on.
-Then OCR fills in the Chinese text found in the day's images (switch: `TUWEN_OCR_ENABLED`).
+Then the day's images are curated (tuwen.curate): `plan_curation` sizes `curate`, N mapped tasks in the
+pool `curate` that share the partition through `FOR UPDATE SKIP LOCKED` claims, OCR each image that has
+no text yet (switch: `TUWEN_OCR_ENABLED`) and record each one's verdict (curated / held / rejected, with
+reasons and scores); `select_images` applies the Chinese-text share (`TUWEN_CURATE_ZH_SHARE`). Synthesis
+takes only curated images (`TUWEN_CURATE_ENABLED=false`: the tasks only OCR, every image counts).
 
 **Params** (manual runs): `sites` — names of sites to crawl (empty: all in the sites file);
 `date_from`/`date_to` — label the images with this date instead of the run's interval.
@@ -72,26 +76,61 @@ def tuwen_crawl() -> None:
         )
         return summary.as_dict()
 
-    @task(outlets=[CRAWLED_IMAGES])
-    def ocr_images(summaries: list[dict]) -> dict:
+    @task
+    def plan_curation(summaries: list[dict]) -> list[dict]:
         from tuwen.config import Settings
+        from tuwen.curate.run import plan_curation as plan
         from tuwen.domain import resolve_partition
+        from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
+
+        with fail_fast_on_bad_input():
+            partition = resolve_partition(get_current_context())
+            settings = Settings.from_env()
+        return plan(Resources.from_settings(settings), partition.start)
+
+    # N mapped tasks share the partition through FOR UPDATE SKIP LOCKED claims (no image done twice), in
+    # the pool `curate`, so Celery workers spread them; OCR runs inside them where an image has none.
+    @task(pool="curate")
+    def curate(slot: dict) -> dict:
+        from tuwen.config import Settings
+        from tuwen.curate.run import curate_pending
+        from tuwen.domain import resolve_partition
+        from tuwen.resources import Resources
         from tuwen.task_failure import fail_fast_on_bad_input
 
         context = get_current_context()
         with fail_fast_on_bad_input():
             partition = resolve_partition(context)
             settings = Settings.from_env()
-        done = 0
-        if settings.ocr_enabled:
-            from tuwen.crawl.ocr import ocr_pending  # loads the OCR models: only when OCR is on
-            from tuwen.resources import Resources
+        ti = context["ti"]
+        ids = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        return curate_pending(Resources.from_settings(settings), partition.start, lineage_ids=ids).as_dict()
 
-            done = ocr_pending(Resources.from_settings(settings), partition_date=partition.start)
+    @task(outlets=[CRAWLED_IMAGES])
+    def select_images(summaries: list[dict], curated: list[dict]) -> dict:
+        """The Chinese-text share over the day's curated images (tuwen.curate.policy), then the asset."""
+        from tuwen.config import Settings
+        from tuwen.curate.queries import counts
+        from tuwen.curate.run import apply_zh_policy
+        from tuwen.domain import resolve_partition
+        from tuwen.resources import Resources
+        from tuwen.task_failure import fail_fast_on_bad_input
+
+        context = get_current_context()
+        with fail_fast_on_bad_input():
+            partition = resolve_partition(context)
+            settings = Settings.from_env()
+        resources = Resources.from_settings(settings)
+        policy = apply_zh_policy(resources, partition.start)
         context["outlet_events"][CRAWLED_IMAGES].extra = {"partition": partition.start.isoformat()}
-        return {"partition": partition.label, "crawls": list(summaries), "ocr_images": done}
+        return {"partition": partition.label, "crawls": list(summaries),
+                "ocr_images": sum(c.get("ocr_images", 0) for c in curated),
+                "curated_images": sum(c.get("images", 0) for c in curated), "policy": policy,
+                "curation": counts(resources.engine, partition.start)}
 
-    ocr_images(crawl_site.expand(site=list_sites()))
+    summaries = crawl_site.expand(site=list_sites())
+    select_images(summaries, curate.expand(slot=plan_curation(summaries)))
 
 
 tuwen_crawl()

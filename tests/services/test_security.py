@@ -56,6 +56,7 @@ def test_presigned_urls_expire_when_asked(settings: Settings) -> None:
 def test_no_credential_appears_in_any_log(settings: Settings, fixture_site: tuple[str, Path], tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     from tuwen.crawl.run import run_crawl
+    from tuwen.curate.run import curate_partition
     from tuwen.release.export import ReleaseParams, write_release
 
     values = {
@@ -74,6 +75,7 @@ def test_no_credential_appears_in_any_log(settings: Settings, fixture_site: tupl
     day = dt.date(2026, 9, 1)
     caplog.set_level(logging.DEBUG)
     crawl = run_crawl(Resources.from_settings(settings), "fixture", day, timeout_s=300)
+    curate_partition(Resources.from_settings(settings), day)  # synthesis takes curated images only
     plan = plan_partition(Resources.from_settings(settings), Partition(day, day + dt.timedelta(days=1)), RunParams(limit=20))
     for batch in plan.batches:
         run_batch(Resources.from_settings(settings), batch["image_ids"], RunParams())

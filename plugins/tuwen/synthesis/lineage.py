@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg2
-from sqlalchemy import Engine, Row, func, select, text, update
+from sqlalchemy import ColumnElement, Engine, Row, exists, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 
-from tuwen.db.models import Generation, Image
+from tuwen.db.models import Curation, Generation, Image
 from tuwen.domain import Partition
 
 DONE_STATUSES = ("succeeded", "unparseable")  # paid for: never requested again under the same key
@@ -68,9 +68,17 @@ def storable_json(value: Any) -> str | None:
 # --- planning ----------------------------------------------------------------------------------
 
 
+def curated(curated_only: bool) -> ColumnElement[bool]:
+    """The image's curation verdict is `curated` (tuwen.curate); always true with curation off
+    (TUWEN_CURATE_ENABLED=false), when every accepted image counts as curated."""
+    if not curated_only:
+        return true()
+    return exists().where(Curation.image_id == Image.id, Curation.status == "curated")
+
+
 def assign_tasks(engine: Engine, partition: Partition,
-                 deal: Callable[[list[str], dict[str, int]], Mapping[str, str]]) -> int:
-    """Persist a task type on every accepted image of the partition that has none, day by day.
+                 deal: Callable[[list[str], dict[str, int]], Mapping[str, str]], curated_only: bool = True) -> int:
+    """Persist a task type on every accepted (and curated) image of the partition that has none, day by day.
 
     `deal(new hashes, existing counts per task)` decides the tasks (see `planning.assign_task_types`).
     """
@@ -81,7 +89,7 @@ def assign_tasks(engine: Engine, partition: Partition,
         for day in partition.days():
             rows = conn.execute(
                 select(Image.sha256, Image.task_type)
-                .where(Image.crawl_date == day, Image.status == "accepted")
+                .where(Image.crawl_date == day, Image.status == "accepted", curated(curated_only))
             ).all()
             existing = Counter(r.task_type for r in rows if r.task_type)
             new = [r.sha256 for r in rows if not r.task_type]
@@ -94,14 +102,16 @@ def assign_tasks(engine: Engine, partition: Partition,
     return assigned
 
 
-def partition_images(engine: Engine, partition: Partition, task_types: Sequence[str]) -> tuple[list[Row], int]:
-    """(id, sha256, task_type) of the partition's accepted images of those tasks, and all accepted images."""
+def partition_images(engine: Engine, partition: Partition, task_types: Sequence[str], curated_only: bool = True,
+                     ) -> tuple[list[Row], int]:
+    """(id, sha256, task_type, has_zh_text) of the partition's accepted, curated images of those tasks, and
+    all accepted images."""
     in_partition = (Image.crawl_date >= partition.start, Image.crawl_date < partition.end,
                     Image.status == "accepted")
     with engine.connect() as conn:
         rows = conn.execute(
-            select(Image.id, Image.sha256, Image.task_type)
-            .where(*in_partition, Image.task_type.in_(list(task_types)))
+            select(Image.id, Image.sha256, Image.task_type, Image.has_zh_text)
+            .where(*in_partition, Image.task_type.in_(list(task_types)), curated(curated_only))
             .order_by(Image.sha256)
         ).all()
         total = conn.scalar(select(func.count()).select_from(Image).where(*in_partition))
@@ -123,12 +133,12 @@ def stored_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
 # --- a batch -----------------------------------------------------------------------------------
 
 
-def batch_images(engine: Engine, image_ids: Sequence[int]) -> list[Row]:
-    """The batch's accepted images with what a request needs, in hash order."""
+def batch_images(engine: Engine, image_ids: Sequence[int], curated_only: bool = True) -> list[Row]:
+    """The batch's accepted (and still curated) images with what a request needs, in hash order."""
     with engine.connect() as conn:
         return list(conn.execute(
             select(Image.id, Image.sha256, Image.model_key, Image.model_mime, Image.task_type)
-            .where(Image.id.in_(list(image_ids)), Image.status == "accepted")
+            .where(Image.id.in_(list(image_ids)), Image.status == "accepted", curated(curated_only))
             .order_by(Image.sha256)
         ))
 

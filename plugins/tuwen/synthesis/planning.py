@@ -159,13 +159,19 @@ def split_batches(todo: Sequence[Any], batch_size: int, partition_label: str, ke
 def plan_partition(resources: Resources, partition: Partition, params: RunParams) -> Plan:
     """Assign tasks, then list the images that still need a completion, split into mapped batches."""
     settings = resources.settings
+    # Only curated images (tuwen.curate) are dealt tasks and asked about; with curation off, every accepted one.
     newly_assigned = lineage.assign_tasks(
-        resources.engine, partition, lambda new, existing: assign_task_types(new, settings.task_mix, existing))
-    rows, images = lineage.partition_images(resources.engine, partition, params.task_types)
+        resources.engine, partition, lambda new, existing: assign_task_types(new, settings.task_mix, existing),
+        curated_only=settings.curate_enabled)
+    rows, images = lineage.partition_images(resources.engine, partition, params.task_types,
+                                            curated_only=settings.curate_enabled)
     keys = {row.id: request_spec(settings, params, row.sha256, row.task_type).key for row in rows}
     done = lineage.stored_keys(resources.engine, keys.values())
     todo = [image_id for image_id, key in keys.items() if key not in done]
     if params.limit is not None:
-        todo = todo[: params.limit]
+        # Images with Chinese text first (issue 18: the seed is "mostly Chinese text"); a stable sort keeps
+        # hash order within each group, so a limited run takes the same images every time.
+        with_text = {row.id for row in rows if row.has_zh_text}
+        todo = sorted(todo, key=lambda image_id: image_id not in with_text)[: params.limit]
     return Plan(partition.label, images, newly_assigned, len(todo), len(keys) - len(todo),
                 split_batches(todo, settings.batch_size, partition.label))

@@ -97,7 +97,7 @@ def _prepare_jobs(resources: Resources, image_ids: Sequence[int], params: RunPar
                   result: BatchResult) -> list[_Job]:
     """Create (or find) the generation rows of the batch; return the ones that still need a call."""
     settings = resources.settings
-    images = lineage.batch_images(resources.engine, image_ids)
+    images = lineage.batch_images(resources.engine, image_ids, curated_only=settings.curate_enabled)
     specs = []
     for img in images:
         if not img.task_type:

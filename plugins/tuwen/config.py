@@ -495,6 +495,8 @@ README_BEGIN = "<!-- generated from plugins/tuwen/config.py by `python -m tuwen.
 README_END = "<!-- end of the generated settings -->"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 README = REPO_ROOT / "README.md"
+# docs/OPERATIONS.md carries the local stack's part of README's table, between the same markers.
+OPERATIONS = REPO_ROOT / "docs" / "OPERATIONS.md"
 
 
 def env_example_block() -> str:
@@ -506,13 +508,14 @@ def env_example_block() -> str:
     return "\n".join([*lines, "", ENV_END])
 
 
-def markdown_table() -> str:
+def markdown_table(declarations: tuple[type[_Declared], ...] = DECLARATIONS) -> str:
+    """README's configuration table: the variables of `declarations` (all of them by default)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
     lines = [README_BEGIN, "| variable | accepts | default | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{v.name}` | {cell(v.kind)} | {f'`{v.default}`' if v.default else '(empty)'} | {cell(v.meaning)} |"
-              for v in declared_variables()]
+              for cls in declarations for v in cls.variables()]
     return "\n".join([*lines, README_END])
 
 
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--markdown", action="store_true", help="print README's configuration table")
     what.add_argument("--env-example", action="store_true", help="print .env.example's settings block")
-    what.add_argument("--write", action="store_true", help="rewrite both generated blocks in place")
+    what.add_argument("--write", action="store_true", help="rewrite the generated blocks in place")
     what.add_argument("--check", action="store_true", help="validate the current environment's settings")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -547,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         print(env_example_block())
     elif args.write:
         for path, block, begin, end in ((ENV_EXAMPLE, env_example_block(), ENV_BEGIN, ENV_END),
-                                        (README, markdown_table(), README_BEGIN, README_END)):
+                                        (README, markdown_table(), README_BEGIN, README_END),
+                                        (OPERATIONS, markdown_table((StackSettings,)), README_BEGIN, README_END)):
             print(f"{path.name}: {'rewritten' if _rewrite(path, block, begin, end) else 'unchanged'}")
     else:
         try:

@@ -16,12 +16,17 @@ from hypothesis import strategies as st
 
 from tuwen.config import (
     MAX_PIXEL_BUDGET,
+    OPERATIONS,
+    README_BEGIN,
+    README_END,
     ConfigError,
     CrawlSettings,
     ImageMode,
     Settings,
     StackSettings,
     declared_variables,
+    generated_block,
+    markdown_table,
     parse_task_mix,
 )
 from tuwen.domain import SEED_TASK_MIX
@@ -336,3 +341,11 @@ def test_any_value_is_taken_or_refused_by_name(name: str, value: str) -> None:
         assert name in message and "\n" not in message
         return
     assert built.to_env()[name] == cls.from_env(built.to_env()).to_env()[name]  # what was taken round-trips
+
+
+def test_operations_table_is_the_local_stack_declaration() -> None:
+    """docs/OPERATIONS.md's table of local-stack variables is generated like README's (`--write`)."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    assert generated_block(text, README_BEGIN, README_END) == markdown_table((StackSettings,))
+    for variable in StackSettings.variables():
+        assert f"| `{variable.name}` |" in text, variable.name

@@ -3,9 +3,11 @@ the latest succeeded judgement of each sample counts, a sample without one passe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -39,10 +41,8 @@ def insert_judgement(settings: Settings, sample_id: str, *, status: str = "succe
 
 
 def gate(settings: Settings) -> dict[str, tuple[str, list[str], dict[str, Any]]]:
-    try:
+    with contextlib.suppress(QualityGateFailed):  # the verdicts are the point here, not the batch decision
         run_quality_gate(Resources.from_settings(settings), SCOPE, report=False)
-    except QualityGateFailed:
-        pass  # the verdicts are the point here, not the batch decision
     with create_engine(settings.database_url).connect() as conn:
         return {r.id: (r.qc_status, r.qc_reasons, r.qc_metrics)
                 for r in conn.execute(text("SELECT id, qc_status, qc_reasons, qc_metrics FROM sample"))}
@@ -83,3 +83,37 @@ def test_a_sample_outside_the_chunk_range_does_not_leak_its_verdict(settings: Se
     verdicts = gate(settings)
     assert all(verdicts[sample_id][:2] == ("passed", []) for sample_id in rows if sample_id != outside["id"])
     assert verdicts[outside["id"]][0] == "pending"
+
+
+def report_html(settings: Settings, tmp_path: Path) -> str:
+    with contextlib.suppress(QualityGateFailed):
+        run_quality_gate(Resources.from_settings(settings), SCOPE, report_dir=tmp_path / "report")
+    return (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+
+
+def test_the_report_shows_judged_unjudged_and_escaped_contradicted_statements(settings: Settings, tmp_path: Path) -> None:
+    rows = insert_labelled(settings, GOOD[:6])
+    ids = sorted(rows)
+    insert_judgement(settings, ids[0], contradicted=0)
+    insert_judgement(settings, ids[1], contradicted=1)
+    with create_engine(settings.database_url).begin() as conn:  # a statement that is markup, as a model may write
+        conn.execute(text("UPDATE judgement SET statements = CAST(:s AS jsonb) WHERE sample_id = :id"),
+                     {"id": ids[1], "s": json.dumps([{"text": "画面写着「<script>alert(1)</script>」", "label": "contradicted"},
+                                                    {"text": "画面以蓝色为主。", "label": "supported"}])})
+    insert_judgement(settings, ids[2], status="failed", error_type="connection")
+    html = report_html(settings, tmp_path)
+    section = html[html.index('id="faithfulness"'):html.index("Pass rate per check over time")]
+    assert "faithfulness-not-run" not in section
+    assert "2 of 6 samples" in section
+    assert "connection 1" in section and "never asked 3" in section
+    assert "50.0%" in section  # one of the two judged samples passed
+    assert f'id="contradicted-{ids[1]}"' in section
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and "<script>" not in html
+    assert "画面以蓝色为主" not in section  # only the contradicted statements are shown
+
+
+def test_without_judgements_the_report_says_the_judge_did_not_run(settings: Settings, tmp_path: Path) -> None:
+    insert_labelled(settings, GOOD[:3])
+    html = report_html(settings, tmp_path)
+    section = html[html.index('id="faithfulness"'):html.index("Pass rate per check over time")]
+    assert 'id="faithfulness-not-run"' in section and "<table" not in section

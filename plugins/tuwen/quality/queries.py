@@ -201,3 +201,44 @@ def record_report_key(engine: Engine, qc_run_id: int, key: str) -> None:
     with engine.begin() as conn:
         conn.execute(text("UPDATE qc_run SET results = results || jsonb_build_object('report_key', CAST(:key AS text)) "
                           "WHERE id = :id"), {"key": key, "id": qc_run_id})
+
+
+# --- the report's faithfulness section ---------------------------------------------------------------
+
+
+@dataclass
+class FaithfulnessRows:
+    """What the faithfulness judge said about the samples one qc_run labelled (check faithfulness.judge)."""
+
+    n_samples: int
+    n_judged: int  # samples the gate found a succeeded judgement for
+    n_contradicted: int  # judged samples that failed faithfulness.judge
+    unjudged: Sequence[Row[Any]]  # reason, n: why the others had no verdict (their latest judgement's
+    # error_type or status; "never asked" without any; "judged after this run" for a late verdict)
+    examples: Sequence[Row[Any]]  # id, task_type, model, statements: samples that failed it, md5 order
+
+
+def faithfulness_rows(engine: Engine, qc_run_id: int, *, n_examples: int) -> FaithfulnessRows | None:
+    """The faithfulness section's rows, or None when the judgement table is empty (the judge never ran:
+    one index probe, so a gate without the judge pays nothing for the section)."""
+    with engine.connect() as conn:
+        if not conn.execute(text("SELECT EXISTS (SELECT 1 FROM judgement)")).scalar_one():
+            return None
+        counts = conn.execute(text(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE (s.qc_metrics->>'judged')::real = 1) AS judged, "
+            "count(*) FILTER (WHERE s.qc_reasons ? 'faithfulness.judge') AS contradicted "
+            "FROM sample s WHERE s.qc_run_id = :id"), {"id": qc_run_id}).one()
+        unjudged = conn.execute(text(
+            "SELECT CASE WHEN l.status IS NULL THEN 'never asked' WHEN l.status = 'succeeded' "
+            "THEN 'judged after this run' ELSE coalesce(l.error_type, l.status) END AS reason, count(*) AS n "
+            "FROM sample s LEFT JOIN LATERAL (SELECT j.status, j.error_type FROM judgement j WHERE j.sample_id = s.id "
+            "ORDER BY j.completed_at DESC NULLS LAST, j.id DESC LIMIT 1) l ON true "
+            "WHERE s.qc_run_id = :id AND coalesce((s.qc_metrics->>'judged')::real, 0) <> 1 GROUP BY 1 ORDER BY 2 DESC, 1"),
+            {"id": qc_run_id}).all()
+        examples = conn.execute(text(
+            "SELECT s.id, s.task_type, l.model, l.statements FROM sample s JOIN LATERAL (SELECT j.model, j.statements "
+            "FROM judgement j WHERE j.sample_id = s.id AND j.status = 'succeeded' "
+            "ORDER BY j.completed_at DESC NULLS LAST, j.id DESC LIMIT 1) l ON true "
+            "WHERE s.qc_run_id = :id AND s.qc_reasons ? 'faithfulness.judge' ORDER BY md5(s.id) LIMIT :n"),
+            {"id": qc_run_id, "n": n_examples}).all()
+    return FaithfulnessRows(counts.n, counts.judged, counts.contradicted, unjudged, examples)

@@ -15,6 +15,10 @@ What it shows and why:
   rejection reasons, each with one example sample (its image and conversation excerpt), so a reviewer
   can judge whether a rule is right.
 - samples.html — a deterministic random page of passed samples with their images: what ships.
+- index.html's faithfulness section — what the faithfulness judge (tuwen.judge) said about this run's
+  samples: how many were judged and why the others were not, the pass rate of `faithfulness.judge`
+  among the judged, and a few contradicted statements with their samples, so a reviewer can see
+  whether the judge flags real errors; or one line saying the judge did not run.
 
 Plots are PNG files next to the HTML (matplotlib's object API on the Agg canvas: no pyplot global
 state in a worker process); images are the model-ready copies from the bucket, referenced by relative
@@ -50,6 +54,8 @@ N_TOP_REASONS = 15
 N_HISTORY_RUNS = 60
 EXCERPT_TURNS = 4
 EXCERPT_CHARS = 280
+N_FAITHFULNESS_EXAMPLES = 6
+STATEMENT_CHARS = 300
 TASK_COLORS = {"conversation": "#1f77b4", "complex_reasoning": "#ff7f0e", "detail": "#2ca02c"}
 
 
@@ -70,6 +76,36 @@ class SampleView:
 
 
 # --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class FaithfulnessView:
+    """The faithfulness section: counts, and contradicted statements per example sample."""
+
+    n_samples: int
+    n_judged: int
+    n_contradicted: int
+    unjudged: list[tuple[str, int]]  # reason, samples
+    examples: list[tuple[str, str, str, list[str]]]  # sample id, task type, judge model, statements
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Share of judged samples that passed faithfulness.judge; None when none was judged."""
+        return (self.n_judged - self.n_contradicted) / self.n_judged if self.n_judged else None
+
+
+def _faithfulness(engine: Engine, qc_run_id: int) -> FaithfulnessView | None:
+    rows = queries.faithfulness_rows(engine, qc_run_id, n_examples=N_FAITHFULNESS_EXAMPLES)
+    if rows is None:
+        return None
+    examples = []
+    for row in rows.examples:
+        statements = [str(s.get("text", "")) for s in (row.statements or [])
+                      if isinstance(s, dict) and s.get("label") == "contradicted"]
+        examples.append((row.id, row.task_type, row.model,
+                         [t if len(t) <= STATEMENT_CHARS else t[:STATEMENT_CHARS] + "…" for t in statements]))
+    return FaithfulnessView(rows.n_samples, rows.n_judged, rows.n_contradicted,
+                            [(r.reason, r.n) for r in rows.unjudged], examples)
 
 
 def _excerpt(conversations: Any, max_turns: int = EXCERPT_TURNS, max_chars: int = EXCERPT_CHARS
@@ -293,6 +329,23 @@ _INDEX = """<!doctype html>
 <tr><th>Great Expectations</th><td>{{ data_docs_key or 'no Data Docs' }}</td></tr>
 </table>
 <p><a href="samples.html" id="passed-samples-link">Random passed samples with their images →</a></p>
+<h2 id="faithfulness">Faithfulness judge</h2>
+{% if faithfulness is none %}<p id="faithfulness-not-run">The faithfulness judge did not run: there is no
+judgement in the lineage database, so <code>faithfulness.judge</code> passed every sample as unjudged.</p>
+{% else %}<table class="summary" id="faithfulness-summary">
+<tr><th>judged</th><td>{{ faithfulness.n_judged }} of {{ faithfulness.n_samples }} samples
+ ({{ '%.1f%%'|format(100 * faithfulness.n_judged / (faithfulness.n_samples or 1)) }})</td></tr>
+<tr><th>unjudged</th><td>{{ faithfulness.n_samples - faithfulness.n_judged }} (pass the check){% for reason, n in
+ faithfulness.unjudged %}{{ ':' if loop.first else ',' }} {{ reason }} {{ n }}{% endfor %}</td></tr>
+<tr><th>pass rate among judged</th><td>{% if faithfulness.pass_rate is none %}no sample judged{% else %}
+ {{ '%.1f%%'|format(100 * faithfulness.pass_rate) }} ({{ faithfulness.n_contradicted }} with a contradicted
+ statement){% endif %}</td></tr>
+</table>
+{% for sample_id, task_type, model, statements in faithfulness.examples %}
+<div class="card contradicted" id="contradicted-{{ sample_id }}"><div>
+<div class="meta">{{ sample_id }} ({{ task_type }}), judged by {{ model }}: contradicted by the image</div>
+<ul>{% for text in statements %}<li class="statement">{{ text }}</li>{% endfor %}</ul></div></div>
+{% endfor %}{% endif %}
 <h2>Pass rate per check over time</h2>
 {% for plot in ('pass_rate_history', 'pass_rate_by_crawl_date') %}
 <p><img class="plot" id="plot-{{ plot }}" src="plots/{{ plot }}.png" alt="{{ plot }}"></p>{% endfor %}
@@ -379,6 +432,7 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
         "skipped": results.get("skipped") or [], "data_docs_key": run.data_docs_key, "reasons": reasons,
         "examples": {row.reason: view for row, view in zip(examples_rows, examples, strict=True)},
         "descriptions": descriptions, "samples": samples, "seed": seed,
+        "faithfulness": _faithfulness(engine, qc_run_id),
     }
     index = out_dir / "index.html"
     index.write_text(env.from_string(_INDEX).render(context), encoding="utf-8")

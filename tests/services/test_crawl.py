@@ -7,6 +7,7 @@ URL must equal the fixture manifest's expectation.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -194,3 +195,44 @@ def test_a_recrawl_restores_objects_the_store_lost(first_crawl: Any, settings: S
     assert not any(store.exists(r.model_key) for r in lost)
     run_crawl(Resources.from_settings(settings), "fixture", PARTITION + dt.timedelta(days=2), timeout_s=600)
     assert all(store.exists(r.model_key) and store.exists(r.original_key) for r in accepted)
+
+
+def test_curation_of_the_crawl_equals_the_manifest(first_crawl: Any, manifest: SiteManifest, settings: Settings) -> None:
+    """Crawl + curation = the manifest's verdict per image (issue 18). OCR is off here, so the two
+    simple_graphic cases, which need OCR text to be judged, are curated with their colour score."""
+    from tuwen.curate import filters
+    from tuwen.curate.queries import counts
+    from tuwen.curate.run import curate_partition
+
+    resources = Resources.from_settings(settings)
+    result = curate_partition(resources, PARTITION)
+    assert result["filters"]["images"] == manifest.expected_counts["by_outcome"]["accepted"]
+    expected = {img.sha256: (img.curation, img.curation_reason) for img in manifest.images.values()
+                if img.outcome == "accepted"}
+    with resources.engine.connect() as conn:
+        rows = conn.execute(text("""SELECT i.sha256, c.status, c.reasons, c.scores, c.config_version, c.dag_id
+                                    FROM curation c JOIN image i ON i.id = c.image_id""")).all()
+    assert len(rows) == len(expected)
+    for row in rows:
+        if row.sha256 not in expected:  # the kept copy of a duplicate group: an ordinary image
+            assert row.status == "curated", row
+            continue
+        status, reason = expected[row.sha256]
+        if reason == "simple_graphic":  # a score without OCR, never a verdict
+            assert row.status == "curated" and row.scores["dominant_colours"] <= filters.CurationConfig().simple_max_colours
+        else:
+            assert (row.status, row.reasons) == (status, [reason] if reason else []), row
+        assert row.config_version == filters.config_version(), row
+    wanted_rejected = sum(1 for s, r in expected.values() if s == "rejected" and r != "simple_graphic")
+    assert counts(resources.engine, PARTITION)["by_status"] == {
+        "curated": len(expected) - wanted_rejected, "rejected": wanted_rejected}
+
+    # A threshold change re-labels from stored pixels: no crawl, and only a new verdict per image.
+    looser = dataclasses.replace(filters.CurationConfig(), qr_max_area_share=0.25)
+    from tuwen.curate.run import curate_pending
+
+    again = curate_pending(resources, PARTITION, config=looser)
+    assert again.images == len(expected)
+    assert again.by_reason.get("qr_code", 0) == sum(
+        1 for s, r in expected.values() if r == "qr_code") - 1  # the coupon card's code covers ~20 %
+    curate_pending(resources, PARTITION)  # back to the defaults for the tests after this one

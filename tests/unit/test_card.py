@@ -90,3 +90,12 @@ def test_a_release_without_images_qc_or_mix_says_so() -> None:
 
 def test_same_facts_same_bytes() -> None:
     assert render_card(facts()) == render_card(facts())
+
+
+def test_the_card_states_the_curation_counts_by_reason() -> None:
+    card = render_card(facts(curation={"by_status": {"curated": 90, "held": 6, "rejected": 4},
+                                       "by_reason": {"personal_data.mobile": 2, "qr_code": 3, "zh_share": 4}}))
+    assert "## 图片筛选 / Image curation" in card
+    assert "curated 90; held 6; rejected 4." in card
+    assert "`personal_data.mobile` 2, `qr_code` 3, `zh_share` 4." in card
+    assert "## 图片筛选" not in render_card(facts())  # a release from before curation says nothing of it

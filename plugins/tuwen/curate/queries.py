@@ -121,3 +121,18 @@ def counts(engine: Engine, partition_date: dt.date | None = None) -> dict[str, A
     return {"by_status": {r.status: int(r.images) for r in rows},
             "with_zh_text": {r.status: int(r.with_zh_text) for r in rows},
             "by_reason": {r.reason: int(r.images) for r in reasons}}
+
+
+def counts_between(engine: Engine, date_from: dt.date | str | None, date_to: dt.date | str | None) -> dict[str, int]:
+    """Verdicts per status over crawl dates [date_from, date_to] (open ends: all), for the QC report."""
+    where, params = [], {}
+    if date_from:
+        where.append("i.crawl_date >= :lo")
+        params["lo"] = dt.date.fromisoformat(str(date_from)[:10])
+    if date_to:
+        where.append("i.crawl_date <= :hi")
+        params["hi"] = dt.date.fromisoformat(str(date_to)[:10])
+    sql = ("SELECT c.status, count(*) AS n FROM curation c JOIN image i ON i.id = c.image_id "
+           + ("WHERE " + " AND ".join(where) if where else "") + " GROUP BY c.status ORDER BY c.status")
+    with engine.connect() as conn:
+        return {r.status: int(r.n) for r in conn.execute(text(sql), params)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -32,6 +32,11 @@ class PipelineSummary:
     qc_passed: int
     qc_total: int
     release: dict[str, Any] | None
+    # Curation (tuwen.curate): verdicts per status and reason, and the share of curated images with
+    # Chinese text the policy aims at (TUWEN_CURATE_ZH_SHARE).
+    curation_by_status: dict[str, int] = field(default_factory=dict)
+    curation_reasons: dict[str, int] = field(default_factory=dict)
+    curated_zh_share: float | None = None
 
 
 def summarize(settings: Settings, release: str | None = None) -> PipelineSummary:
@@ -48,6 +53,13 @@ def summarize(settings: Settings, release: str | None = None) -> PipelineSummary
         judged, contradicted = s.execute(text(
             "SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE n_contradicted > 0) "
             "FROM judgement WHERE status = 'succeeded'")).one()
+        curation = {status: n for status, n in s.execute(
+            text("SELECT status, count(*) FROM curation GROUP BY status")).tuples()}
+        curation_reasons = {reason: n for reason, n in s.execute(text(
+            "SELECT r, count(*) FROM curation, jsonb_array_elements_text(reasons) AS r GROUP BY r ORDER BY r"))}
+        zh_share = s.execute(text("""SELECT avg(CASE WHEN i.has_zh_text THEN 1.0 ELSE 0.0 END) FROM curation c
+                                     JOIN image i ON i.id = c.image_id
+                                     WHERE c.status = 'curated' AND i.has_zh_text IS NOT NULL""")).scalar()
         qc = s.execute(select(QCRun).order_by(QCRun.id.desc()).limit(1)).scalar_one_or_none()
         query = select(Export).where(Export.status == "published").order_by(Export.published_at.desc())
         if release:
@@ -59,6 +71,8 @@ def summarize(settings: Settings, release: str | None = None) -> PipelineSummary
             judgements_by_status=judgements, judged_samples=judged, contradicted_samples=contradicted,
             qc_pass_rate=qc.pass_rate if qc else None, qc_passed=qc.n_passed if qc else 0,
             qc_total=qc.n_samples if qc else 0,
+            curation_by_status=curation, curation_reasons=curation_reasons,
+            curated_zh_share=None if zh_share is None else float(zh_share),
             release=None if export is None else {
                 "name": export.name, "samples": export.n_samples, "local_path": export.local_path,
                 "s3": f"s3://{settings.s3_bucket}/{export.s3_prefix}", "files": sorted(export.files)[:6],
@@ -74,6 +88,9 @@ def print_summary(settings: Settings, summary: PipelineSummary) -> None:
     print(f"images (distinct):      {fmt(summary.images_by_status)}")
     print(f"image mentions (URL on a page): {fmt(summary.sources_by_outcome)}")
     print(f"mentions by reason:     {fmt(summary.rejection_reasons)}")
+    zh = "n/a (OCR off)" if summary.curated_zh_share is None else f"{100 * summary.curated_zh_share:.0f}%"
+    print(f"curation:               {fmt(summary.curation_by_status)}; reasons {fmt(summary.curation_reasons)}; "
+          f"curated with Chinese text {zh} (target >= {100 * settings.curate_zh_share:.0f}%)")
     print(f"generations (paid):     {fmt(summary.generations_by_status)}")
     print(f"samples per task:       {fmt(summary.samples_by_task)}")
     n_samples = sum(summary.samples_by_task.values())

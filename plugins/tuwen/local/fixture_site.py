@@ -122,7 +122,7 @@ class ExpectedImage:
     outcome: str  # one of OUTCOMES
     reason: str | None  # None for accepted
     pages: list[PageRef]
-    kind: str  # text | photo | icon | hard_case | variant
+    kind: str  # text | photo | icon | hard_case | variant | curated_away
     file: str | None  # path under www/ (None when nothing is served at this URL)
     text: list[str] | None = None  # the exact strings drawn on the image, one per line
     width: int | None = None
@@ -136,6 +136,10 @@ class ExpectedImage:
     variant: str | None = None  # near duplicates: requality | resize90 | crop2; srcset: 480w ...
     phash_distance: int | None = None  # near duplicates: perceptual_hash distance to duplicate_of
     final_url: str | None = None  # where a redirect lands
+    # Curation (tuwen.curate) of an accepted image: "curated", or "rejected" with the filter's reason.
+    # simple_graphic needs OCR text to decide; without OCR such an image is curated with its score only.
+    curation: str | None = None
+    curation_reason: str | None = None
 
     @property
     def has_text(self) -> bool:
@@ -191,6 +195,9 @@ def count_expected(images: dict[str, ExpectedImage]) -> dict[str, Any]:
         "by_reason": dict(sorted(by_reason.items())),
         "by_outcome_reason": dict(sorted(by_pair.items())),
         "accepted_with_text": sum(1 for img in accepted if img.has_text),
+        "by_curation": dict(sorted(Counter(img.curation or "curated" for img in accepted).items())),
+        "by_curation_reason": dict(sorted(Counter(img.curation_reason for img in accepted
+                                                  if img.curation_reason).items())),
         "fetched_urls": sum(1 for img in images.values() if img.outcome != "not_fetched"),
     }
 
@@ -867,6 +874,89 @@ def _navigation_pages(s: _Standard) -> tuple[list[_Page], _Page]:
     return [index, *section_pages, *extra_pages, *s.all_articles, about], private
 
 
+# Images an ideal crawler accepts and curation keeps from synthesis (issue 18), in site order: a QR-code
+# poster, a "scan to follow" card, a placeholder with a tiny icon, a gradient placeholder, a logo and a flat
+# banner strip. Made after every other image, so the rest of the site keeps its bytes.
+
+
+def _qr_module_image(payload: str, module: int) -> Image.Image:
+    import cv2
+
+    code = cv2.QRCodeEncoder.create().encode(payload)
+    return Image.fromarray(code).resize((code.shape[1] * module, code.shape[0] * module), Image.Resampling.NEAREST)
+
+
+def _qr_poster(b: _SiteBuilder) -> Image.Image:
+    img = Image.new("RGB", (600, 720), (250, 250, 250))
+    code = _qr_module_image("https://example.invalid/wx/follow?from=poster", 12).convert("RGB")
+    img.paste(code, ((600 - code.width) // 2, 150))
+    ImageDraw.Draw(img).text((150, 40), "扫码关注", font=load_cjk_font(72), fill=(20, 20, 20))
+    return img
+
+
+def _qr_card(b: _SiteBuilder) -> Image.Image:
+    img = Image.new("RGB", (720, 480), (196, 32, 40))
+    code = _qr_module_image("https://example.invalid/shop/coupon/2024", 9).convert("RGB")
+    img.paste(code, (360, (480 - code.height) // 2))
+    draw = ImageDraw.Draw(img)
+    draw.text((40, 150), "领取", font=load_cjk_font(80), fill=(255, 236, 160))
+    draw.text((40, 260), "优惠券", font=load_cjk_font(80), fill=(255, 236, 160))
+    return img
+
+
+def _tiny_icon_placeholder(b: _SiteBuilder) -> Image.Image:
+    img = Image.new("RGB", (1000, 750), (238, 238, 238))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((480, 355, 520, 395), outline=(170, 170, 170), width=3)
+    draw.polygon([(486, 389), (498, 372), (506, 382), (512, 376), (516, 389)], fill=(170, 170, 170))
+    return img
+
+
+def _gradient_placeholder(b: _SiteBuilder) -> Image.Image:
+    ramp = np.linspace(70, 230, 800, dtype=np.float64)
+    rgb = np.stack([np.tile(ramp, (600, 1)), np.tile(ramp[::-1], (600, 1)) * 0.6 + 60,
+                    np.full((600, 800), 200.0)], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def _flat_logo(b: _SiteBuilder) -> Image.Image:
+    img = Image.new("RGB", (420, 420), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((40, 40, 380, 380), fill=(210, 40, 50))
+    draw.text((120, 170), "福满", font=load_cjk_font(88), fill=(255, 255, 255))
+    return img
+
+
+def _banner_strip(b: _SiteBuilder) -> Image.Image:
+    img = Image.new("RGB", (1200, 260), (30, 90, 200))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 210, 1200, 260), fill=(250, 200, 40))
+    draw.text((420, 55), "新品上市", font=load_cjk_font(110), fill=(255, 255, 255))
+    return img
+
+
+CURATED_AWAY_CASES: list[tuple[str, Callable[[_SiteBuilder], Image.Image], str, int]] = [
+    ("/img/promo/qr-follow.png", _qr_poster, "qr_code", 3),
+    ("/img/promo/qr-coupon.png", _qr_card, "qr_code", 10),
+    ("/img/placeholder/no-image.png", _tiny_icon_placeholder, "low_information", 13),
+    ("/img/placeholder/loading.jpg", _gradient_placeholder, "low_information", 19),
+    ("/img/brand/logo-420.png", _flat_logo, "simple_graphic", 24),
+    ("/img/banner/new-arrivals-1200x260.png", _banner_strip, "simple_graphic", 29),
+]
+
+
+def _curated_away_images(s: _Standard) -> None:
+    b = s.b
+    for url, make, reason, article in CURATED_AWAY_CASES:
+        img = make(b)
+        if not b.distinct(img):  # a near duplicate of another fixture image would change the crawl's counts
+            raise RuntimeError(f"{url} is perceptually too close to another fixture image")
+        fmt = "PNG" if url.endswith(".png") else "JPEG"
+        entry = b.add_image(url, _encode(img, fmt), outcome="accepted", reason=None, kind="curated_away",
+                            curation="rejected", curation_reason=reason)
+        s.place(s.article(article), entry)
+
+
 def _generate_standard(b: _SiteBuilder) -> SiteManifest:
     s = _standard_articles(b)
     _ordinary_images(s)
@@ -877,6 +967,7 @@ def _generate_standard(b: _SiteBuilder) -> SiteManifest:
                        outcome="rejected", reason="too_small", kind="icon")
     _refused_images(s)
     pages, private = _navigation_pages(s)
+    _curated_away_images(s)
     for page in pages:
         logo.pages.append(PageRef(page.path, "img"))
         b.write(page.path, _render_page(page, logo.url))
@@ -1128,6 +1219,9 @@ def generate_site(out_dir: Path, seed: int = 7, profile: str = "standard", image
         manifest = _generate_hostile(builder)
     else:
         manifest = _generate_bench(builder, images)
+    for image in manifest.images.values():
+        if image.outcome == "accepted" and image.curation is None:
+            image.curation = "curated"  # every ordinary accepted image passes the curation filters
     manifest.expected_counts = count_expected(manifest.images)
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

@@ -326,6 +326,8 @@ _INDEX = """<!doctype html>
 <tr><th>failed expectations</th><td>{% for e in failed_expectations %}<span class="reason">{{ e }}</span>
  {% else %}none{% endfor %}</td></tr>
 <tr><th>skipped rules</th><td>{{ skipped|join('; ') or 'none' }}</td></tr>
+<tr><th>image curation</th><td id="curation">{% for status, n in curation.items() %}{{ status }} {{ n }}{{ ', ' if not
+ loop.last }}{% else %}no curation verdicts in scope{% endfor %} (tuwen.curate: synthesis took curated images only)</td></tr>
 <tr><th>Great Expectations</th><td>{{ data_docs_key or 'no Data Docs' }}</td></tr>
 </table>
 <p><a href="samples.html" id="passed-samples-link">Random passed samples with their images →</a></p>
@@ -399,6 +401,7 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
     """Render the report of one qc_run into out_dir (created); returns index.html."""
     import jinja2
 
+    from tuwen.curate.queries import counts_between as curation_counts
     from tuwen.quality.checks import CHECKS
     from tuwen.quality.near_duplicates import NEAR_DUPLICATE_REASON
 
@@ -433,6 +436,7 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
         "examples": {row.reason: view for row, view in zip(examples_rows, examples, strict=True)},
         "descriptions": descriptions, "samples": samples, "seed": seed,
         "faithfulness": _faithfulness(engine, qc_run_id),
+        "curation": curation_counts(engine, (run.scope or {}).get("date_from"), (run.scope or {}).get("date_to")),
     }
     index = out_dir / "index.html"
     index.write_text(env.from_string(_INDEX).render(context), encoding="utf-8")

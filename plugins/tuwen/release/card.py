@@ -49,6 +49,7 @@ class CardFacts:
     ocr: dict[str, Any] = field(default_factory=dict)
     qc_runs: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, Any] = field(default_factory=dict)
+    curation: dict[str, Any] = field(default_factory=dict)  # by_status, by_reason over the crawl dates
 
 
 def _rows(conn: Connection, sql: str, export_id: int) -> list[Any]:
@@ -143,6 +144,18 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
                 export_id)
     facts.sites = sorted(((r.key, int(r.n)) for r in src if r.kind == "site"), key=lambda kv: (-kv[1], kv[0]))
     facts.sources = {r.kind: int(r.n) for r in src if r.kind != "site"}
+    if crawl:  # curation verdicts of the crawl dates the release draws on (tuwen.curate; reasons, never values)
+        day_range = {"e": export_id, "lo": min(crawl), "hi": max(crawl)}
+        statuses = conn.execute(text("""SELECT c.status, count(*) AS n FROM curation c JOIN image i ON i.id = c.image_id
+                                        WHERE i.crawl_date BETWEEN :lo AND :hi GROUP BY c.status ORDER BY c.status"""),
+                                day_range).all()
+        reasons = conn.execute(text("""SELECT r.reason, count(*) AS n FROM curation c JOIN image i ON i.id = c.image_id,
+                                              jsonb_array_elements_text(c.reasons) AS r(reason)
+                                       WHERE i.crawl_date BETWEEN :lo AND :hi GROUP BY r.reason ORDER BY r.reason"""),
+                               day_range).all()
+        if statuses:
+            facts.curation = {"by_status": {r.status: int(r.n) for r in statuses},
+                              "by_reason": {r.reason: int(r.n) for r in reasons}}
     qc_ids = [r.qc_run_id for r in _rows(conn, """
         SELECT qc_run_id FROM export WHERE id = :e AND qc_run_id IS NOT NULL
         UNION SELECT DISTINCT s.qc_run_id FROM export_item ei JOIN sample s ON s.id = ei.sample_id

@@ -25,6 +25,7 @@ from tuwen.local.standin_vlm.serving import (
     output_length,
     serving_preset,
 )
+from tuwen.synthesis.vlm_client import ClientStats
 
 CONVERSATION = "Design a conversation between you and a person asking about this photo. Return User: ...\nAssistant: ..."
 DETAIL = "Describe the scene in this photo in detail. Include object counts."
@@ -216,3 +217,39 @@ def test_without_the_serving_model_there_is_no_metrics_endpoint_and_latency_rule
         assert wall >= 0.2
         # One token per character, as always without the serving model.
         assert answer["usage"]["completion_tokens"] == len(answer["choices"][0]["message"]["content"])
+
+
+# --- the client's in-flight control against the serving model ---------------------------------
+
+
+def run_client(vlm: StandinProcess, n: int, **kwargs: object) -> ClientStats:
+    from tuwen.synthesis.vlm_client import VLMClient, VLMRequest
+
+    async def go() -> ClientStats:
+        requests = [VLMRequest(key=f"k{i}", messages=body(DETAIL, seed=i % 12)["messages"], max_tokens=100,
+                               temperature=0.7, top_p=0.9, seed=None, extra_body={}) for i in range(n)]
+        async with VLMClient(vlm.base_url, "EMPTY", DEFAULT_MODEL, timeout_s=30, max_retries=0, **kwargs) as client:
+            return await client.run(requests, lambda _result: None)
+
+    return asyncio.run(go())
+
+
+def test_aimd_keeps_the_batch_full_and_the_queue_short_where_a_fixed_limit_queues(vlm: StandinProcess) -> None:
+    fixed = run_client(vlm, 60, max_in_flight=16)
+    fixed_summary = vlm.serving()
+    vlm.reset_serving()
+    assert fixed.ok == 60 and fixed.inflight_source is None
+    assert fixed_summary["max_waiting"] == 16 - MAX  # every request over max_num_seqs waits at the server
+
+    adaptive = run_client(vlm, 60, max_in_flight=16, inflight_control="aimd", metrics_poll_s=0.05)
+    summary = vlm.serving()
+    assert adaptive.ok == 60 and adaptive.inflight_source == "metrics"
+    assert adaptive.inflight_limit is not None and adaptive.inflight_limit < 16
+    assert summary["occupancy"] > 0.8
+    assert summary["mean_waiting"] < fixed_summary["mean_waiting"] / 2
+
+
+def test_without_metrics_aimd_follows_latency() -> None:
+    with StandinProcess(latency="fixed:0.05") as plain:
+        stats = run_client(plain, 40, max_in_flight=8, inflight_control="aimd", metrics_poll_s=0.05)
+    assert stats.ok == 40 and stats.inflight_source == "latency"

@@ -2,9 +2,11 @@
 
 Generation is where tuwen's money goes, so this client has three jobs:
 
-- keep the server saturated: a fixed pool of `max_in_flight` workers, each pulling the next
-  request only when it is free (building a request reads and base64-encodes an image, so the
-  request source is consumed lazily), over one HTTP connection pool sized to match;
+- keep the server saturated: a pool of `max_in_flight` workers, each pulling the next request
+  only when it is free (building a request reads and base64-encodes an image, so the request
+  source is consumed lazily), over one HTTP connection pool sized to match; with
+  `inflight_control="aimd"` the number of them sending at once follows the server's running and
+  waiting requests (`tuwen.synthesis.inflight`), `max_in_flight` staying the ceiling;
 - never lose an answer: every finished request, ok or failed for good, is handed to `on_result`
   as soon as it finishes, so the caller can commit it before anything else happens;
 - never pay twice and never hammer a dead server: this is tuwen's only retry layer (the SDK's own
@@ -29,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx2
 import openai
+
+from tuwen.synthesis.inflight import AIMDController, parse_vllm_metrics
 
 if TYPE_CHECKING:
     from tuwen.config import Settings
@@ -86,6 +90,8 @@ class ClientStats:
     elapsed_s: float = 0.0
     abandoned: int = 0  # pulled but not finished when the run stopped early (no result delivered)
     circuit_open: bool = False
+    inflight_limit: int | None = None  # with in-flight control: the limit it ended at
+    inflight_source: str | None = None  # "metrics" (the server's /metrics) or "latency"
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,11 @@ class VLMClient:
         breaker_failures: int = 8,
         breaker_window_s: float = 30.0,
         rng_seed: int | None = None,
+        inflight_control: str = "fixed",
+        metrics_poll_s: float = 1.0,
     ) -> None:
+        if inflight_control not in ("fixed", "aimd"):
+            raise ValueError(f"inflight_control must be 'fixed' or 'aimd', got {inflight_control!r}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if max_retries < 0:
@@ -316,6 +326,8 @@ class VLMClient:
         self.backoff_max_s = backoff_max_s
         self.breaker_failures = breaker_failures
         self.breaker_window_s = breaker_window_s
+        self.inflight_control = inflight_control
+        self.metrics_poll_s = metrics_poll_s
         self._rng = random.Random(rng_seed)
         # The SDK's aiohttp transport (openai.DefaultAioHttpClient, the SDK's documented choice for
         # high concurrency): httpx2's own pool scans its connections on every request, aiohttp's
@@ -350,6 +362,8 @@ class VLMClient:
             # A hung server is only noticed one timeout after each request starts, so its
             # failures arrive spread over about one timeout; the window must cover that.
             breaker_window_s=max(30.0, 2 * settings.vlm_timeout_s),
+            inflight_control=settings.vlm_inflight_control,
+            metrics_poll_s=settings.vlm_metrics_poll_s,
         )
 
     async def aclose(self) -> None:
@@ -513,15 +527,27 @@ class _Run:
         self.errors: list[BaseException] = []
         self.delivering: set[asyncio.Task[None]] = set()
         self.exhausted = False
+        # In-flight control: workers beyond the controller's limit wait for a slot (see inflight.py).
+        self.controller = AIMDController(ceiling=client.max_in_flight) if client.inflight_control == "aimd" else None
+        self.active = 0  # requests sent and not yet answered (retries and their back-off included)
+        self.slot_freed = asyncio.Event()
+        self.metrics_ok: bool | None = None  # None until the first /metrics read says which signal to use
 
     async def execute(self) -> None:
         started = time.perf_counter()
         workers = [asyncio.create_task(self._worker(), name=f"vlm-worker-{i}")
                    for i in range(self.client.max_in_flight)]
         stop_waiter = asyncio.create_task(self.stop.wait())
+        watcher = asyncio.create_task(self._watch_server()) if self.controller is not None else None
         try:
             await self._supervise(workers, stop_waiter)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                self.stats.inflight_limit = self.controller.limit if self.controller else None
+                if self.metrics_ok is not None:
+                    self.stats.inflight_source = "metrics" if self.metrics_ok else "latency"
             for task in workers:
                 task.cancel()
             stop_waiter.cancel()
@@ -564,17 +590,25 @@ class _Run:
         task = asyncio.current_task()
         assert task is not None
         while not self.stop.is_set():
-            request = await self._pull()
-            if request is None:
-                return
+            await self._admit()
             try:
-                result = await self.client._complete(request, self.stats, self.breaker, self.stop)
-            except _Stop:
-                self.stats.abandoned += 1
-                return
-            except asyncio.CancelledError:
-                self.stats.abandoned += 1
-                raise
+                request = await self._pull()
+                if request is None:
+                    return
+                try:
+                    result = await self.client._complete(request, self.stats, self.breaker, self.stop)
+                except _Stop:
+                    self.stats.abandoned += 1
+                    return
+                except asyncio.CancelledError:
+                    self.stats.abandoned += 1
+                    raise
+            finally:
+                self._release()
+            if self.controller is not None and self.metrics_ok is False:
+                self.controller.on_latency(time.monotonic(), result.latency_ms / 1000, result.completion_tokens,
+                                           self.active, timed_out=result.error_type == "timeout")
+                self.slot_freed.set()
             # Paid for: the caller gets it even if the run is stopping meanwhile.
             self.delivering.add(task)
             try:
@@ -585,6 +619,42 @@ class _Run:
                 return
             finally:
                 self.delivering.discard(task)
+
+    async def _admit(self) -> None:
+        """Wait until the in-flight controller's limit has room (at once without a controller)."""
+        if self.controller is not None:
+            while self.active >= self.controller.limit and not self.stop.is_set():
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+        self.active += 1
+
+    def _release(self) -> None:
+        self.active -= 1
+        self.slot_freed.set()
+
+    async def _watch_server(self) -> None:
+        """Feed the controller vLLM's running and waiting requests from /metrics every `metrics_poll_s`;
+        without them (not vLLM, or /metrics unreachable) the workers feed it latency instead, and
+        /metrics is tried again every 30 s."""
+        assert self.controller is not None
+        url = self.client.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+        timeout = aiohttp.ClientTimeout(total=max(1.0, 5 * self.client.metrics_poll_s))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                load = None
+                try:
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            load = parse_vllm_metrics(await response.text(), self.client.model)
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    load = None
+                self.metrics_ok = load is not None
+                if load is None:
+                    await asyncio.sleep(30.0)
+                    continue
+                self.controller.on_server_load(time.monotonic(), load, self.active)
+                self.slot_freed.set()
+                await asyncio.sleep(self.client.metrics_poll_s)
 
     async def _deliver(self, result: VLMResult) -> None:
         stats = self.stats

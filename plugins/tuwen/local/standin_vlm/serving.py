@@ -212,6 +212,8 @@ class StepLog:
             return out
         t0 = self.rows[0][0]
         out["max_waiting"] = max(r[3] for r in self.rows)
+        if self.last_finish is not None:
+            out["span_s"] = self.last_finish - t0  # from the first request to the last finish
         if self.first_full is None or self.last_finish is None or self.last_finish <= self.first_full:
             return out
         start, end = self.first_full, self.last_finish

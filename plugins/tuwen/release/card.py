@@ -49,6 +49,9 @@ class CardFacts:
     ocr: dict[str, Any] = field(default_factory=dict)
     qc_runs: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, Any] = field(default_factory=dict)
+    # The faithfulness judge over the release's samples (empty: it did not run for them): judged, calls,
+    # prompt_tokens, completion_tokens, models; gate_judged, gate_contradicted from the release's qc runs.
+    judge: dict[str, Any] = field(default_factory=dict)
     curation: dict[str, Any] = field(default_factory=dict)  # by_status, by_reason over the crawl dates
 
 
@@ -168,7 +171,33 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
             "n_samples": q.n_samples, "n_passed": q.n_passed, "n_failed": q.n_failed, "pass_rate": q.pass_rate,
             "success": q.success, "failed_reasons": (q.results or {}).get("failed_reasons", {}),
             "day": q.created_at.date() if q.created_at else None})
+    facts.judge = _judge_facts(conn, export_id, qc_ids)
     return facts
+
+
+def _judge_facts(conn: Connection, export_id: int, qc_ids: list[int]) -> dict[str, Any]:
+    """What the faithfulness judge cost and found for the release's samples; {} when it never judged one.
+    Every judge call is counted (a failed one's tokens were paid too); `judged` counts samples with a
+    succeeded judgement; the pass rate comes from the qc runs, since the contradicted samples were dropped
+    and the release itself holds only passes."""
+    if not conn.execute(text("SELECT EXISTS (SELECT 1 FROM judgement)")).scalar_one():
+        return {}  # the judge never ran: one index probe, not a pass over the release
+    row = conn.execute(text("""
+        SELECT count(*) AS calls, count(DISTINCT j.sample_id) FILTER (WHERE j.status = 'succeeded') AS judged,
+               coalesce(sum(j.prompt_tokens), 0) AS prompt_tokens,
+               coalesce(sum(j.completion_tokens), 0) AS completion_tokens,
+               array_remove(array_agg(DISTINCT j.model) FILTER (WHERE j.status = 'succeeded'), NULL) AS models
+        FROM export_item ei JOIN judgement j ON j.sample_id = ei.sample_id WHERE ei.export_id = :e"""),
+        {"e": export_id}).one()
+    if not row.calls:
+        return {}
+    gate = conn.execute(text("""
+        SELECT count(*) FILTER (WHERE (qc_metrics->>'judged')::real = 1) AS judged,
+               count(*) FILTER (WHERE qc_reasons ? 'faithfulness.judge') AS contradicted
+        FROM sample WHERE qc_run_id = ANY(:ids)"""), {"ids": qc_ids}).one()
+    return {"calls": int(row.calls), "judged": int(row.judged), "prompt_tokens": int(row.prompt_tokens),
+            "completion_tokens": int(row.completion_tokens), "models": sorted(row.models or []),
+            "gate_judged": int(gate.judged), "gate_contradicted": int(gate.contradicted)}
 
 
 def build_card(engine: Engine, prompts_dir: Path, export_id: int, params: Any, manifest: Mapping[str, Any]) -> str:

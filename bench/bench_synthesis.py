@@ -5,12 +5,23 @@ end to end — read the image from S3, base64-encode, call the stand-in, parse, 
 sample — with 128 requests in flight. By Little's law the ideal is 128 in flight / 1.0 s latency =
 128 samples/s; the score is the achieved fraction (target >= 0.85) and the client process's CPU
 milliseconds per sample (target <= 5 ms). Repeated with log-normal latency (median 1 s, p99 10 s).
+
+`--judge` (python -m bench.bench_synthesis --judge): the faithfulness judge's cost at the same
+settings. The 3,000 images are synthesized (fixed 1.0 s latency, 128 in flight), then every sample is
+judged the same way; it reports the judge's extra prompt and completion tokens per sample, its
+completion tokens as a share of synthesis's (target <= 20 %), and its wall time as a share of
+synthesis's, and records them in docs/BENCHMARKS.md. Against the stand-in this measures plumbing:
+its tokens are characters (one token per character, images by Qwen2.5-VL's patch count), its judge
+quotes every sentence of an answer, and its latency does not grow with the output, so the wall-time
+share says nothing about a real model's.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
+import os
 import sys
 import tempfile
 import time
@@ -19,8 +30,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
-from bench.common import bench_settings, machine, seed_images
+from bench.common import bench_settings, machine, record_result, seed_images
 from tuwen.domain import Partition
+from tuwen.judge.keys import JudgeRunParams
+from tuwen.judge.planning import plan_judging
+from tuwen.judge.runner import run_judge_batch
 from tuwen.resources import Resources
 from tuwen.synthesis.keys import RunParams
 from tuwen.synthesis.planning import plan_partition
@@ -54,6 +68,68 @@ def _run(settings, standin_root: str, latency: str, label: str) -> dict:
     return row
 
 
+def judge_cost() -> dict:
+    """Synthesis, then the judge over every sample, at the benchmark's settings (module doc)."""
+    from tuwen.local.standin_vlm import StandinProcess
+
+    print(f"== faithfulness judge cost ({machine()}): {N_IMAGES} images, {IN_FLIGHT} in flight, fixed 1.0 s ==")
+    with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \
+            StandinProcess(latency="fixed:1.0") as vlm:
+        settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model,
+                                       vlm_max_in_flight=IN_FLIGHT, vlm_timeout_s=60.0, judge_enabled=True)
+        seed_images(settings, N_IMAGES, DAY.start)
+        resources = Resources.from_settings(settings)
+        plan = plan_partition(resources, DAY, RunParams())
+        wall0 = time.perf_counter()
+        synthesis = run_batch(resources, [i for b in plan.batches for i in b["image_ids"]], RunParams())
+        synthesis_wall = time.perf_counter() - wall0
+        samples = synthesis.succeeded
+        judge_plan = plan_judging(resources, DAY, JudgeRunParams(enabled=True))
+        wall0 = time.perf_counter()
+        judged = run_judge_batch(resources, [s for b in judge_plan.batches for s in b["sample_ids"]],
+                                 JudgeRunParams(enabled=True))
+        judge_wall = time.perf_counter() - wall0
+    row = {
+        "samples": samples, "judged": judged.succeeded, "unparseable": judged.unparseable, "failed": judged.failed,
+        "synthesis_prompt_tokens": synthesis.prompt_tokens / samples,
+        "synthesis_completion_tokens": synthesis.completion_tokens / samples,
+        "judge_prompt_tokens": judged.prompt_tokens / samples,
+        "judge_completion_tokens": judged.completion_tokens / samples,
+        "synthesis_wall_s": synthesis_wall, "judge_wall_s": judge_wall,
+    }
+    row["extra_completion_share"] = row["judge_completion_tokens"] / row["synthesis_completion_tokens"]
+    row["extra_prompt_share"] = row["judge_prompt_tokens"] / row["synthesis_prompt_tokens"]
+    row["extra_wall_share"] = judge_wall / synthesis_wall
+    print(f"{samples} samples, {judged.succeeded} judged ({judged.unparseable} unparseable, {judged.failed} failed); "
+          f"per sample: synthesis {row['synthesis_prompt_tokens']:.0f} prompt + "
+          f"{row['synthesis_completion_tokens']:.0f} completion tokens, judge +{row['judge_prompt_tokens']:.0f} "
+          f"prompt (+{100 * row['extra_prompt_share']:.0f} %) +{row['judge_completion_tokens']:.0f} completion "
+          f"(+{100 * row['extra_completion_share']:.0f} %, target <= 20 %); wall {synthesis_wall:.1f}s + "
+          f"{judge_wall:.1f}s judge (+{100 * row['extra_wall_share']:.0f} %)")
+    load = os.getloadavg()[0]
+    record_result(
+        "Faithfulness judge cost",
+        f"- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.bench_synthesis --judge`, {machine()}, "
+        f"load avg {load:.1f} at the end: {samples} samples ({judged.succeeded} judged, {judged.unparseable} "
+        f"unparseable, {judged.failed} failed). Per sample, synthesis {row['synthesis_prompt_tokens']:.0f} prompt + "
+        f"{row['synthesis_completion_tokens']:.0f} completion tokens; the judge +{row['judge_prompt_tokens']:.0f} "
+        f"prompt (+{100 * row['extra_prompt_share']:.0f} %) and +{row['judge_completion_tokens']:.0f} completion "
+        f"tokens (**+{100 * row['extra_completion_share']:.0f} %**, target <= 20 %); wall {synthesis_wall:.1f} s "
+        f"synthesis + {judge_wall:.1f} s judge (+{100 * row['extra_wall_share']:.0f} %).",
+        intro=JUDGE_INTRO,
+    )
+    return row
+
+
+JUDGE_INTRO = """The faithfulness judge's extra cost per sample at the synthesis benchmark's settings: 3,000 images,
+128 requests in flight, the stand-in at a fixed 1.0 s latency; synthesis first, then the judge over
+every sample (one request each: the image again, the judge prompt and the sample), `response_format`
+(JSON schema) on. Target: <= 20 % extra completion tokens. **Against the stand-in this is plumbing
+only**: its tokens are characters (images by Qwen2.5-VL's patch count), its judge quotes every
+sentence of the answer as a statement, and its latency does not grow with the output, so the
+wall-time share counts requests, not a model's decoding time."""
+
+
 def main() -> list[dict]:
     from tuwen.local.standin_vlm import StandinProcess
 
@@ -73,5 +149,10 @@ def main() -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_synthesis", description=__doc__.splitlines()[0])
+    parser.add_argument("--judge", action="store_true", help="measure the faithfulness judge's extra cost instead")
+    if parser.parse_args().judge:
+        judge_cost()
+    else:
+        main()
     sys.exit(0)

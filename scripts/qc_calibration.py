@@ -10,7 +10,7 @@ index); the texts are read from their repositories at the pinned commit into a g
 
 A source file is looked for in the cache (--cache, default .run/qc-calibration/<owner>+<repo>/
 <commit>/<path>), then in a local clone (--mirror DIR holding <owner>+<repo>/repo, read with
-`git show <commit>:<path>`), then downloaded from raw.githubusercontent.com.
+`git show <commit>:<path>`; a bare mirror works as well), then downloaded from raw.githubusercontent.com.
 
 How records become samples: LLaVA-Bench qa90 categories map to our tasks (conv → conversation,
 detail → detail, complex → complex_reasoning); LLaMA-Factory messages become human/gpt turns with
@@ -119,6 +119,7 @@ def measure(records: list[Record], labels: dict[tuple[str, int], dict[str, Any]]
     language, per task, per source and per check."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     by_check: dict[str, Counter[str]] = defaultdict(Counter)
+    by_task_check: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     wrong: list[dict[str, Any]] = []
     for record in records:
         label = labels[(record.source, record.index)]
@@ -132,6 +133,7 @@ def measure(records: list[Record], labels: dict[tuple[str, int], dict[str, Any]]
             groups[key][f"{label['label']}_rejected"] += not verdict.passed
         for reason in verdict.reasons:
             by_check[reason][f"{label['label']}_rejected"] += 1
+            by_task_check[record.sample.task_type][reason][f"{label['label']}_rejected"] += 1
         if (label["label"] == "keep") != verdict.passed:
             wrong.append({"source": record.source, "index": record.index, "label": label["label"],
                           "class": label["class"], "task": record.sample.task_type, "reasons": verdict.reasons})
@@ -140,6 +142,8 @@ def measure(records: list[Record], labels: dict[tuple[str, int], dict[str, Any]]
                          "reject": c["reject"], "reject_rejected": c["reject_rejected"]}
                    for key, c in sorted(groups.items())},
         "by_check": {name: dict(by_check[name]) for name in CHECKS if name in by_check},
+        "by_task_check": {task: {name: dict(checks[name]) for name in CHECKS if name in checks}
+                          for task, checks in sorted(by_task_check.items())},
         "disagreements": wrong,
     }
 
@@ -155,6 +159,16 @@ def markdown(figures: dict[str, Any]) -> str:
     lines += ["", "| check | keep-worthy records it rejects | bad records it rejects |", "|---|---|---|"]
     for name, c in figures["by_check"].items():
         lines.append(f"| `{name}` | {c.get('keep_rejected', 0)} | {c.get('reject_rejected', 0)} |")
+    # Per task and check: which rule does the work on which task (keep-worthy / bad records it rejects).
+    tasks = sorted(key.removeprefix("task:") for key in figures["groups"] if key.startswith("task:"))
+    lines += ["", "| check | " + " | ".join(f"{task}: keep-worthy / bad" for task in tasks) + " |",
+              "|---|" + "---|" * len(tasks)]
+    for name in figures["by_check"]:
+        cells = []
+        for task in tasks:
+            c = figures["by_task_check"].get(task, {}).get(name, {})
+            cells.append(f"{c.get('keep_rejected', 0)} / {c.get('reject_rejected', 0)}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

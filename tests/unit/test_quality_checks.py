@@ -297,7 +297,7 @@ def test_finish_reason_length_is_truncated_even_with_a_full_stop() -> None:
 
 
 def test_length_thresholds_scale_for_english() -> None:
-    answer = "A quiet alley with old houses."  # 30 characters: a full Chinese answer, a thin English one
+    answer = "An old alley is lined with houses."  # 34 characters: a full Chinese answer, a thin English one
     sample = SampleForQC(
         "detail",
         "en",

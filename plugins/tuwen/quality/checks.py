@@ -17,15 +17,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 from tuwen.domain import IMAGE_TOKEN, LANGUAGES
 
 # Bump when a check's logic or a default threshold changes, so qc_run rows and dataset cards say which
-# rules judged a sample. v2: the checks calibrated on real public data (docs/QUALITY.md).
-QC_CHECKS_VERSION = 2
+# rules judged a sample. v2: the checks calibrated on real public data (docs/QUALITY.md). v3: answers that
+# do not answer their question (conversation.off_task), repeated long sentences, bare enumerations and,
+# when finish_reason is unknown, cuts seen from the answer's own punctuation and capitals.
+QC_CHECKS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,13 @@ class QCConfig:
     loop_max_unit_chars: int = 40
     loop_min_repeats: int = 4
     loop_min_span_chars: int = 30
+    # A sentence this long (Chinese characters; English ×en_length_factor) said twice, whole or as the end
+    # of an earlier sentence, is a loop even in a two-sentence answer (the duplicate ratio needs four).
+    min_repeated_sentence_chars: int = 12
+    # With finish_reason unknown (imported data), an answer of at least this many sentences that ends
+    # (or starts) unlike all its other sentences — no terminal punctuation, a lower-case first word — was
+    # cut. Weak evidence, so it needs the answer's own habit to compare with; `stop` / `length` overrule it.
+    truncation_min_sentences: int = 3
     # Each answer is held to what its own question asks (see `question_kind`) and to its task: a yes/no or
     # a count may be one character, a reasoning answer may not. Calibrated on real data (docs/QUALITY.md).
     min_round_chars_by_kind: Mapping[str, int] = field(default_factory=_min_round_chars_by_kind)
@@ -97,6 +106,13 @@ class QCConfig:
     # conversation
     duplicate_question_jaccard: float = 0.7
     non_answer_max_chars: int = 8
+    # off_task: a closed question (a count, yes/no, a colour, a person or thing) answered in at most this
+    # many characters (English ×en_length_factor) must carry what was asked for; a longer answer says more
+    # than its first words, and a reader, not a rule, judges whether it addresses the question.
+    off_task_max_answer_chars: int = 30
+    # An answer to a request (open / generative / detailed) whose content words come from the request
+    # itself at least this share restates the request instead of answering it (needs 3+ content words).
+    off_task_echo_share: float = 0.8
     # grounding
     ocr_min_cjk_chars: int = 4
     ocr_min_coverage: float = 0.3
@@ -171,22 +187,27 @@ _SPECS = (
     ),
     CheckSpec(
         "degeneration.repetition",
-        2,
-        "no repeated sentences/lines beyond the ratio (list numbers ignored, zh and en sentences), no looping tail "
-        "(a unit repeated to the end), no undecodable bytes (U+FFFD)",
+        3,
+        "no repeated sentences/lines beyond the ratio (list numbers ignored, zh and en sentences), no long sentence "
+        "said twice (whole or as the end of an earlier one), no looping tail (a unit repeated to the end), no answer "
+        "made only of list labels (1.a. 1.b. …), no undecodable bytes (U+FFFD)",
         (
             "max_duplicate_sentence_ratio",
             "min_sentences_for_duplicate_ratio",
             "min_sentence_chars",
+            "min_repeated_sentence_chars",
             "loop_min_repeats",
             "loop_min_span_chars",
         ),
     ),
     CheckSpec(
         "degeneration.truncated",
-        2,
+        3,
         "finish_reason is not 'length'; whatever the finish_reason, no answer stops on an unfinished marker "
-        "(a comma, colon or opening bracket, a dangling 和/以及/正在…, and/the/of…); a missing full stop alone is not truncation",
+        "(a comma, colon or opening bracket, a dangling 和/以及/正在…, and/the/of…); with finish_reason unknown, an "
+        "answer of several sentences does not end without the terminal punctuation all its others have, nor start "
+        "in lower case when all its others start capitalised; a missing full stop alone is not truncation",
+        ("truncation_min_sentences",),
     ),
     CheckSpec(
         "length.too_short",
@@ -212,6 +233,16 @@ _SPECS = (
         2,
         "no answer is just 不确定/无法确定/不知道/放弃回答/I don't know/Hello",
         ("non_answer_max_chars",),
+    ),
+    CheckSpec(
+        "conversation.off_task",
+        1,
+        "each answer answers its own question: a short answer to a count / yes-no / colour question carries a "
+        "number / a yes-no or the question's own words / a colour, a person or thing is not a bare number; a "
+        "request for code gets code; an English request to describe / explain / write is not answered by a "
+        "verbless fragment; an answer to a request does not just restate it; the answer does not speak as the "
+        "asker or a person in the image (my plant, I'm most awake) outside a piece of writing",
+        ("off_task_max_answer_chars", "off_task_echo_share", "en_length_factor"),
     ),
     CheckSpec(
         "grounding.ocr_coverage",
@@ -393,6 +424,113 @@ QUESTION_FILLER_RE = re.compile(
     r"|\b(?:in|on) (?:the|this) (?:image|picture|photo)\b|\bcan you\b|\bplease\b|\bcould you\b"
 )
 
+# --- conversation.off_task: what a closed question asks for, and what an answer to it must carry.
+# Each rule is a kind of question and the one thing its answer cannot lack; all judge only short answers
+# (QCConfig.off_task_max_answer_chars) except the code and fragment rules, whose evidence is the whole answer.
+COUNT_QUESTION_RE = re.compile(
+    r"\bhow (?:many|much)\b|多少|几(?:个|只|位|辆|人|名|块|张|条|头|匹|把|本|台|架|艘|棵|朵|座|层|岁|次|种|件|双|对|盘|杯|碗|瓶|根|片|间|扇|盏)"
+)
+NUMBER_IN_ANSWER_RE = re.compile(
+    r"\d|[零〇一二两三四五六七八九十百千万亿半几双俩仨无没]|许多|很多"
+    r"|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen"
+    r"|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?"
+    r"|thousands?|millions?|dozens?|none|no|single|both|couple|pair|several|many|few|multiple|numerous|lots?"
+    r"|free|nothing|once|twice|a|an|only|just|alone|lone)\b",
+    re.IGNORECASE,
+)
+# A yes/no question: English opens on an auxiliary ("Did …", "Is there …"), Chinese ends on 吗 or asks
+# 是否/有没有/…; not an alternative question (… or …, 还是) and not addressed to the assistant ("Can you …",
+# 你能…吗 are requests, "Do you have anything to say" asks for words, not a yes or no).
+POLAR_QUESTION_EN_RE = re.compile(
+    r"^(?:is|are|was|were|do|does|did|can|could|will|would|should|has|have|had|may|might|must|shall)\s+(?!you\b|u\b)",
+    re.IGNORECASE,
+)
+POLAR_QUESTION_ZH_RE = re.compile(r"吗[？?。！!]?\s*$|是否|是不是|有没有|能不能|会不会|可不可以|对不对|好不好|要不要")
+POLARITY_RE = re.compile(
+    r"\b(?:yes|yeah|yep|no|nope|not|never|none|nothing|nobody|indeed|sure|certainly|definitely|correct|right"
+    r"|true|false|absolutely|probably|likely|unlikely|possibly|maybe|perhaps"
+    r"|only|just|instead|but|rather|actually|still|already)\b|n't\b"
+    r"|[是不没有对会能否无未别]|可以|可能|确实|当然|应该",
+    re.IGNORECASE,
+)
+COLOUR_QUESTION_RE = re.compile(r"\b(?:what|which) colou?rs?\b|什么颜色|哪种颜色|哪个颜色|什么色|哪些颜色|颜色是", re.IGNORECASE)
+COLOUR_IN_ANSWER_RE = re.compile(
+    r"[色红黄蓝绿白黑紫粉灰橙棕褐金银青彩]"
+    r"|\b(?:red|orange|yellow|green|blue|purple|pink|brown|black|white|gr[ae]y|silver|gold(?:en)?|beige|tan|navy"
+    r"|teal|cyan|magenta|maroon|violet|cream|ivory|turquoise|khaki|olive|colou?rful|multi-?colou?red|dark|light"
+    r"|bright|pale|transparent|clear|striped|plaid)\b",
+    re.IGNORECASE,
+)
+# Who / which <thing> / 谁 / 哪个<thing>: a person or a thing is asked for, unless the thing is a quantity
+# (which year, 哪一年, which floor, 几号…), so a bare number is an answer to some other question.
+ENTITY_QUESTION_RE = re.compile(r"\bwho(?:se|m)?\b|\bwhich\s+(\w+)|谁|哪(?:个|一个|位|家|种|些|一)?(\w)?", re.IGNORECASE)
+QUANTITY_FOCUS = frozenset((
+    "year", "years", "number", "numbers", "floor", "floors", "page", "pages", "step", "steps", "day",
+    "days", "month", "date", "time", "times", "size", "price", "amount", "total", "percentage",
+    "percent", "score", "age", "one", "ones", "年", "天", "日", "月", "号", "层", "楼", "页", "步", "站", "路",
+    "班", "次", "数", "届", "期", "版",
+))  # fmt: skip
+BARE_NUMBER_RE = re.compile(r"^[\s$¥€£#(（]*[\d][\d\s.,:/%$¥€£\-–~]*(?:元|美元|块|USD|RMB|%)?[\s.。!！)）]*$")
+# A request for code: the answer has code's punctuation or keywords, or it is not code.
+CODE_REQUEST_RE = re.compile(
+    r"\b(?:python|html|javascript|js|css|sql|java|c\+\+|code|program|script|function)\b|代码|程序|脚本|函数", re.IGNORECASE
+)
+CODE_MARKS = ("(", ")", "{", "}", "<", ">", "=", ";", "def ", "print", "import ", "```", "\t", "    ")
+# English finite verbs that a caption fragment lacks ("a dog laying down on a wooden floor", "the starry
+# night"): an auxiliary, a negation, a subject pronoun followed by a word, a past form, or a third-person
+# -s verb before its complement ("a boy stands on a ledge"). Participles (-ing) do not make a sentence.
+# Chinese verbs carry no such mark; there the length floors catch a noun phrase (length.too_short).
+FINITE_VERB_EN_RE = re.compile(
+    r"\b(?:is|are|was|were|am|be|been|has|have|had|do|does|did|can|could|will|would|shall|should|may|might"
+    r"|must|let|lets|here's|there's|that's|it's|he's|she's|what's)\b|n't\b|'(?:re|m|ve|ll|d)\b"
+    r"|\b(?:i|you|he|she|it|we|they)\s+[a-z]{2,}"
+    r"|\b[a-z]{2,}ed\b"
+    r"|\b(?:ate|became|began|bit|blew|broke|brought|built|bought|caught|chose|came|cut|dug|drew|drank|drove|fell"
+    r"|fought|found|flew|forgot|froze|got|gave|went|grew|hung|heard|hid|hit|held|hurt|kept|knew|laid|led|left|lent"
+    r"|lay|lit|lost|made|meant|met|paid|put|quit|ran|rang|rode|rose|said|saw|sold|sent|set|shook|shot|shut|sang"
+    r"|sank|sat|slept|slid|spoke|spent|spun|stood|stole|stuck|struck|swam|swung|took|taught|tore|told|thought"
+    r"|threw|understood|woke|wore|won|wrote)\b"
+    r"|\b[a-z]{2,}[^s\W]s\s+(?:a|an|the|on|in|at|to|with|of|from|over|into|onto|like|out|up|down|his|her|its"
+    r"|their|by|for|through|across|near|under|behind|around|off|away|as|that|this|it|him|them)\b",
+    re.IGNORECASE,
+)
+EVENT_QUESTION_EN_RE = re.compile(
+    r"\bwhat (?:happened|happens|is happening|will happen|(?:is|are|was|were) (?:\w+ ){1,3}doing)\b", re.IGNORECASE
+)
+ING_RE = re.compile(r"\b[a-z]{2,}ing\b", re.IGNORECASE)
+# The answer speaks as the asker or as someone in the image instead of about the image, a model continuing
+# the text rather than answering it: it calls the asker's thing its own ("my plant is turning yellow" to
+# "what is wrong with my plant?"), or a short answer is someone's first person ("I'm most awake",
+# 我最喜欢周末). The assistant's own first person (I'm sorry, I'm not sure, 我很抱歉) is not this.
+MY_THING_EN_RE = re.compile(r"\bmy ([a-z]+)", re.IGNORECASE)
+MY_THING_ZH_RE = re.compile(r"我的(\w)")
+SELF_EN_RE = re.compile(
+    r"\bi(?:'m| am) (?!sorry|unable|not able|an? (?:ai|assistant|language|visual|large)|happy to|glad|here|afraid"
+    r"|not sure|unsure|going to|able|confident|certain|uncertain|not certain)[a-z]+",
+    re.IGNORECASE,
+)
+SELF_ZH_RE = re.compile(r"我(?:是|很|最|好|真|太|正在)(?!抱歉|遗憾|乐意|高兴为|不确定|无法)")
+CONTENT_WORD_EN_RE = re.compile(r"[a-z]{3,}")
+STOPWORDS_EN = frozenset((
+    "the", "and", "for", "are", "but", "not", "you", "your", "yours", "can", "could", "would", "should",
+    "will", "with", "this", "that", "these", "those", "there", "their", "they", "them", "what", "which",
+    "who", "whom", "whose", "when", "where", "why", "how", "was", "were", "has", "have", "had", "does",
+    "did", "doing", "done", "from", "into", "onto", "about", "image", "picture", "photo", "please",
+    "tell", "give", "any", "all", "some", "its", "it's", "than", "then", "also", "just", "very", "our",
+    "ours", "out", "use", "using", "used", "one",
+))  # fmt: skip
+REPEAT_MARKER_RE = re.compile(r"\b(?:also|too|again) |[也还又]")
+# Chinese characters that say nothing about what a question is about, left out when an answer's overlap
+# with its question is measured one character at a time.
+FUNCTION_CHARS_ZH = frozenset("的了吗呢吧啊是在有和与及或这那个些张幅图片中里上下面图像照画请问你您我他她它们么什可以能会将要")
+# How-to questions are answered with instructions, and an imperative has no mark of a finite verb.
+HOW_QUESTION_RE = re.compile(r"\bhow\b|\bwhat (?:should|can|could|do) (?:i|we)\b|如何|怎么|怎样")
+# Sentence (or line) boundaries: after 。！？ or after . ! ? that follows a letter or a closing mark (not a
+# list number such as "2. "), and at a line break.
+SENTENCE_SPLIT_RE = re.compile(r"(?<=[。！？])|(?<=[^\d\s.][.!?])\s+|\n+")
+# List labels with nothing after them ("1.a. 1.b. 1.c. …", "1、2、3、4、"): a counter, not an answer.
+LIST_LABEL_RE = re.compile(r"(?:\d{1,3}|[a-zA-Z]|[ivxIVX]{1,4}|[一二三四五六七八九十]{1,3})[.、)）:：]")
+
 
 @cache
 def traditional_only_chars() -> frozenset[str]:
@@ -507,6 +645,7 @@ def ends_unfinished(answer: str) -> bool:
     return text.endswith(DANGLING_ZH)
 
 
+@lru_cache(maxsize=8192)  # generated questions repeat (templates, follow-ups): each is read by several checks
 def question_kind(question: str) -> str:
     """What a question asks for: 'detailed', 'generative', 'open' or 'closed' (a fact, a count, yes/no).
     The highest-floor kind whose words occur in the question wins."""
@@ -567,6 +706,178 @@ def duplicate_sentence_ratio(text: str, config: QCConfig) -> float:
     if len(sentences) < config.min_sentences_for_duplicate_ratio:
         return 0.0
     return 1.0 - len(set(sentences)) / len(sentences)
+
+
+def _content_words(text: str) -> set[str]:
+    """English words of 3+ letters, minus function words, with a plural/3rd-person -s taken off."""
+    words = CONTENT_WORD_EN_RE.findall(text.lower())
+    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words if w not in STOPWORDS_EN}
+
+
+def _cjk_bigrams(text: str) -> set[str]:
+    return {run[i : i + 2] for run in CJK_RUN_RE.findall(text) for i in range(len(run) - 1)}
+
+
+def _content_chars_zh(text: str) -> set[str]:
+    return set("".join(CJK_RUN_RE.findall(text))) - FUNCTION_CHARS_ZH
+
+
+def shares_content(question: str, answer: str) -> bool:
+    """Whether the answer repeats a content word of the question (English, plural -s aside) or one of its
+    Chinese characters other than function characters: a Chinese yes/no answer often restates the question
+    in other words (两侧 → 左侧和右侧), so one shared character is enough."""
+    question = QUESTION_FILLER_RE.sub(" ", question.lower())
+    return bool(_content_words(question) & _content_words(answer)) or bool(
+        _content_chars_zh(question) & _content_chars_zh(answer)
+    )
+
+
+def echo_share(question: str, answer: str) -> float | None:
+    """Share of the answer's content words (English) and content characters (Chinese, function characters
+    such as 的/我们/可以 left out) that come from the question; None when it has fewer than three."""
+    words = _content_words(answer) | _content_chars_zh(answer)
+    if len(words) < 3:
+        return None
+    return len(words & (_content_words(question) | _content_chars_zh(question))) / len(words)
+
+
+def off_task_reason(question: str, answer: str, language: str, config: QCConfig) -> str | None:
+    """Why an answer does not answer its own question, or None. Each rule pairs a kind of question with
+    the one thing an answer to it cannot lack (docs/QUALITY.md, "off-task"):
+
+    - count: "how many / 几个 / 多少" answered without a number ("Kobe Bryant.");
+    - yes_no: a yes/no question answered with neither a yes/no nor any of its own words ("2000's Titanic."
+      to "Did his character survive?");
+    - colour: "what colour / 什么颜色" answered without a colour;
+    - bare_number: a person or a thing asked for (who, which department, 哪个部门, 谁) and only a number given;
+    - no_code: code asked for (python, html, 代码) and the answer has none of code's marks;
+    - fragment: an English request to describe, explain or write, or "what happened", answered by a
+      verbless fragment ("a process flow chart for a coffee machine");
+    - echo: a request answered by restating it ("We can help you write an advertisement.");
+    - persona: outside a piece of writing, the answer speaks as the asker or someone in the image
+      ("my plant is turning yellow" to "what is wrong with my plant?", "I'm most awake").
+    The first four judge only short answers: a long one says more than a rule can weigh."""
+    answer = answer.strip()
+    kind = question_kind(question)
+    factor = config.en_length_factor if language == "en" else 1.0
+    short = len(answer) <= config.off_task_max_answer_chars * factor
+    lowered_question = question.lower()
+    if kind == "closed" and short:
+        if COUNT_QUESTION_RE.search(lowered_question) and not NUMBER_IN_ANSWER_RE.search(answer):
+            return "count"
+        polar = (
+            POLAR_QUESTION_EN_RE.match(question.lstrip()) is not None
+            if language == "en"
+            else ("你" not in question and "您" not in question and POLAR_QUESTION_ZH_RE.search(question) is not None)
+        )
+        # A statement can say yes or no without the word ("Cars are queuing at the lights."); a bare phrase
+        # that neither says it nor repeats the question cannot. Chinese verbs carry no mark, so there one
+        # shared character of the question is taken as addressing it.
+        if (
+            polar
+            and " or " not in lowered_question
+            and "还是" not in question
+            and not POLARITY_RE.search(answer)
+            and not shares_content(question, answer)
+            and not (language == "en" and FINITE_VERB_EN_RE.search(answer))
+        ):
+            return "yes_no"
+        if COLOUR_QUESTION_RE.search(question) and not COLOUR_IN_ANSWER_RE.search(answer):
+            return "colour"
+        if BARE_NUMBER_RE.match(answer):
+            entity = ENTITY_QUESTION_RE.search(lowered_question)
+            if entity and (entity.group(1) or entity.group(2) or "") not in QUANTITY_FOCUS:
+                return "bare_number"
+    if kind == "generative" and CODE_REQUEST_RE.search(question) and not any(m in answer for m in CODE_MARKS):
+        return "no_code"
+    if (
+        language == "en"
+        and (kind != "closed" or "what " in lowered_question)
+        and not FINITE_VERB_EN_RE.search(answer)
+        and (
+            (kind != "closed" and not HOW_QUESTION_RE.search(lowered_question))
+            or (EVENT_QUESTION_EN_RE.search(question) and not ING_RE.search(answer))
+        )
+    ):
+        # Several punctuated sentences are sentences (steps in the imperative: "Boil the water. Add
+        # the tea."), even where no verb shows; one phrase, punctuated or not, is a fragment.
+        units = [u.strip() for u in SENTENCE_SPLIT_RE.split(answer) if u.strip()]
+        if not (len(units) >= 2 and all(u[-1] in TERMINAL_CHARS for u in units)):
+            return "fragment"
+    if kind != "closed" and short:
+        share = echo_share(question, answer)
+        if share is not None and share >= config.off_task_echo_share:
+            return "echo"
+    if kind != "generative":
+        english = language == "en"
+        lowered_answer = answer.lower() if english else answer
+        mine_asked = ("my " in lowered_question) if english else ("我的" in question)
+        self_told = short and (("i'm " in lowered_answer or "i am " in lowered_answer) if english else "我" in answer)
+        if mine_asked or self_told:
+            own_words = _outside_quotes(answer, find_quotes(answer))
+            thing_re = MY_THING_EN_RE if english else MY_THING_ZH_RE
+            asked_about = {m.lower() for m in thing_re.findall(question)} if mine_asked else set()
+            if asked_about & {m.lower() for m in thing_re.findall(own_words)}:
+                return "persona"
+            addressed = ("you" in lowered_question) if english else ("你" in question or "您" in question)
+            if self_told and not addressed and (SELF_EN_RE if english else SELF_ZH_RE).search(own_words):
+                return "persona"
+    return None
+
+
+def repeats_a_long_sentence(answer: str, min_chars: int) -> bool:
+    """True when a sentence of at least `min_chars` characters is said twice, or when the answer's last
+    sentence returns what an earlier one said, once case and the words that only mark a repeat (also, too,
+    也, 还, 又) are set aside: a model looping at its end ("It's a funny comic, but it's also a great example
+    of X. It's a great example of X."). Parallel sentences that share a predicate but not their subject
+    (左侧以绿色为主，两边亮度相近。上方以绿色为主，两边亮度相近。) are writing, not a loop. str methods and one
+    count per answer: this runs on every answer."""
+    if len(answer) < 2 * min_chars:
+        return False
+    text = answer.lower()
+    pieces = text.replace("！", "。").replace("？", "。").replace("\n", "。")
+    if ". " in pieces or "? " in pieces or "! " in pieces:
+        pieces = pieces.replace(". ", "。").replace("? ", "。").replace("! ", "。")
+    long = [p for p in map(str.strip, pieces.split("。")) if len(p) >= min_chars]
+    if not long:
+        return False
+    if len(set(long)) < len(long):
+        return True
+    last = long[-1]
+    if text.count(last[-min_chars:]) < 2:  # its ending is said once: no repeat, marked or not
+        return False
+    if text.count(last) >= 2:
+        return True
+    return REPEAT_MARKER_RE.sub("", text).count(REPEAT_MARKER_RE.sub("", last)) >= 2
+
+
+def is_bare_enumeration(answer: str, min_labels: int) -> bool:
+    """True when the answer is only list labels ("1.a. 1.b. 1.c. 1.d.", "一、二、三、四、"): a counter."""
+    if len(answer) > 400 or not LIST_LABEL_RE.match(answer.lstrip()):
+        return False
+    labels = LIST_LABEL_RE.findall(answer)
+    return len(labels) >= min_labels and not NON_WORD_RE.sub("", LIST_LABEL_RE.sub("", answer))
+
+
+def cut_by_its_own_style(answer: str, min_sentences: int) -> bool:
+    """With finish_reason unknown: the answer has at least `min_sentences` sentences (or lines), every one
+    but the last ends in terminal punctuation and the last does not (stopped mid-sentence), or every one
+    but the first starts with a capital and the first starts with a lower-case word (lost its start).
+    Chinese has no capitals; its end is judged like English."""
+    units = [u for u in SENTENCE_SPLIT_RE.split(answer.strip()) if u.strip()]
+    if len(units) < min_sentences:
+        return False
+    *earlier, last = (u.strip() for u in units)
+    if last[-1] not in TERMINAL_CHARS and all(u[-1] in TERMINAL_CHARS for u in earlier):
+        return True
+    first, *later = (u.strip() for u in units)
+    first_word = first.split(maxsplit=1)[0]
+    return (
+        first_word.isascii()
+        and first_word.isalpha()
+        and first_word.islower()
+        and all(u[0].isupper() for u in later)
+    )
 
 
 def _normalize_question(question: str) -> str:
@@ -730,8 +1041,13 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
             failed.add("refusal")
         if is_meta_talk(answers):
             failed.add("meta_talk")
-        _check_degeneration(sample, _rounds(roles, texts), answers, answers_text, config, failed, metrics)
+        rounds_text = _rounds(roles, texts)
+        _check_degeneration(sample, rounds_text, answers, answers_text, config, failed, metrics)
         _check_conversation(questions, answers, config, failed, metrics)
+        for question, answer in rounds_text:
+            if off_task_reason(question, answer, sample.language, config):
+                failed.add("conversation.off_task")
+                break
         if sample.ocr_text is not None:
             _check_grounding(sample, answers_text, quotes, config, failed, metrics)
     # The judge's verdict is about the sample as stored, answers or not; unjudged is not failed.
@@ -816,18 +1132,34 @@ def _check_degeneration(
 ) -> None:
     duplicate_ratio = duplicate_sentence_ratio(answers_text, config)
     metrics["duplicate_sentence_ratio"] = duplicate_ratio
+    factor = config.en_length_factor if sample.language == "en" else 1.0
+    repeated_chars = int(config.min_repeated_sentence_chars * factor)
     if (
         duplicate_ratio >= config.max_duplicate_sentence_ratio
         or REPLACEMENT_CHAR in answers_text
         or any(has_looping_tail(a, config) for a in answers if len(a) >= config.loop_min_span_chars)
+        # A song's or a poem's refrain repeats by design: only answers to other requests are held to it.
+        or any(
+            repeats_a_long_sentence(a, repeated_chars)
+            and question_kind(q) != "generative"
+            for q, a in rounds
+        )
+        or any(is_bare_enumeration(a, config.loop_min_repeats) for a in answers)
     ):
         failed.add("degeneration.repetition")
-    # finish_reason is the evidence of a cut; the text only when it visibly stops mid-sentence.
-    if sample.finish_reason == "length" or any(ends_unfinished(a) for a in answers):
+    # finish_reason is the evidence of a cut; the text only when it visibly stops mid-sentence, or, when
+    # nothing says why generation stopped, when the answer breaks its own habit at its end or start.
+    if (
+        sample.finish_reason == "length"
+        or any(ends_unfinished(a) for a in answers)
+        or (
+            sample.finish_reason is None
+            and any(cut_by_its_own_style(a, config.truncation_min_sentences) for a in answers)
+        )
+    ):
         failed.add("degeneration.truncated")
     # The task's floor holds for its own (first) question; follow-ups are judged by what they ask. An
     # answer above every floor needs no look at its question.
-    factor = config.en_length_factor if sample.language == "en" else 1.0
     highest_floor = factor * max(*config.min_round_chars_by_kind.values(), *config.min_round_chars_by_task.values())
     for i, (question, answer) in enumerate(rounds):
         length = len(answer.strip())

@@ -6,8 +6,8 @@ sampling settings actually used (from `generation`), the sites the images came f
 their thresholds and how many samples each dropped (from the `qc_run`), OCR statistics, dates, and how
 to load the files in LLaVA, Qwen2.5-VL fine-tuning and LLaMA-Factory.
 
-Facts are gathered by `collect_facts` (SQL over `export_item` and what it points at) and rendered by
-`render_card`, a pure function: the Jinja template `templates/card.md.j2` holds the card's text. Everything is ordered explicitly and numbers have fixed formats, so the
+Facts are gathered by `collect_facts` (SQL in `tuwen.release.queries`, over `export_item` and what it
+points at) and rendered by `render_card`, a pure function: the Jinja template `templates/card.md.j2` holds the card's text. Everything is ordered explicitly and numbers have fixed formats, so the
 same release over the same lineage gives the same bytes; the only dates are the lineage's own.
 """
 
@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from tuwen.domain import TASK_TYPES
+from tuwen.release import queries
 from tuwen.synthesis.prompts import DETAIL_INSTRUCTIONS, PromptError, load_prompts
 
 CARD_TEMPLATE = "card.md.j2"
@@ -55,36 +56,17 @@ class CardFacts:
     curation: dict[str, Any] = field(default_factory=dict)  # by_status, by_reason over the crawl dates
 
 
-def _rows(conn: Connection, sql: str, export_id: int) -> list[Any]:
-    return list(conn.execute(text(sql), {"e": export_id}).all())
-
-
 def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], manifest: Mapping[str, Any],
                   prompts_dir: Path) -> CardFacts:
     """Everything the card says about the samples in `export_item` for this export: four queries, one
     pass each over the release."""
     facts = CardFacts(release=str(params["name"]), params=dict(params), manifest=dict(manifest))
-    conn.execute(text("SET LOCAL work_mem = '256MB'"))  # hash aggregates in memory; ends with the transaction
+    queries.set_work_mem(conn)
     try:
         known = load_prompts(prompts_dir)
     except PromptError:
         known = {}
-    rows = _rows(conn, """
-        SELECT s.task_type, g.prompt_id, g.prompt_version, g.prompt_sha256, g.language, g.model,
-               g.sampling::text AS sampling, g.finish_reason, count(*) AS n, sum(s.rounds) AS rounds,
-               sum(g.prompt_tokens) AS prompt_tokens, sum(g.completion_tokens) AS completion_tokens,
-               sum(g.latency_ms) AS latency_ms, min(g.completed_at)::date AS first_day,
-               max(g.completed_at)::date AS last_day,
-               count(*) FILTER (WHERE i.has_zh_text) AS zh_text,
-               count(*) FILTER (WHERE NOT i.has_zh_text) AS no_zh_text,
-               sum(i.ocr_char_count) AS ocr_chars, count(i.ocr_char_count) AS ocr_measured,
-               sum(i.model_width) AS width, sum(i.model_height) AS height,
-               min(i.crawl_date) AS first_crawl, max(i.crawl_date) AS last_crawl
-        FROM export_item ei JOIN sample s ON s.id = ei.sample_id JOIN generation g ON g.id = s.generation_id
-             JOIN image i ON i.id = ei.image_id
-        WHERE ei.export_id = :e
-        GROUP BY s.task_type, g.prompt_id, g.prompt_version, g.prompt_sha256, g.language, g.model,
-                 g.sampling::text, g.finish_reason""", export_id)
+    rows = queries.card_groups(conn, export_id)
     tasks: dict[str, dict[str, Any]] = {}
     prompts: dict[tuple, dict[str, Any]] = {}
     models: dict[tuple, dict[str, Any]] = {}
@@ -124,47 +106,24 @@ def collect_facts(conn: Connection, export_id: int, params: Mapping[str, Any], m
     crawl = [d for r in rows for d in (r.first_crawl, r.last_crawl) if d is not None]
     facts.dates = {"crawl": (min(crawl), max(crawl)) if crawl else (None, None),
                    "generation": (min(days), max(days)) if days else (None, None)}
-    p50, p90 = _rows(conn, """
-        SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY i.ocr_char_count) AS p50,
-               percentile_disc(0.9) WITHIN GROUP (ORDER BY i.ocr_char_count) AS p90
-        FROM export_item ei JOIN image i ON i.id = ei.image_id WHERE ei.export_id = :e""", export_id)[0]
+    p50, p90 = queries.ocr_percentiles(conn, export_id)
     n = totals["n"]
     facts.ocr = {"zh_text": totals["zh_text"], "no_zh_text": totals["no_zh_text"],
                  "unknown": n - totals["zh_text"] - totals["no_zh_text"], "measured": totals["ocr_measured"],
                  "avg": totals["ocr_chars"] / totals["ocr_measured"] if totals["ocr_measured"] else None,
                  "p50": p50, "p90": p90}
     facts.images = {"avg_width": totals["width"] / n if n else 0.0, "avg_height": totals["height"] / n if n else 0.0}
-    # DISTINCT in subqueries hashes; count(DISTINCT ...) would sort every URL of the release.
-    src = _rows(conn, """
-        WITH src AS MATERIALIZED (
-            SELECT src.image_id, src.site, src.url, src.page_url, src.crawl_run_id
-            FROM export_item ei JOIN image_source src ON src.image_id = ei.image_id WHERE ei.export_id = :e)
-        SELECT 'site' AS kind, site AS key, count(*) AS n FROM (SELECT DISTINCT site, image_id FROM src) AS d
-        GROUP BY site
-        UNION ALL SELECT 'pages', NULL, count(*) FROM (SELECT DISTINCT page_url FROM src) AS p
-        UNION ALL SELECT 'urls', NULL, count(*) FROM (SELECT DISTINCT url FROM src) AS u
-        UNION ALL SELECT 'crawl_runs', NULL, count(*) FROM (SELECT DISTINCT crawl_run_id FROM src) AS c""",
-                export_id)
+    src = queries.card_sources(conn, export_id)
     facts.sites = sorted(((r.key, int(r.n)) for r in src if r.kind == "site"), key=lambda kv: (-kv[1], kv[0]))
     facts.sources = {r.kind: int(r.n) for r in src if r.kind != "site"}
     if crawl:  # curation verdicts of the crawl dates the release draws on (tuwen.curate; reasons, never values)
-        day_range = {"e": export_id, "lo": min(crawl), "hi": max(crawl)}
-        statuses = conn.execute(text("""SELECT c.status, count(*) AS n FROM curation c JOIN image i ON i.id = c.image_id
-                                        WHERE i.crawl_date BETWEEN :lo AND :hi GROUP BY c.status ORDER BY c.status"""),
-                                day_range).all()
-        reasons = conn.execute(text("""SELECT r.reason, count(*) AS n FROM curation c JOIN image i ON i.id = c.image_id,
-                                              jsonb_array_elements_text(c.reasons) AS r(reason)
-                                       WHERE i.crawl_date BETWEEN :lo AND :hi GROUP BY r.reason ORDER BY r.reason"""),
-                               day_range).all()
+        statuses, reasons = queries.curation_counts(conn, min(crawl), max(crawl))
         if statuses:
             facts.curation = {"by_status": {r.status: int(r.n) for r in statuses},
                               "by_reason": {r.reason: int(r.n) for r in reasons}}
-    qc_ids = [r.qc_run_id for r in _rows(conn, """
-        SELECT qc_run_id FROM export WHERE id = :e AND qc_run_id IS NOT NULL
-        UNION SELECT DISTINCT s.qc_run_id FROM export_item ei JOIN sample s ON s.id = ei.sample_id
-        WHERE ei.export_id = :e AND s.qc_run_id IS NOT NULL ORDER BY 1""", export_id)]
+    qc_ids = queries.release_qc_run_ids(conn, export_id)
     for qc_id in qc_ids:
-        q = conn.execute(text("SELECT * FROM qc_run WHERE id = :id"), {"id": qc_id}).one()
+        q = queries.qc_run(conn, qc_id)
         facts.qc_runs.append({
             "id": q.id, "suite": q.suite, "suite_version": q.suite_version, "scope": q.scope,
             "min_pass_rate": (q.config or {}).get("min_pass_rate"), "checks": (q.config or {}).get("checks", []),
@@ -180,21 +139,12 @@ def _judge_facts(conn: Connection, export_id: int, qc_ids: list[int]) -> dict[st
     Every judge call is counted (a failed one's tokens were paid too); `judged` counts samples with a
     succeeded judgement; the pass rate comes from the qc runs, since the contradicted samples were dropped
     and the release itself holds only passes."""
-    if not conn.execute(text("SELECT EXISTS (SELECT 1 FROM judgement)")).scalar_one():
+    if not queries.any_judgement(conn):
         return {}  # the judge never ran: one index probe, not a pass over the release
-    row = conn.execute(text("""
-        SELECT count(*) AS calls, count(DISTINCT j.sample_id) FILTER (WHERE j.status = 'succeeded') AS judged,
-               coalesce(sum(j.prompt_tokens), 0) AS prompt_tokens,
-               coalesce(sum(j.completion_tokens), 0) AS completion_tokens,
-               array_remove(array_agg(DISTINCT j.model) FILTER (WHERE j.status = 'succeeded'), NULL) AS models
-        FROM export_item ei JOIN judgement j ON j.sample_id = ei.sample_id WHERE ei.export_id = :e"""),
-        {"e": export_id}).one()
+    row = queries.judge_costs(conn, export_id)
     if not row.calls:
         return {}
-    gate = conn.execute(text("""
-        SELECT count(*) FILTER (WHERE (qc_metrics->>'judged')::real = 1) AS judged,
-               count(*) FILTER (WHERE qc_reasons ? 'faithfulness.judge') AS contradicted
-        FROM sample WHERE qc_run_id = ANY(:ids)"""), {"ids": qc_ids}).one()
+    gate = queries.gate_judge_counts(conn, qc_ids)
     return {"calls": int(row.calls), "judged": int(row.judged), "prompt_tokens": int(row.prompt_tokens),
             "completion_tokens": int(row.completion_tokens), "models": sorted(row.models or []),
             "gate_judged": int(gate.judged), "gate_contradicted": int(gate.contradicted)}

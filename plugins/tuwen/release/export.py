@@ -45,16 +45,16 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Engine
 
-from tuwen.db.models import Export, ExportItem
 from tuwen.domain import TASK_TYPES
 from tuwen.progress import progress_iter
+from tuwen.release import queries
 from tuwen.release.params import ReleaseParams
 from tuwen.release.trainer_formats import check_record, iter_json_array
 from tuwen.resources import Resources
@@ -102,10 +102,6 @@ def image_path(sha256: str, mime: str | None) -> str:
     """Where an image lives inside a release; keyed by the original's SHA-256, so stable across releases."""
     ext = "png" if mime == "image/png" else "jpg"
     return f"images/{sha256[:2]}/{sha256}.{ext}"
-
-
-_IMAGE_PATH_SQL = ("'images/' || left(i.sha256, 2) || '/' || i.sha256 || "
-                   "CASE WHEN i.model_mime = 'image/png' THEN '.png' ELSE '.jpg' END")
 
 
 def mix_quotas(available: Mapping[str, int], weights: Mapping[str, int], cap: int | None) -> dict[str, int]:
@@ -221,29 +217,9 @@ def sha256_file(path: Path) -> str:
 
 def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id: int) -> dict[str, int]:
     """Fix the release's contents in export_item; returns samples per task type."""
-    where = ["i.status = 'accepted'", "s.qc_status IN :qc", "s.task_type IN :tasks", "s.language IN :langs"]
-    binds: dict[str, Any] = {"qc": list(params.qc_statuses), "tasks": list(params.task_types),
-                             "langs": list(params.languages)}
-    if params.date_from:
-        where.append("i.crawl_date >= :date_from")
-        binds["date_from"] = params.date_from
-    if params.date_to:
-        where.append("i.crawl_date <= :date_to")
-        binds["date_to"] = params.date_to
-    # The selection sorts every sample in scope: in memory, not on disk. SET LOCAL ends with the transaction.
-    conn.execute(text("SET LOCAL work_mem = '256MB'"))
-    # One sample per image (the database enforces it per release): the newest one passing the filters.
-    # Ids order with COLLATE "C" so the order never depends on the database's locale.
-    conn.execute(text(f"""
-        CREATE TEMP TABLE release_pick ON COMMIT DROP AS
-        SELECT DISTINCT ON (s.image_id) s.id COLLATE "C" AS sample_id, s.task_type, s.image_id,
-               {_IMAGE_PATH_SQL} AS image_path
-        FROM sample s JOIN image i ON i.id = s.image_id
-        WHERE {' AND '.join(where)}
-        ORDER BY s.image_id, s.created_at DESC, s.id COLLATE "C"
-    """).bindparams(*(bindparam(k, expanding=True) for k in ("qc", "tasks", "langs"))), binds)
-    counted: dict[str, int] = {t: int(n) for t, n in conn.execute(text(
-        "SELECT task_type, count(*) FROM release_pick GROUP BY 1")).all()}
+    # The selection sorts every sample in scope: in memory, not on disk.
+    queries.set_work_mem(conn)
+    counted = queries.pick_samples(conn, params)
     available = {t: int(counted.get(t, 0)) for t in params.task_types}
     if params.mix:
         quotas = mix_quotas(available, params.mix, params.max_samples)
@@ -251,38 +227,9 @@ def _select_into_export_items(conn: Connection, params: ReleaseParams, export_id
     else:
         quotas, cap = dict(available), params.max_samples
         if cap is not None and cap < sum(available.values()):
-            quotas = {t: 0 for t in params.task_types} | dict(conn.execute(text(
-                "SELECT task_type, count(*) FROM (SELECT task_type FROM release_pick ORDER BY sample_id "
-                "LIMIT :cap) AS first GROUP BY 1"), {"cap": cap}).all())
-    names = file_names(params, quotas)
-    values = ", ".join(f"(:t{k}, :f{k}, :q{k})" for k in range(len(params.task_types)))
-    binds = {"export_id": export_id, "cap": cap if cap is not None else 2**62}
-    for k, t in enumerate(params.task_types):
-        binds |= {f"t{k}": t, f"f{k}": names[t], f"q{k}": quotas[t]}
-    conn.execute(text(f"""
-        INSERT INTO export_item (export_id, sample_id, image_id, position, file, image_path)
-        SELECT :export_id, r.sample_id, r.image_id, row_number() OVER (ORDER BY r.sample_id) - 1, q.file,
-               r.image_path
-        FROM (SELECT p.*, row_number() OVER (PARTITION BY p.task_type ORDER BY p.sample_id) AS task_rank,
-                     row_number() OVER (ORDER BY p.sample_id) AS overall_rank
-              FROM release_pick p) AS r
-        JOIN (VALUES {values}) AS q(task_type, file, quota) ON q.task_type = r.task_type
-        WHERE r.task_rank <= q.quota AND r.overall_rank <= :cap
-    """), binds)
-    # The planner would otherwise still believe export_item is empty and pick nested loops for the
-    # streaming and card queries over 600k rows.
-    conn.execute(text("ANALYZE export_item"))
+            quotas = {t: 0 for t in params.task_types} | queries.picked_first_counts(conn, cap)
+    queries.insert_export_items(conn, export_id, params.task_types, file_names(params, quotas), quotas, cap)
     return {t: quotas[t] for t in params.task_types}
-
-
-def _iter_items(engine: Engine, export_id: int) -> Iterator[Any]:
-    # conversations::text: PostgreSQL's own rendering of the stored JSONB, passed through unchanged.
-    query = text("""
-        SELECT ei.position, ei.sample_id, s.task_type, ei.image_path, s.conversations::text AS conversations
-        FROM export_item ei JOIN sample s ON s.id = ei.sample_id
-        WHERE ei.export_id = :e ORDER BY ei.position""")
-    with engine.connect() as conn:
-        yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query, {"e": export_id})
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -295,7 +242,7 @@ def _write_json_files(engine: Engine, params: ReleaseParams, out: Path, export_i
     written: collections.Counter[str] = collections.Counter()
     all_writer, jsonl = writers["all"], writers.get("jsonl")
     try:
-        for expected, row in enumerate(progress_iter(_iter_items(engine, export_id), f"export {params.name}",
+        for expected, row in enumerate(progress_iter(queries.iter_items(engine, export_id), f"export {params.name}",
                                                      log, total=sum(counts.values()), unit="samples")):
             if row.position != expected:  # a gap would mean export_item and the files disagree
                 raise ExportError(f"export_item has no position {expected} (found {row.position})")
@@ -389,11 +336,9 @@ class _ShardWriter:
 
 def _iter_image_bytes(engine: Engine, store: ObjectStore, export_id: int) -> Iterator[tuple[str, bytes]]:
     """(release path, bytes) in path order, fetched a bounded window ahead (constant memory)."""
-    query = text("""SELECT ei.image_path, i.model_key FROM export_item ei JOIN image i ON i.id = ei.image_id
-                    WHERE ei.export_id = :e ORDER BY ei.image_path COLLATE "C" """)
     pending: collections.deque[tuple[str, Future[bytes]]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=8) as pool, engine.connect() as conn:
-        for row in conn.execution_options(stream_results=True, yield_per=2000).execute(query, {"e": export_id}):
+    with ThreadPoolExecutor(max_workers=8) as pool, closing(queries.iter_image_keys(engine, export_id)) as rows:
+        for row in rows:
             if not row.model_key:
                 raise ExportError(f"image for {row.image_path} has no model-ready copy in the object store")
             pending.append((row.image_path, pool.submit(store.get_bytes, row.model_key)))
@@ -525,9 +470,7 @@ def _copy_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int | None, o
     published no report."""
     if qc_run_id is None:
         return {}
-    with engine.connect() as conn:
-        key = conn.execute(text("SELECT results->>'report_key' FROM qc_run WHERE id = :id"), {"id": qc_run_id}).scalar()
-    if not key:
+    if not queries.qc_report_key(engine, qc_run_id):
         return {}
     from tuwen.quality.report import fetch_qc_report
 
@@ -583,33 +526,11 @@ def _write_files(resources: Resources, params: ReleaseParams, out: Path, export_
 # --- publishing ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Published:
-    """The release currently published under a name."""
-
-    export_id: int
-    version: int
-    files: dict[str, Any]
-    s3_prefix: str
-    local_path: str | None
-
-
-def _lock_name(conn: Connection, name: str) -> None:
-    """Serialise writers of one release name (until the transaction ends)."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tuwen.export:' || :n))"), {"n": name})
-
-
-def _published(conn: Connection, name: str) -> _Published | None:
-    row = conn.execute(text("SELECT id, version, files, s3_prefix, local_path FROM export "
-                            "WHERE name = :n AND status = 'published'"), {"n": name}).one_or_none()
-    return None if row is None else _Published(row.id, row.version, row.files, row.s3_prefix, row.local_path)
-
-
 def check_can_publish(engine: Engine, params: ReleaseParams) -> None:
     """Refuse, before anything is written (or a gate is run), to replace a published release without
     `overwrite`."""
     with engine.connect() as conn:
-        current = _published(conn, params.name)
+        current = queries.published(conn, params.name)
     if current is not None and not params.overwrite:
         raise ReleaseExists(
             f"release {params.name!r} is already published (version {current.version}, s3 {current.s3_prefix}); "
@@ -643,33 +564,22 @@ def _free_prefix(store: ObjectStore, name: str, version: int, manifest: bytes) -
 
 
 def _start_version(engine: Engine, params: ReleaseParams, *, dag_id: str | None, run_id: str | None,
-                   qc_run_id: int | None) -> tuple[int, int, _Published | None]:
+                   qc_run_id: int | None) -> tuple[int, int, queries.Published | None]:
     """The export row this attempt writes (export id, version) and the release it would replace.
 
     A failed or abandoned attempt under the name is reused (it never shipped); otherwise the next version
     is added. The published release, if any, is not touched here.
     """
     with engine.begin() as conn:
-        _lock_name(conn, params.name)
-        current = _published(conn, params.name)
+        queries.lock_name(conn, params.name)
+        current = queries.published(conn, params.name)
         if current is not None and not params.overwrite:
             raise ReleaseExists(f"release {params.name!r} is already published (version {current.version}); "
                                 "re-export with overwrite=true to publish a new version")
-        floor = current.version if current is not None else 0
-        retry = conn.execute(text("""
-            SELECT id, version FROM export WHERE name = :n AND status IN ('failed', 'writing') AND version > :v
-            ORDER BY version DESC LIMIT 1"""), {"n": params.name, "v": floor}).one_or_none()
         values = {"params": params.as_json(), "status": "writing", "dag_id": dag_id, "run_id": run_id,
                   "qc_run_id": qc_run_id, "published_at": None, "n_samples": 0, "files": {}}
-        if retry is not None:
-            export_id, version = int(retry.id), int(retry.version)
-            conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
-            conn.execute(update(Export).where(Export.id == export_id).values(**values))
-        else:
-            version = int(conn.execute(text("SELECT coalesce(max(version), 0) + 1 FROM export WHERE name = :n"),
-                                       {"n": params.name}).scalar_one())
-            export_id = conn.execute(insert(Export).values(name=params.name, version=version, **values)
-                                     .returning(Export.id)).scalar_one()
+        export_id, version = queries.reuse_or_add_version(
+            conn, params.name, current.version if current is not None else 0, values)
     return export_id, version, current
 
 
@@ -690,13 +600,6 @@ def _upload(store: ObjectStore, params: ReleaseParams, tmp_dir: Path, files: Map
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     store.put_file(prefix + MANIFEST, tmp_dir / MANIFEST, "application/json")
-
-
-def _counts_of(engine: Engine, export_id: int) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {t: int(n) for t, n in conn.execute(text(
-            "SELECT s.task_type, count(*) FROM export_item ei JOIN sample s ON s.id = ei.sample_id "
-            "WHERE ei.export_id = :e GROUP BY 1"), {"e": export_id}).all()}
 
 
 def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | None = None,
@@ -732,28 +635,22 @@ def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | 
         files, _ = _write_files(resources, params, tmp_dir, export_id, counts, timings, qc_run_id)
         if previous is not None and _content(previous.files) == _content(files):
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            with engine.begin() as conn:
-                conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
-                conn.execute(delete(Export).where(Export.id == export_id))
+            queries.drop_export(engine, export_id)
             log.info("release %s: the samples and images are byte-identical to published version %d; "
                      "nothing replaced",
                      params.name, previous.version)
-            counts = _counts_of(engine, previous.export_id)
+            counts = queries.export_counts(engine, previous.export_id)
             return ReleaseResult(params.name, previous.export_id, sum(counts.values()), counts,
                                  Path(previous.local_path or final_dir), previous.s3_prefix, files, timings)
         started = time.perf_counter()
         s3_prefix = _free_prefix(store, params.name, version, (tmp_dir / MANIFEST).read_bytes())
-        with engine.begin() as conn:
-            conn.execute(update(Export).where(Export.id == export_id).values(s3_prefix=s3_prefix))
+        queries.set_s3_prefix(engine, export_id, s3_prefix)
         _upload(store, params, tmp_dir, files, s3_prefix)
         timings["upload"] = time.perf_counter() - started
         _switch(engine, params, export_id, version, previous, files, counts, tmp_dir, final_dir, s3_prefix)
     except BaseException as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        with engine.begin() as conn:
-            # A failed release holds nothing: "which release contains X" must never name it.
-            conn.execute(delete(ExportItem).where(ExportItem.export_id == export_id))
-            conn.execute(update(Export).where(Export.id == export_id).values(status="failed"))
+        queries.mark_failed(engine, export_id)
         if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ExportError):
             raise ExportError(f"release {params.name!r} failed and was not published: {exc}") from exc
         raise
@@ -763,7 +660,7 @@ def write_release(resources: Resources, params: ReleaseParams, *, dag_id: str | 
     return ReleaseResult(params.name, export_id, n_samples, dict(counts), final_dir, s3_prefix, files, timings)
 
 
-def _switch(engine: Engine, params: ReleaseParams, export_id: int, version: int, previous: _Published | None,
+def _switch(engine: Engine, params: ReleaseParams, export_id: int, version: int, previous: queries.Published | None,
             files: Mapping[str, Any], counts: Mapping[str, int], tmp_dir: Path, final_dir: Path,
             s3_prefix: str) -> None:
     """Publish the complete new version: the local folder appears in one rename (the previous version's
@@ -773,8 +670,8 @@ def _switch(engine: Engine, params: ReleaseParams, export_id: int, version: int,
     moved_previous = published_new = False
     try:
         with engine.begin() as conn:
-            _lock_name(conn, params.name)
-            if _published(conn, params.name) != previous:
+            queries.lock_name(conn, params.name)
+            if queries.published(conn, params.name) != previous:
                 raise ReleaseExists(f"release {params.name!r} was published by another run while this one was "
                                     "writing; nothing was replaced")
             if final_dir.exists():
@@ -792,12 +689,9 @@ def _switch(engine: Engine, params: ReleaseParams, export_id: int, version: int,
                 log.warning("release %s: overwrite: version %d (s3 %s) supersedes version %d, which is kept "
                             "(s3 %s, local copy %s)", params.name, version, s3_prefix, previous.version,
                             previous.s3_prefix, kept_dir if moved_previous else None)
-                conn.execute(update(Export).where(Export.id == previous.export_id).values(
-                    status="superseded", superseded_at=func.now(),
-                    local_path=str(kept_dir) if moved_previous else None))
-            conn.execute(update(Export).where(Export.id == export_id).values(
-                status="published", n_samples=sum(counts.values()), files=dict(files), s3_prefix=s3_prefix,
-                local_path=str(final_dir), published_at=func.now()))
+                queries.supersede(conn, previous.export_id, str(kept_dir) if moved_previous else None)
+            queries.publish(conn, export_id, n_samples=sum(counts.values()), files=files, s3_prefix=s3_prefix,
+                            local_path=str(final_dir))
     except BaseException:
         if published_new:
             final_dir.rename(tmp_dir)

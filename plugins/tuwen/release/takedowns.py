@@ -25,19 +25,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tldextract
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
+from tuwen.release import queries
 from tuwen.urls import UrlError, normalize_host, normalize_url
 
 TAKEDOWN_KINDS = ("url", "domain", "image_sha256")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# The host of an absolute URL, lower-cased, without a trailing dot, in SQL (userinfo and port stripped):
-# the cheap pre-filter before URLs are compared in normal form.
-_HOST_SQL = (r"rtrim(lower(substring({col} from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#:]+)')), '.')")
-
-
-# Releases that shipped an item: the published one by its name, a superseded version as name@v<version>.
-_RELEASE_LABEL_SQL = "CASE WHEN e.status = 'superseded' THEN e.name || '@v' || e.version ELSE e.name END"
 
 
 class TakedownError(ValueError):
@@ -122,13 +116,8 @@ def _url_matches(conn: Connection, takedowns: list[tuple[int, str]]) -> list[tup
     for takedown_id, url in takedowns:
         wanted.setdefault(url, []).append(takedown_id)
     hosts = sorted({urlsplit(url).hostname or "" for url in wanted})
-    host_url, host_page = _HOST_SQL.format(col="src.url"), _HOST_SQL.format(col="src.page_url")
-    rows = conn.execute(text(f"""
-        SELECT DISTINCT src.image_id, src.url, src.page_url FROM image_source src
-        WHERE src.image_id IS NOT NULL AND ({host_url} = ANY(:hosts) OR {host_page} = ANY(:hosts))"""),
-        {"hosts": hosts})
     matches: set[tuple[int, int]] = set()
-    for image_id, *urls in rows:
+    for image_id, *urls in queries.sources_on_hosts(conn, hosts):
         for url in urls:
             for takedown_id in wanted.get(_normal_or_none(url) or "", ()):
                 matches.add((takedown_id, int(image_id)))
@@ -151,48 +140,18 @@ def _normal_or_none(url: str | None) -> str | None:
 
 
 def _link_matches(conn: Connection, takedown_ids: list[int] | None) -> None:
-    only = "AND t.id = ANY(:ids)" if takedown_ids is not None else ""
-    host_url, host_page = _HOST_SQL.format(col="src.url"), _HOST_SQL.format(col="src.page_url")
-    conn.execute(text(f"""
-        INSERT INTO takedown_image (takedown_id, image_id, previous_status)
-        SELECT DISTINCT ON (m.takedown_id, m.image_id) m.takedown_id, m.image_id, i.status
-        FROM (
-            SELECT t.id AS takedown_id, i.id AS image_id
-            FROM takedown t JOIN image i ON i.sha256 = t.value
-            WHERE t.kind = 'image_sha256' {only}
-            UNION
-            SELECT t.id, src.image_id
-            FROM takedown t JOIN image_source src
-              ON {host_url} = t.value OR {host_url} LIKE '%.' || t.value
-              OR {host_page} = t.value OR {host_page} LIKE '%.' || t.value
-            WHERE t.kind = 'domain' AND src.image_id IS NOT NULL {only}
-        ) AS m
-        JOIN image i ON i.id = m.image_id
-        ON CONFLICT DO NOTHING
-    """), {"ids": takedown_ids or []})
-    url_takedowns = [(int(r.id), _normal_or_none(r.value) or r.value) for r in conn.execute(text(
-        f"SELECT t.id, t.value FROM takedown t WHERE t.kind = 'url' {only}"), {"ids": takedown_ids or []})]
+    queries.link_hash_and_domain_takedowns(conn, takedown_ids)
+    url_takedowns = [(int(r.id), _normal_or_none(r.value) or r.value)
+                     for r in queries.url_takedowns(conn, takedown_ids)]
     if url_takedowns:
-        pairs = _url_matches(conn, url_takedowns)
-        conn.execute(text("""
-            INSERT INTO takedown_image (takedown_id, image_id, previous_status)
-            SELECT m.takedown_id, m.image_id, i.status
-            FROM unnest(CAST(:t AS bigint[]), CAST(:i AS bigint[])) AS m(takedown_id, image_id)
-            JOIN image i ON i.id = m.image_id
-            ON CONFLICT DO NOTHING"""), {"t": [p[0] for p in pairs], "i": [p[1] for p in pairs]})
-    # Idempotent: every image ever linked stays down, and so do samples generated for it later.
-    conn.execute(text("""
-        UPDATE image SET status = 'taken_down', taken_down_at = coalesce(taken_down_at, now())
-        WHERE id IN (SELECT image_id FROM takedown_image) AND status <> 'taken_down'"""))
-    conn.execute(text("""
-        UPDATE sample SET qc_status = 'taken_down'
-        WHERE image_id IN (SELECT image_id FROM takedown_image) AND qc_status <> 'taken_down'"""))
+        queries.link_images(conn, _url_matches(conn, url_takedowns))
+    queries.take_down_linked(conn)
 
 
 def apply_takedowns(engine: Engine) -> None:
     """Re-apply every takedown (cheap when there are none): catches images crawled since it was added."""
     with engine.begin() as conn:
-        if conn.execute(text("SELECT EXISTS (SELECT 1 FROM takedown)")).scalar():
+        if queries.any_takedown(conn):
             _link_matches(conn, None)
 
 
@@ -200,34 +159,13 @@ def add_takedown(engine: Engine, kind: str, value: str, reason: str | None = Non
     """Record a takedown and apply it now; adding the same (kind, value) again re-applies it."""
     value = normalize(kind, value)
     with engine.begin() as conn:
-        takedown_id = conn.execute(text("""
-            INSERT INTO takedown (kind, value, reason) VALUES (:kind, :value, :reason)
-            ON CONFLICT (kind, value) DO UPDATE SET reason = coalesce(excluded.reason, takedown.reason)
-            RETURNING id"""), {"kind": kind, "value": value, "reason": reason}).scalar_one()
+        takedown_id = queries.upsert_takedown(conn, kind, value, reason)
         _link_matches(conn, [takedown_id])
-        images, samples = conn.execute(text("""
-            SELECT count(DISTINCT ti.image_id), count(s.id)
-            FROM takedown_image ti LEFT JOIN sample s ON s.image_id = ti.image_id
-            WHERE ti.takedown_id = :id"""), {"id": takedown_id}).one()
-        releases = list(conn.execute(text(f"""
-            SELECT DISTINCT {_RELEASE_LABEL_SQL} AS label FROM takedown_image ti
-            JOIN export_item ei ON ei.image_id = ti.image_id JOIN export e ON e.id = ei.export_id
-            WHERE ti.takedown_id = :id AND e.status IN ('published', 'superseded') ORDER BY label"""),
-            {"id": takedown_id}).scalars())
-    return TakedownResult(takedown_id, kind, value, int(images), int(samples), releases)
+        images, samples, releases = queries.takedown_reach(conn, takedown_id)
+    return TakedownResult(takedown_id, kind, value, images, samples, releases)
 
 
 def releases_with_takedowns(engine: Engine) -> list[ReleaseHit]:
     """Releases that shipped taken-down items (published, and superseded versions as name@v<version>),
     per takedown, with how many samples."""
-    with engine.connect() as conn:
-        rows = conn.execute(text(f"""
-            SELECT {_RELEASE_LABEL_SQL} AS label, e.published_at, t.id, t.kind, t.value,
-                   count(DISTINCT ei.sample_id) AS samples
-            FROM takedown t
-            JOIN takedown_image ti ON ti.takedown_id = t.id
-            JOIN export_item ei ON ei.image_id = ti.image_id
-            JOIN export e ON e.id = ei.export_id AND e.status IN ('published', 'superseded')
-            GROUP BY label, e.published_at, t.id, t.kind, t.value
-            ORDER BY label, t.id""")).all()
-    return [ReleaseHit(*row) for row in rows]
+    return [ReleaseHit(*row) for row in queries.release_takedown_hits(engine)]

@@ -148,3 +148,29 @@ def test_report_draw_is_deterministic(settings: Settings, resources: Resources, 
     second = render_qc_report(engine, store, outcome.qc_run_id, tmp_path / "b").with_name("samples.html")
     assert first.read_text(encoding="utf-8") == second.read_text(encoding="utf-8")
     assert first.read_text(encoding="utf-8").count('class="card passed-sample"') == 12
+
+
+def test_report_counts_rejections_per_task_and_check(settings: Settings, resources: Resources, tmp_path: Path) -> None:
+    """The per-task × per-check table says, for each task, how many of its samples failed each check:
+    the labelled set's own expected reasons, counted by hand."""
+    import re
+    from collections import Counter
+
+    from tuwen.quality.report import render_qc_report
+
+    rows = [row for row in labelled_rows() if row["task_type"] != "caption"]
+    insert_labelled(settings, rows, image_size=(96, 64))
+    with contextlib.suppress(QualityGateFailed):
+        run_quality_gate(resources, SCOPE, report=False)
+    with resources.engine.connect() as conn:
+        qc_run_id = conn.execute(text("SELECT max(id) FROM qc_run")).scalar_one()
+    page = render_qc_report(resources.engine, resources.store, qc_run_id, tmp_path / "r").read_text(encoding="utf-8")
+    expected = Counter((row["task_type"], reason) for row in rows for reason in row["expected_reasons"])
+    table = page[page.index('id="reasons-by-task"'):page.index("</table>", page.index('id="reasons-by-task"'))]
+    shown = Counter()
+    for reason, cells in re.findall(r'<tr id="by-task-([^"]+)">(.*?)</tr>', table, re.S):
+        for task, n in re.findall(r'data-task="([^"]+)">\s*(\d+)', cells):
+            if int(n):
+                shown[(task, reason)] = int(n)
+    assert shown == expected
+    assert ("conversation", "conversation.off_task") in shown

@@ -147,6 +147,7 @@ class ReportRows:
     by_date: Sequence[Row[Any]]  # crawl_date, task_type, n, passed
     examples: Sequence[Row[Any]]  # one failed sample per reason: reason, then the sample columns
     passed: Sequence[Row[Any]]  # a deterministic random page of passed samples
+    by_task_reason: Sequence[Row[Any]] = ()  # task_type, reason, n: failed samples per task and check
 
 
 def report_rows(engine: Engine, qc_run_id: int, *, n_history: int, seed: int, n_passed: int) -> ReportRows:
@@ -174,7 +175,13 @@ def report_rows(engine: Engine, qc_run_id: int, *, n_history: int, seed: int, n_
             "i.model_mime FROM sample s JOIN image i ON i.id = s.image_id "
             "WHERE s.qc_run_id = :id AND s.qc_status = 'passed' ORDER BY md5(s.id || :seed) LIMIT :n"),
             {"id": qc_run_id, "seed": str(seed), "n": n_passed}).all()
-    return ReportRows(run, history, by_date, examples, passed)
+        # Per task and check: a rule that fires on one task only (a floor, a truncation marker) shows
+        # here, not in the overall counts. Failed samples only, a few percent of the run.
+        by_task_reason = conn.execute(text(
+            "SELECT s.task_type, r.reason, count(*) AS n FROM sample s, jsonb_array_elements_text(s.qc_reasons) "
+            "AS r(reason) WHERE s.qc_run_id = :id AND s.qc_status = 'failed' GROUP BY 1, 2"),
+            {"id": qc_run_id}).all()
+    return ReportRows(run, history, by_date, examples, passed, by_task_reason)
 
 
 def metrics_csv(engine: Engine, qc_run_id: int) -> str:

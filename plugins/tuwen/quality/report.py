@@ -11,8 +11,9 @@ What it shows and why:
 - index.html — the run's numbers and failed expectations; pass rate per check across earlier qc runs
   (a rule that suddenly drops names a prompt or model change) and by crawl date within this run (a bad
   day); distributions per task type of answer length, rounds, CJK ratio and OCR coverage with the
-  thresholds drawn in (is a threshold cutting the body of the distribution or its tail?); the top
-  rejection reasons, each with one example sample (its image and conversation excerpt), so a reviewer
+  thresholds drawn in (is a threshold cutting the body of the distribution or its tail?); failed samples
+  per task type and check (a rule that fires on one task only, such as a floor, hides in the overall
+  counts); the top rejection reasons, each with one example sample (its image and conversation excerpt), so a reviewer
   can judge whether a rule is right.
 - samples.html — a deterministic random page of passed samples with their images: what ships.
 - index.html's faithfulness section — what the faithfulness judge (tuwen.judge) said about this run's
@@ -353,6 +354,18 @@ judgement in the lineage database, so <code>faithfulness.judge</code> passed eve
 <p><img class="plot" id="plot-{{ plot }}" src="plots/{{ plot }}.png" alt="{{ plot }}"></p>{% endfor %}
 <h2>Distributions per task type</h2>
 <p><img class="plot" id="plot-distributions" src="plots/distributions.png" alt="distributions"></p>
+<h2>Rejections per task and check</h2>
+{% if by_task.reasons %}<table class="summary" id="reasons-by-task">
+<tr><th>check</th>{% for task in by_task.tasks %}<th>{{ task }}</th>{% endfor %}</tr>
+<tr><th>samples (failed)</th>{% for task in by_task.tasks %}<td>{{ by_task.samples[task] }}
+ ({{ by_task.failed[task] }})</td>{% endfor %}</tr>
+{% for reason in by_task.reasons %}<tr id="by-task-{{ reason }}"><th>{{ reason }}</th>
+{% for task in by_task.tasks %}{% set n = by_task.counts.get((task, reason), 0) %}<td class="n" data-task="{{ task }}">
+{{ n }}{% if n %} ({{ '%.1f%%'|format(100 * n / (by_task.samples[task] or 1)) }}){% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p class="meta">Samples of each task that failed each check (a sample fails every check it breaks, so a
+column can add up to more than its failed samples); the share is of the task's samples in this run.</p>
+{% else %}<p>No sample was rejected.</p>{% endif %}
 <h2>Top rejection reasons</h2>
 {% if reasons %}<p><img class="plot" id="plot-top_reasons" src="plots/top_reasons.png" alt="top reasons"></p>
 {% else %}<p>No sample was rejected.</p>{% endif %}
@@ -383,6 +396,30 @@ _SAMPLES = """<!doctype html>
 </div></div>{% else %}<p>No sample passed.</p>{% endfor %}
 </body></html>
 """
+
+
+@dataclass
+class ByTaskView:
+    """Failed samples per task type and check of one run (the report's per-task table)."""
+
+    tasks: list[str]
+    samples: dict[str, int]  # samples of the task this run labelled
+    failed: dict[str, int]
+    reasons: list[str]  # checks that failed at least one sample, in registry order
+    counts: dict[tuple[str, str], int]  # (task, reason) -> failed samples
+
+
+def _by_task(by_date: Sequence[Any], by_task_reason: Sequence[Any], order: Sequence[str]) -> ByTaskView:
+    samples: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for row in by_date:
+        samples[row.task_type] = samples.get(row.task_type, 0) + row.n
+        failed[row.task_type] = failed.get(row.task_type, 0) + row.n - row.passed
+    counts = {(row.task_type, row.reason): row.n for row in by_task_reason}
+    seen = {reason for _, reason in counts}
+    reasons = [r for r in order if r in seen] + sorted(seen.difference(order))
+    tasks = [t for t in TASK_TYPES if t in samples] + sorted(set(samples).difference(TASK_TYPES))
+    return ByTaskView(tasks, samples, failed, reasons, counts)
 
 
 def _sample_views(rows: Sequence[Any], max_turns: int, max_chars: int) -> tuple[list[SampleView], dict[str, str]]:
@@ -424,6 +461,7 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
         _plot_reasons(reasons, run.n_samples, plots / "top_reasons.png")
 
 
+    by_task = _by_task(rows.by_date, rows.by_task_reason, [*CHECKS, NEAR_DUPLICATE_REASON])
     descriptions = {name: spec.description for name, spec in CHECKS.items()}
     descriptions[NEAR_DUPLICATE_REASON] = ("its answers are a near-copy (MinHash Jaccard ≥ 0.8) of another "
                                            "sample's; the one with the smallest id is kept")
@@ -435,7 +473,7 @@ def render_qc_report(engine: Engine, store: ObjectStore, qc_run_id: int, out_dir
         "skipped": results.get("skipped") or [], "data_docs_key": run.data_docs_key, "reasons": reasons,
         "examples": {row.reason: view for row, view in zip(examples_rows, examples, strict=True)},
         "descriptions": descriptions, "samples": samples, "seed": seed,
-        "faithfulness": _faithfulness(engine, qc_run_id),
+        "faithfulness": _faithfulness(engine, qc_run_id), "by_task": by_task,
         "curation": curation_counts(engine, (run.scope or {}).get("date_from"), (run.scope or {}).get("date_to")),
     }
     index = out_dir / "index.html"

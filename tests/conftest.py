@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tuwen.config import Settings
+from tuwen.config import Settings, StackSettings
 from tuwen.db.migrate import upgrade
 from tuwen.local.services import (
     BackgroundService,
@@ -104,26 +104,11 @@ def s3_endpoint(run_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def standin_url(run_dir: Path) -> Iterator[str]:
     port = free_port()
-    yield from (f"http://127.0.0.1:{port}/v1" for _ in _started(standin_vlm_service(port, STANDIN_MODEL, run_dir)))
-
-
-STANDIN_CONTRADICTION_RATE = 0.3
-
-
-@pytest.fixture
-def standin_contradictions(standin_url: str) -> Iterator[str]:
-    """The shared stand-in giving 30 % of its answers one known false statement during one test (rate 0
-    again after it, as every other test expects); yields its root URL, where GET /stand-in/injections
-    lists what it injected (the ground truth for the faithfulness judge's plumbing tests)."""
-    import httpx
-
-    root = standin_url.removesuffix("/v1")
-    httpx.post(f"{root}/stand-in/injections/reset", timeout=10).raise_for_status()
-    httpx.post(f"{root}/stand-in/contradictions", json={"rate": STANDIN_CONTRADICTION_RATE}, timeout=10).raise_for_status()
-    try:
-        yield root
-    finally:
-        httpx.post(f"{root}/stand-in/contradictions", json={"rate": 0.0}, timeout=10).raise_for_status()
+    # TUWEN_STANDIN_CONTRADICTION_RATE (default 0) reaches the shared stand-in as it reaches `make demo`'s;
+    # tests that need contradictions start their own (StandinProcess(contradiction_rate=...)).
+    rate = StackSettings.from_env().standin_contradiction_rate
+    yield from (f"http://127.0.0.1:{port}/v1"
+                for _ in _started(standin_vlm_service(port, STANDIN_MODEL, run_dir, contradiction_rate=rate)))
 
 
 @pytest.fixture(scope="session")

@@ -424,9 +424,10 @@ QUESTION_FILLER_RE = re.compile(
     r"|\b(?:in|on) (?:the|this) (?:image|picture|photo)\b|\bcan you\b|\bplease\b|\bcould you\b"
 )
 
-# --- conversation.off_task: what a closed question asks for, and what an answer to it must carry.
-# Each rule is a kind of question and the one thing its answer cannot lack; all judge only short answers
-# (QCConfig.off_task_max_answer_chars) except the code and fragment rules, whose evidence is the whole answer.
+# --- conversation.off_task: what a question asks for, and what an answer to it must carry (off_task_reason).
+# Each rule is a kind of question and the one thing its answer cannot lack. The count, yes/no, colour,
+# bare-number, echo and first-person rules judge only short answers (QCConfig.off_task_max_answer_chars);
+# the code, fragment and "my thing" rules judge any answer, their evidence being the whole of it.
 COUNT_QUESTION_RE = re.compile(
     r"\bhow (?:many|much)\b|多少|几(?:个|只|位|辆|人|名|块|张|条|头|匹|把|本|台|架|艘|棵|朵|座|层|岁|次|种|件|双|对|盘|杯|碗|瓶|根|片|间|扇|盏)"
 )
@@ -712,10 +713,6 @@ def _content_words(text: str) -> set[str]:
     """English words of 3+ letters, minus function words, with a plural/3rd-person -s taken off."""
     words = CONTENT_WORD_EN_RE.findall(text.lower())
     return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words if w not in STOPWORDS_EN}
-
-
-def _cjk_bigrams(text: str) -> set[str]:
-    return {run[i : i + 2] for run in CJK_RUN_RE.findall(text) for i in range(len(run) - 1)}
 
 
 def _content_chars_zh(text: str) -> set[str]:

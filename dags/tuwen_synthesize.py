@@ -142,6 +142,8 @@ def tuwen_synthesize() -> None:
     @task(trigger_rule="none_failed")
     def summarize(results: list[dict], verdicts: list[dict]) -> dict:
         summary: dict[str, dict[str, int]] = {}
+        # Read each mapped task's results once: every pass over Airflow's lazy sequence looks one past its end.
+        verdicts = list(verdicts or [])
         for stage, outcomes in (("synthesis", results), ("judge", verdicts)):
             totals: dict[str, int] = {}
             for result in outcomes or []:
@@ -150,7 +152,7 @@ def tuwen_synthesize() -> None:
                         totals[name] = totals.get(name, 0) + value
             summary[stage] = totals
             print(f"{stage} totals: {totals}")
-        down = [v["endpoint_down"] for v in verdicts or [] if v.get("endpoint_down")]
+        down = [v["endpoint_down"] for v in verdicts if v.get("endpoint_down")]
         if down:
             print(f"WARNING: the judge endpoint was down in {len(down)} batches; those samples are unjudged "
                   f"(recorded as failed judgements; the next run asks again): {down[0]}")

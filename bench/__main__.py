@@ -18,6 +18,7 @@ BENCHMARKS = {
     "synthesis": "bench.bench_synthesis",  # issue: synthesis — Little's-law fraction, client CPU ms/sample
     "qc": "bench.bench_qc",  # issue: quality gate — 641,868 samples, time and peak memory
     "export": "bench.bench_export",  # issue: releases — 641,868 samples, time, memory, slowest query
+    "curate": "bench.bench_curate",  # issue 18: curation images/s per core, core-hours at 641,868 images
 }
 
 

@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench.common import seed_images
-from tests.conftest import STANDIN_MODEL, _db_url
+from tests.conftest import STANDIN_MODEL, _db_url, write_sites_file
 from tuwen.config import Settings
 from tuwen.db.migrate import upgrade
 from tuwen.db.session import get_engine
@@ -36,6 +36,7 @@ from tuwen.local.services import drop_database, ensure_database, free_port, stan
 from tuwen.storage import ObjectStore
 
 SYNTH = "tuwen_synthesize"
+CRAWL = "tuwen_crawl"
 BATCH_SIZE = 4  # small batches: a 32-image partition maps into 8 tasks
 # Distinctive secrets, so a grep of every log proves none of them was written anywhere.
 SECRETS = {
@@ -127,8 +128,8 @@ def live_group_members(pgid: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def live_airflow(postgres: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[LiveAirflow]:
+def live_airflow(postgres: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory,
+                 fixture_site: tuple[str, Path]) -> Iterator[LiveAirflow]:
     started = time.monotonic()
     run_dir = tmp_path_factory.mktemp("live-airflow")
     admin = postgres.rsplit("/", 1)[0]
@@ -151,6 +152,8 @@ def live_airflow(postgres: str, s3_endpoint: str, tmp_path_factory: pytest.TempP
             vlm_base_url=f"http://127.0.0.1:{standin_port}/v1", vlm_model=STANDIN_MODEL,
             vlm_api_key=SECRETS["vlm_api_key"], vlm_max_in_flight=2, vlm_timeout_s=20, batch_size=BATCH_SIZE,
             release_dir=run_dir / "releases", ocr_enabled=False,
+            # The fixture website, for the tests that run tuwen_crawl (the curation test).
+            sites_file=write_sites_file(run_dir / "sites.yaml", fixture_site[0]),
         )
         ObjectStore(settings).ensure_bucket()
         stack = AirflowStack(

@@ -28,7 +28,7 @@ from tuwen.local.services import drop_database, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-DAGS = {"tuwen_crawl": 3, "tuwen_synthesize": 3, "tuwen_export": 2}  # DAG -> number of tasks
+DAGS = {"tuwen_crawl": 5, "tuwen_synthesize": 3, "tuwen_export": 2}  # DAG -> number of tasks
 
 
 class UpStack:

@@ -166,3 +166,12 @@ def test_zh_share_keeps_all_text_images_and_enough_others(with_text: int, withou
     assert len([c for c in pool if c.has_zh_text is False and c.image_id in keep]) == kept_without
     shuffled = list(reversed(pool))
     assert policy.select_for_zh_share(shuffled, share) == keep  # hash order, not query order
+
+
+def test_a_code_alone_on_a_canvas_is_qr_dominated_and_a_page_with_a_code_is_not() -> None:
+    alone = qr_poster(0.07, size=800)  # a code on an empty canvas: 7 % of the area, most of the content
+    verdict = evaluate(alone, None)
+    assert "qr_code" in verdict.reasons and verdict.scores["qr_area_share"] < CurationConfig().qr_max_area_share
+    page = photo(11, (800, 800))
+    page[280:520, 280:520] = alone[280:520, 280:520]  # the same code on a busy picture
+    assert "qr_code" not in evaluate(page, None).reasons

@@ -52,8 +52,11 @@ class CurationConfig:
     """Thresholds of the filters, which are on, and what personal data gets (held or rejected)."""
 
     disabled: frozenset[str] = frozenset()
-    # qr_code: rejected when detected codes cover at least this share of the image.
+    # qr_code: rejected when codes cover at least this share of the image, or at least qr_min_area_share
+    # and this share of the box the image's detail spans (a code alone on a blank canvas).
     qr_max_area_share: float = 0.12
+    qr_min_area_share: float = 0.03
+    qr_max_content_share: float = 0.5
     # low_information: rejected below any of these.
     min_luminance_std: float = 8.0
     min_edge_density: float = 0.0005  # share of Canny edge pixels at ANALYSIS_SIDE
@@ -82,8 +85,9 @@ class FilterSpec:
 
 
 _SPECS = (
-    FilterSpec("qr_code", 1, "QR codes (OpenCV's detector) cover a large share of the image",
-               ("qr_max_area_share",)),
+    FilterSpec("qr_code", 1, "QR codes (OpenCV's detector; decoded, or undecodable but code-like) cover a large "
+               "share of the image, or most of its content", ("qr_max_area_share", "qr_min_area_share",
+                                                              "qr_max_content_share")),
     FilterSpec("low_information", 1,
                "near-blank: flat luminance, almost no edges (gradients), or tiny content on a big canvas",
                ("min_luminance_std", "min_edge_density", "min_content_share", "content_tolerance")),
@@ -169,32 +173,56 @@ def analysis_copy(bgr: np.ndarray) -> np.ndarray:
 _QR = cv2.QRCodeDetector()
 
 
-def _decoded_area(gray: np.ndarray) -> float:
-    """Area (pixels) of the QR codes OpenCV detects and decodes in `gray`, trying its multi-code and its
-    single-code decoder (each misses codes the other finds at some module sizes)."""
-    ok, payloads, quads, _ = _QR.detectAndDecodeMulti(gray)
-    if ok and quads is not None:
-        area = sum(abs(float(cv2.contourArea(np.asarray(quad, dtype=np.float32).reshape(-1, 2))))
-                   for quad, payload in zip(quads, payloads, strict=False) if payload)
-        if area:
-            return area
-    payload, quad, _ = _QR.detectAndDecode(gray)
-    if payload and quad is not None:
-        return abs(float(cv2.contourArea(np.asarray(quad, dtype=np.float32).reshape(-1, 2))))
-    return 0.0
+def _qr_like(gray: np.ndarray, quad: np.ndarray) -> bool:
+    """A detected quadrilateral that looks like a code: square, half dark modules, high contrast, dense edges
+    (a blurred or low-resolution code OpenCV finds but cannot decode)."""
+    x, y, w, h = cv2.boundingRect(quad)
+    region = gray[max(0, y):y + h, max(0, x):x + w]
+    if region.size < 400:
+        return False
+    (_, _), (rw, rh), _ = cv2.minAreaRect(quad)
+    if max(rw, rh) > 1.3 * max(1.0, min(rw, rh)):
+        return False
+    threshold, _ = cv2.threshold(region, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark = region <= threshold
+    if not 0.3 <= dark.mean() <= 0.7:
+        return False
+    contrast = float(region[~dark].mean()) - float(region[dark].mean())
+    edges = np.count_nonzero(cv2.Canny(region, 50, 150)) / region.size
+    return bool(contrast >= 60 and edges >= 0.1)
+
+
+def _code_area(gray: np.ndarray) -> float:
+    """Area (pixels) of the QR codes in `gray`: those OpenCV decodes, and those it detects but cannot decode
+    that still look like a code (`_qr_like`)."""
+    found, points = _QR.detectMulti(gray)
+    if not found or points is None:
+        # The single-code decoder finds some codes the multi-code detector misses; decoded ones only.
+        payload, quad, _ = _QR.detectAndDecode(gray)
+        if payload and quad is not None:
+            return abs(float(cv2.contourArea(np.asarray(quad, dtype=np.float32).reshape(-1, 2))))
+        return 0.0
+    ok, payloads, decoded_quads, _ = _QR.detectAndDecodeMulti(gray)
+    quads = [np.asarray(q, dtype=np.float32).reshape(-1, 2) for q in points]
+    decoded = [np.asarray(q, dtype=np.float32).reshape(-1, 2)
+               for q, payload in zip(decoded_quads if ok and decoded_quads is not None else [], payloads or [],
+                                     strict=False) if payload]
+    kept = decoded or [q for q in quads if _qr_like(gray, q)]
+    return sum(abs(float(cv2.contourArea(q))) for q in kept)
 
 
 def qr_area_share(gray: np.ndarray) -> float:
-    """Share of the image covered by the QR codes OpenCV finds and decodes (0 when none).
+    """Share of the image covered by QR codes (0 when none).
 
-    Only decoded codes count: on the fixture's drawn photos the detector alone finds "codes" covering up
-    to 40 % of the image in shapes with three corners; a code a phone can scan decodes. The decoded
-    payload is dropped here (it may be a personal link). OpenCV's detector misses codes whose modules are
-    large (12+ px), which a QR poster's are at ANALYSIS_SIDE, so a half-size copy is tried first: codes
-    big enough to matter still have modules of 2+ px there."""
+    OpenCV's multi-code detector finds the codes; a code counts when it decodes or, undecodable (blurred,
+    low resolution), when its region looks like one (`_qr_like`); where it finds none, the single-code
+    decoder's decoded code counts. An undecoded single-code `detect` does not: on the fixture's drawn
+    photos it finds "codes" covering up to 40 % of the image in shapes with three corners. Decoded payloads are dropped here (one may be a personal link). The detector misses codes
+    whose modules are large (12+ px), which a QR poster's are at ANALYSIS_SIDE, so a half-size copy is
+    tried first: codes big enough to matter still have modules of 2+ px there."""
     height, width = gray.shape
     half = cv2.resize(gray, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
-    area = _decoded_area(half) * 4 or _decoded_area(gray)
+    area = _code_area(half) * 4 or _code_area(gray)
     return min(1.0, area / float(height * width))
 
 
@@ -292,13 +320,16 @@ def evaluate(bgr: np.ndarray, ocr: OcrInfo | None, config: CurationConfig | None
     rejected: list[str] = []
     held: list[str] = []
 
+    info = information(small, gray, config.content_tolerance) if on & {"qr_code", "low_information"} else {}
     if "qr_code" in on:
         share = qr_area_share(gray)
         scores["qr_area_share"] = _round(share)
-        if share >= config.qr_max_area_share:
+        # Dominated: a big code, or a code that is most of what the image shows (a code alone on a canvas).
+        if share >= config.qr_max_area_share or (
+                share >= config.qr_min_area_share
+                and share >= config.qr_max_content_share * max(info["content_share"], 1e-6)):
             rejected.append("qr_code")
     if "low_information" in on:
-        info = information(small, gray, config.content_tolerance)
         scores.update({k: _round(v) for k, v in info.items()})
         if (info["luminance_std"] < config.min_luminance_std or info["edge_density"] < config.min_edge_density
                 or info["content_share"] < config.min_content_share):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from tuwen.config import ConfigError, Settings
+from tuwen.crawl.sites import load_sites
 from tuwen.domain import ParamError, resolve_partition
 from tuwen.task_failure import fail_fast_on_bad_input
 
@@ -46,3 +48,10 @@ def test_no_error_no_effect() -> None:
     with fail_fast_on_bad_input():
         value = dt.date(2026, 11, 21)
     assert value == dt.date(2026, 11, 21)
+
+
+def test_a_malformed_sites_file_fails_the_task_with_the_file_named(tmp_path: Path) -> None:
+    sites = tmp_path / "sites.yaml"
+    sites.write_text("sites: [this is: not valid: yaml", encoding="utf-8")
+    with pytest.raises(AirflowFailException, match="sites.yaml"), fail_fast_on_bad_input():
+        load_sites(sites)

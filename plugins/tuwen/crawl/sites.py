@@ -33,13 +33,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from tuwen.config import ConfigError
 from tuwen.urls import UrlError, host_in_domains, normalize_host
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class SitesConfigError(ValueError):
-    """The sites file is missing or malformed; the message names the file and the field."""
+class SitesConfigError(ConfigError):
+    """The sites file is missing or malformed; the message names the file and the field. A setting like
+    any other: a DAG task fails on it at once instead of retrying."""
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ import time
 
 from bench.common import machine
 
-BENCHMARKS = {
+# name -> module, or modules run one after another (each in a process of its own)
+BENCHMARKS: dict[str, str | tuple[str, ...]] = {
     "crawl": "bench.bench_crawl",  # issue: crawler — images/s into S3 + PostgreSQL, OCR images/s/core
-    "synthesis": "bench.bench_synthesis",  # issue: synthesis — Little's-law fraction, client CPU ms/sample
+    # issue: synthesis — Little's-law fraction, client CPU ms/sample; then the serving model's occupancy (issue 19)
+    "synthesis": ("bench.bench_synthesis", "bench.bench_synthesis_serving"),
     "qc": "bench.bench_qc",  # issue: quality gate — 641,868 samples, time and peak memory
     "export": "bench.bench_export",  # issue: releases — 641,868 samples, time, memory, slowest query
+    "ocr": "bench.bench_ocr",  # issue 18 — OCR images/s per core and recall, old and new parameters side by side
     "curate": "bench.bench_curate",  # issue 18: curation images/s per core, core-hours at 641,868 images
 }
 
@@ -35,8 +38,10 @@ def main(argv: list[str]) -> int:
         print(f"\n##### {name} ({BENCHMARKS[name]})", flush=True)
         # A process of its own: memory a benchmark leaves behind (the quality gate's 641,868 samples)
         # would otherwise count in the next one's peak RSS, and its CPU in the next one's CPU time.
-        if subprocess.run([sys.executable, "-m", BENCHMARKS[name]], check=False).returncode:
-            failed.append(name)
+        modules = BENCHMARKS[name]
+        for module in (modules,) if isinstance(modules, str) else modules:
+            if subprocess.run([sys.executable, "-m", module], check=False).returncode:
+                failed.append(module)
         print(f"##### {name} took {time.perf_counter() - started:.0f}s", flush=True)
     if failed:
         print(f"benchmarks that failed to run: {', '.join(failed)}", file=sys.stderr)

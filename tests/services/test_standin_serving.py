@@ -9,6 +9,7 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -222,11 +223,11 @@ def test_without_the_serving_model_there_is_no_metrics_endpoint_and_latency_rule
 # --- the client's in-flight control against the serving model ---------------------------------
 
 
-def run_client(vlm: StandinProcess, n: int, **kwargs: object) -> ClientStats:
+def run_client(vlm: StandinProcess, n: int, **kwargs: Any) -> ClientStats:
     from tuwen.synthesis.vlm_client import VLMClient, VLMRequest
 
     async def go() -> ClientStats:
-        requests = [VLMRequest(key=f"k{i}", messages=body(DETAIL, seed=i % 12)["messages"], max_tokens=100,
+        requests = [VLMRequest(key=f"k{i}", messages=body(DETAIL, seed=i % 12)["messages"], max_tokens=2000,
                                temperature=0.7, top_p=0.9, seed=None, extra_body={}) for i in range(n)]
         async with VLMClient(vlm.base_url, "EMPTY", DEFAULT_MODEL, timeout_s=30, max_retries=0, **kwargs) as client:
             return await client.run(requests, lambda _result: None)

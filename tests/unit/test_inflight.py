@@ -28,9 +28,9 @@ def test_running_and_waiting_are_read_from_vllms_metrics_text() -> None:
 
 def test_slow_start_doubles_to_the_ceiling_while_the_queue_is_empty() -> None:
     c = AIMDController(ceiling=32)
-    assert c.limit == 8  # a quarter of the hand-set limit to start
-    limits = [c.on_server_load(t, ServerLoad(running=c.limit, waiting=0), in_flight=c.limit) for t in range(4)]
-    assert limits == [16, 32, 32, 32]  # never above the ceiling
+    assert c.limit == 2  # a cautious start: many tasks start beside busy ones
+    limits = [c.on_server_load(t, ServerLoad(running=c.limit, waiting=0), in_flight=c.limit) for t in range(6)]
+    assert limits == [4, 8, 16, 32, 32, 32]  # never above the ceiling
 
 
 def test_an_unused_limit_is_not_raised() -> None:
@@ -43,13 +43,21 @@ def test_a_growing_queue_cuts_the_limit_by_this_clients_share_of_the_excess() ->
     c = AIMDController(ceiling=64, initial=40, waiting_low=2, waiting_high=6)
     # 64 running, 16 waiting: 14 too many of 80 at the server, so each client cuts 14/80 of its limit.
     assert c.on_server_load(0.0, ServerLoad(running=64, waiting=16), in_flight=40) == 33
-    # The queue has not drained yet: no second cut for the same excess within the cool-down.
-    assert c.on_server_load(0.5, ServerLoad(running=64, waiting=12), in_flight=33) == 33
-    # After it, growth is additive (+1 per reading), no longer doubling.
+    # Until this client's in-flight count is down to the new limit the queue is still draining:
+    # no second cut for the same excess, and no growth either.
+    assert c.on_server_load(0.5, ServerLoad(running=64, waiting=12), in_flight=38) == 33
+    assert c.on_server_load(0.6, ServerLoad(running=64, waiting=1), in_flight=35) == 33
+    # Drained: growth is additive (+1 per reading), no longer doubling.
     assert c.on_server_load(2.0, ServerLoad(running=64, waiting=1), in_flight=33) == 34
     assert c.on_server_load(2.5, ServerLoad(running=64, waiting=2), in_flight=34) == 35
-    # Between the marks, hold.
+    # Between the marks, hold; an excess that outlives the drain is cut again.
     assert c.on_server_load(3.0, ServerLoad(running=64, waiting=4), in_flight=35) == 35
+    assert c.on_server_load(3.5, ServerLoad(running=64, waiting=12), in_flight=35) == 30  # 35 x (1 - 10/76)
+
+
+def test_a_task_that_starts_beside_busy_ones_skips_the_slow_start() -> None:
+    c = AIMDController(ceiling=32)
+    assert c.on_server_load(0.0, ServerLoad(running=64, waiting=2), in_flight=2) == 3
 
 
 def test_a_cut_never_goes_below_half_or_the_floor_and_always_takes_at_least_one() -> None:

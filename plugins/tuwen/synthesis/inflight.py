@@ -7,21 +7,24 @@ server says about itself, with the hand-set limit kept as a ceiling:
 
 - from vLLM's Prometheus `/metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`) when
   the endpoint serves them: while the waiting queue is at or under `waiting_low` and this client
-  uses its whole limit, add `increase` (doubling until the first back-off: a slow start, so a task
-  reaches its share in a few observations); when the queue is over `waiting_high`, cut the limit by
-  this client's share of the excess: `limit * (1 - excess / (running + waiting))`, at least by one and
-  to no less than `max_decrease` of it. Every client of the server sees the same queue, so the mapped
-  tasks of every run back off together and each keeps its share (AIMD's fairness), with no
-  coordination between their processes;
+  uses its whole limit, add `increase` per reading; while the server queues nothing at all, double
+  instead (a slow start: an idle server is filled in a few readings; it ends at the first queued
+  request, so a task that starts beside busy ones joins them gently); when the queue is over
+  `waiting_high`, cut the limit by this client's share of the excess:
+  `limit * (1 - excess / (running + waiting))`, at least by one and to no less than `max_decrease`
+  of it. Every client of the server sees the same queue, so the mapped tasks of every run back off
+  together and each keeps its share (AIMD's fairness), with no coordination between their processes;
 - from latency when there are no metrics: seconds per completion token (which evens out answer
   lengths) against its slow moving average; a fast average over `latency_spike` times the slow
   one, or a timeout, halves the limit; otherwise the limit grows as above.
 
 A short queue (not none) is the aim: vLLM admits waiting requests at the start of each step, so a
 request must already be waiting when a sequence finishes, or its slot idles while the client turns
-around (delivers, pulls the next request, sends it). After a decrease, further decreases wait
-`cooldown_s`: a queue takes that long to drain, and reacting to it again would cut twice for one
-excess.
+around (delivers, pulls the next request, sends it). A cut takes effect as this client's requests
+finish (nothing is cancelled), so after one the controller neither cuts nor grows again until the
+client's in-flight count is down to the new limit: the queue is still draining, and reacting to it
+again would cut twice for one excess. That clock is the server's own completion rate, whatever
+the model; `cooldown_s` is a floor under it.
 
 The controller is pure (observations in, a limit out, the caller's clock): `VLMClient` feeds it.
 """
@@ -61,13 +64,15 @@ def parse_vllm_metrics(text: str, model: str | None = None) -> ServerLoad | None
 class AIMDController:
     ceiling: int  # the hand-set TUWEN_VLM_MAX_IN_FLIGHT: never more
     floor: int = 1
-    initial: int | None = None  # default: a quarter of the ceiling
+    # A task starts with 2 requests in flight: many tasks start beside busy ones, and whatever they
+    # send before their first reading joins the queue (an idle server is filled by the slow start).
+    initial: int = 2
     increase: int = 1
     waiting_low: float = 2.0
     waiting_high: float = 6.0
     max_decrease: float = 0.5  # a cut never leaves less than this share of the limit
     latency_spike: float = 2.0
-    cooldown_s: float = 1.0
+    cooldown_s: float = 0.0
     fast_alpha: float = 0.3  # latency averages (exponential): fast follows the last few answers,
     slow_alpha: float = 0.02  # slow the last ~50
     limit: int = field(init=False)
@@ -81,8 +86,7 @@ class AIMDController:
     def __post_init__(self) -> None:
         if self.ceiling < 1 or not 1 <= self.floor <= self.ceiling:
             raise ValueError(f"need 1 <= floor <= ceiling, got floor {self.floor}, ceiling {self.ceiling}")
-        start = self.initial if self.initial is not None else max(self.floor, self.ceiling // 4)
-        self.limit = self._clamp(start)
+        self.limit = self._clamp(self.initial)
 
     def _clamp(self, value: float) -> int:
         return max(self.floor, min(self.ceiling, int(value)))
@@ -92,6 +96,8 @@ class AIMDController:
         return self.limit
 
     def _grow(self, in_flight: int, per_answer: bool = False) -> int:
+        if in_flight > self.limit:
+            return self._count("hold_draining")  # a cut has not taken effect yet
         if in_flight < self.limit:
             return self._count("hold_unused")  # the limit is not what holds this client back
         if per_answer:
@@ -106,9 +112,9 @@ class AIMDController:
         self.limit = self._clamp(self.limit + step)
         return self._count("increase")
 
-    def _cut(self, now: float, factor: float) -> int:
-        if now - self.last_decrease < self.cooldown_s:
-            return self._count("hold_cooldown")
+    def _cut(self, now: float, factor: float, in_flight: int) -> int:
+        if in_flight > self.limit or now - self.last_decrease < self.cooldown_s:
+            return self._count("hold_draining")  # the last cut is still taking effect
         self.slow_start = False
         factor = max(self.max_decrease, factor)
         self.limit = self._clamp(min(self.limit - 1, math.floor(self.limit * factor)))
@@ -117,9 +123,11 @@ class AIMDController:
 
     def on_server_load(self, now: float, load: ServerLoad, in_flight: int) -> int:
         """One reading of the server's running and waiting requests; `in_flight` is this client's."""
+        if load.waiting > 0:
+            self.slow_start = False  # the server is full: from here on, +increase per reading
         if load.waiting > self.waiting_high:
             excess = load.waiting - self.waiting_low
-            return self._cut(now, 1.0 - excess / max(1.0, load.running + load.waiting))
+            return self._cut(now, 1.0 - excess / max(1.0, load.running + load.waiting), in_flight)
         if load.waiting <= self.waiting_low:
             return self._grow(in_flight)
         return self._count("hold")
@@ -128,7 +136,7 @@ class AIMDController:
                    timed_out: bool = False) -> int:
         """One finished request, for when the server has no /metrics (the limit follows latency)."""
         if timed_out:
-            return self._cut(now, 0.5)
+            return self._cut(now, 0.5, in_flight)
         per_token = latency_s / max(1, completion_tokens or 1)
         if self.fast_s_per_token is None or self.slow_s_per_token is None:
             self.fast_s_per_token = self.slow_s_per_token = per_token
@@ -136,5 +144,5 @@ class AIMDController:
         self.fast_s_per_token += self.fast_alpha * (per_token - self.fast_s_per_token)
         self.slow_s_per_token += self.slow_alpha * (per_token - self.slow_s_per_token)
         if self.fast_s_per_token > self.latency_spike * self.slow_s_per_token:
-            return self._cut(now, 0.5)
+            return self._cut(now, 0.5, in_flight)
         return self._grow(in_flight, per_answer=True)

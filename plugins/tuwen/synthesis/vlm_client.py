@@ -633,28 +633,38 @@ class _Run:
         self.slot_freed.set()
 
     async def _watch_server(self) -> None:
-        """Feed the controller vLLM's running and waiting requests from /metrics every `metrics_poll_s`;
-        without them (not vLLM, or /metrics unreachable) the workers feed it latency instead, and
-        /metrics is tried again every 30 s."""
+        """Feed the controller vLLM's running and waiting requests from /metrics every `metrics_poll_s`.
+
+        Without them (an answer that is not vLLM's metrics, or three failed reads in a row: a busy
+        host can miss one) the workers feed it latency instead, and /metrics is tried again every 10 s.
+        """
         assert self.controller is not None
         url = self.client.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
-        timeout = aiohttp.ClientTimeout(total=max(1.0, 5 * self.client.metrics_poll_s))
+        timeout = aiohttp.ClientTimeout(total=max(2.0, 5 * self.client.metrics_poll_s))
+        failures = 0
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                load = None
+                load, answered = None, False
                 try:
                     async with session.get(url) as response:
+                        answered = response.status in (200, 404)  # "no metrics here", not a blip
                         if response.status == 200:
                             load = parse_vllm_metrics(await response.text(), self.client.model)
                 except (aiohttp.ClientError, TimeoutError, ValueError):
-                    load = None
-                self.metrics_ok = load is not None
-                if load is None:
-                    await asyncio.sleep(30.0)
+                    answered = False
+                if load is not None:
+                    failures = 0
+                    self.metrics_ok = True
+                    self.controller.on_server_load(time.monotonic(), load, self.active)
+                    self.slot_freed.set()
+                    await asyncio.sleep(self.client.metrics_poll_s)
                     continue
-                self.controller.on_server_load(time.monotonic(), load, self.active)
-                self.slot_freed.set()
-                await asyncio.sleep(self.client.metrics_poll_s)
+                failures += 1
+                if answered or failures >= 3:
+                    self.metrics_ok = False
+                    await asyncio.sleep(10.0)
+                else:
+                    await asyncio.sleep(self.client.metrics_poll_s)
 
     async def _deliver(self, result: VLMResult) -> None:
         stats = self.stats

@@ -210,7 +210,8 @@ class StepLog:
                                "occupancy": None, "mean_waiting": None, "max_waiting": 0}
         if not self.rows:
             return out
-        t0 = self.rows[0][0]
+        # From the first step that ran something: an idle gap logged first may reach back before a reset.
+        t0 = next((r[0] for r in self.rows if r[2]), self.rows[0][0])
         out["max_waiting"] = max(r[3] for r in self.rows)
         if self.last_finish is not None:
             out["span_s"] = self.last_finish - t0  # from the first request to the last finish

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import _db_url, write_sites_file
 from tuwen.config import Settings
 from tuwen.local.airflow_stack import airflow_env, dags_test, ensure_pool, migrate_metadata
-from tuwen.local.fixture_site import SiteManifest
+from tuwen.local.fixture_site import SiteManifest, expected_curation
 from tuwen.local.services import drop_database, ensure_database
 from tuwen.storage import ObjectStore
 
@@ -55,25 +55,32 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
         expected_accepted = manifest.expected_counts["by_outcome"]["accepted"]
         images = _counts(engine, "SELECT status, count(*) FROM image GROUP BY status")
         assert images.get("accepted") == expected_accepted
+        # The crawl DAG curated every accepted image as the manifest says (OCR is off in these settings);
+        # synthesis took the curated ones only.
+        curation = _counts(engine, "SELECT status, count(*) FROM curation GROUP BY status")
+        assert curation == expected_curation(manifest.images, ocr_ran=False)
+        expected_curated = curation["curated"]
+        assert expected_curated < expected_accepted
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(DISTINCT crawl_date) FROM image")).scalar() == 1
             assert conn.execute(text("SELECT min(crawl_date) FROM image")).scalar() == PARTITION
-            # Every accepted image got exactly one task type and exactly one paid completion.
+            # Every curated image got exactly one task type and exactly one paid completion; no other did.
             assert conn.execute(text(
-                "SELECT count(*) FROM image WHERE status = 'accepted' AND task_type IS NULL")).scalar() == 0
+                "SELECT count(*) FROM image WHERE status = 'accepted' AND task_type IS NULL")).scalar() == \
+                expected_accepted - expected_curated
             gens = dict(conn.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).all())
-            assert sum(gens.values()) == expected_accepted
-            assert gens.get("succeeded", 0) >= expected_accepted * 0.95
+            assert sum(gens.values()) == expected_curated
+            assert gens.get("succeeded", 0) >= expected_curated * 0.95
             n_samples = conn.execute(text("SELECT count(*) FROM sample")).scalar()
             assert n_samples == gens["succeeded"]
             # The seed's prompt text (version 1, verbatim) is what was sent.
             assert set(conn.execute(text("SELECT DISTINCT prompt_version FROM generation")).scalars()) == {1}
             # The mix follows the seed's ratio (small partition: within 2 images per task).
             tasks = dict(conn.execute(text("SELECT task_type, count(*) FROM image "
-                                           "WHERE status = 'accepted' GROUP BY 1")).all())
+                                           "WHERE status = 'accepted' AND task_type IS NOT NULL GROUP BY 1")).all())
             seed = {"conversation": 247431, "complex_reasoning": 194646, "detail": 199791}
             for task, weight in seed.items():
-                assert abs(tasks[task] - expected_accepted * weight / sum(seed.values())) <= 2
+                assert abs(tasks[task] - expected_curated * weight / sum(seed.values())) <= 2
             qc = conn.execute(text("SELECT n_samples, n_passed, success, results FROM qc_run ORDER BY id DESC")).first()
             assert qc.n_samples == n_samples and qc.success
             qc_results = qc.results
@@ -117,11 +124,11 @@ def test_airflow_runs_crawl_synthesize_export(settings: Settings, fixture_site: 
 
         # A second synthesis run pays for nothing: no new generations, no request reaches the server.
         requests_after_first = httpx.get(stats_url).json()["requests"]
-        assert requests_after_first - requests_before == expected_accepted
+        assert requests_after_first - requests_before == expected_curated
         dags_test("tuwen_synthesize", DAY, env, logs)
         assert httpx.get(stats_url).json()["requests"] == requests_after_first
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM generation")).scalar() == expected_accepted
+            assert conn.execute(text("SELECT count(*) FROM generation")).scalar() == expected_curated
             assert conn.execute(text("SELECT count(*) FROM sample")).scalar() == n_samples
         engine.dispose()
     finally:

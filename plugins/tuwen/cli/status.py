@@ -144,8 +144,11 @@ def collect_status(resources: Resources, hours: int = 24, store_sample: int = ST
             """SELECT count(*) FROM image i WHERE i.status = 'accepted' AND i.task_type IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM generation g WHERE g.image_id = i.id
                                AND g.status IN ('succeeded', 'unparseable'))""")).scalar_one())
+        # Held and rejected images (tuwen.curate) never get a task: they are not waiting.
         report.unassigned = int(conn.execute(text(
-            "SELECT count(*) FROM image WHERE status = 'accepted' AND task_type IS NULL")).scalar_one())
+            """SELECT count(*) FROM image i WHERE i.status = 'accepted' AND i.task_type IS NULL
+               AND NOT EXISTS (SELECT 1 FROM curation c WHERE c.image_id = i.id AND c.status <> 'curated')"""
+        )).scalar_one())
         report.runs = [dict(r._mapping) for r in conn.execute(text(
             f"""SELECT dag_id, run_id, count(*) AS generations,
                        count(*) FILTER (WHERE status = 'succeeded') AS succeeded,

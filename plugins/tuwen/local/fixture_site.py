@@ -202,6 +202,14 @@ def count_expected(images: dict[str, ExpectedImage]) -> dict[str, Any]:
     }
 
 
+def expected_curation(images: dict[str, ExpectedImage], ocr_ran: bool) -> dict[str, int]:
+    """Accepted images per curation verdict an ideal curation reaches: simple_graphic needs OCR text to
+    decide, so without OCR those images are curated (with their colour score)."""
+    verdicts = Counter("curated" if img.curation_reason == "simple_graphic" and not ocr_ran else img.curation or "curated"
+                       for img in images.values() if img.outcome == "accepted")
+    return dict(sorted(verdicts.items()))
+
+
 # --------------------------------------------------------------------------------------------
 # Chinese content
 

@@ -155,7 +155,7 @@ def run_config(settings: Settings, vlm: Any, config: Config) -> dict[str, Any]:
         "full_batch_tokens_per_s": serving["preset"]["full_batch_tokens_per_s"],
     }
     print(f"{config.label}: {row['succeeded'] + row['unparseable']} samples, {row['failed']} failed "
-          f"{row['failed_by_type'] or ''}, {row['task_retries']} task retries, in {wall:.1f}s; occupancy {row['occupancy']:.3f} "
+          f"{row['failed_by_type'] or ''}, {row['task_retries']} task retries, in {wall:.1f}s (server busy {serving.get('span_s') or 0:.1f}s); occupancy {row['occupancy']:.3f} "
           f"(mean running {row['mean_running']:.1f} of {serving['preset']['max_num_seqs']} over "
           f"{row['window_s']:.1f}s from {row['first_full_s']:.1f}s); waiting mean {row['mean_waiting']:.1f} "
           f"max {row['max_waiting']}; mean queue time {row['mean_queue_s']:.2f}s; client timeouts "

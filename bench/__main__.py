@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str | tuple[str, ...]] = {
     "synthesis": ("bench.bench_synthesis", "bench.bench_synthesis_serving"),
     "qc": "bench.bench_qc",  # issue: quality gate — 641,868 samples, time and peak memory
     "export": "bench.bench_export",  # issue: releases — 641,868 samples, time, memory, slowest query
+    "ocr": "bench.bench_ocr",  # issue 18 — OCR images/s per core and recall, old and new parameters side by side
     "curate": "bench.bench_curate",  # issue 18: curation images/s per core, core-hours at 641,868 images
 }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from tests.services.test_crawl_services import fresh_database
 from tuwen.config import Settings
 from tuwen.crawl.images import inspect_and_normalize
-from tuwen.crawl.ocr import count_cjk, extract_text, ocr_pending
+from tuwen.crawl.ocr import char_recall, count_cjk, extract_text, ocr_pending
 from tuwen.db.session import get_engine
 from tuwen.local.fixture_site import ExpectedImage, SiteManifest, generate_site
 from tuwen.resources import Resources
@@ -24,13 +23,6 @@ from tuwen.storage import ObjectStore, model_key
 
 PARTITION = dt.date(2024, 5, 2)
 OTHER_PARTITION = dt.date(2024, 5, 3)
-
-
-def char_recall(expected: str, found: str) -> float:
-    """Share of the expected characters (spaces aside, as a multiset) that OCR found."""
-    want = Counter(expected.replace(" ", ""))
-    got = Counter(found.replace(" ", ""))
-    return sum(min(n, got[c]) for c, n in want.items()) / sum(want.values())
 
 
 def test_count_cjk() -> None:

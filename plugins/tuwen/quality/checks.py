@@ -26,7 +26,8 @@ from tuwen.domain import IMAGE_TOKEN, LANGUAGES
 # Bump when a check's logic or a default threshold changes, so qc_run rows and dataset cards say which
 # rules judged a sample. v2: the checks calibrated on real public data (docs/QUALITY.md). v3: answers that
 # do not answer their question (conversation.off_task), repeated long sentences, bare enumerations and,
-# when finish_reason is unknown, cuts seen from the answer's own punctuation and capitals.
+# when finish_reason is unknown, cuts seen from the answer's own punctuation and capitals; and the
+# faithfulness judge's verdict (faithfulness.judge), which passes every sample the judge has not judged.
 QC_CHECKS_VERSION = 3
 
 

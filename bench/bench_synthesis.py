@@ -10,10 +10,13 @@ milliseconds per sample (target <= 5 ms). Repeated with log-normal latency (medi
 settings. The 3,000 images are synthesized (fixed 1.0 s latency, 128 in flight), then every sample is
 judged the same way; it reports the judge's extra prompt and completion tokens per sample, its
 completion tokens as a share of synthesis's (target <= 20 %), and its wall time as a share of
-synthesis's, and records them in docs/BENCHMARKS.md. Against the stand-in this measures plumbing:
-its tokens are characters (one token per character, images by Qwen2.5-VL's patch count), its judge
-quotes every sentence of an answer, and its latency does not grow with the output, so the wall-time
-share says nothing about a real model's.
+synthesis's, and records them in docs/BENCHMARKS.md. `--contradiction-rate R` has the stand-in put a
+false sentence into a share R of its answers (default 0: every verdict clean), which the judge then
+quotes back. Against the stand-in this measures plumbing: its tokens are characters (one token per
+character, images by Qwen2.5-VL's patch count), its judge answers in the shape the default judge
+prompt asks for (v2: the contradicted statements only, `{"contradicted": []}` for a clean sample; v1
+quoted every sentence back), and its latency does not grow with the output, so the wall-time share
+says nothing about a real model's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bench.common import bench_settings, machine, record_result, seed_images
 from tuwen.domain import Partition
 from tuwen.judge.keys import JudgeRunParams
 from tuwen.judge.planning import plan_judging
+from tuwen.judge.prompts import get_judge_prompt
 from tuwen.judge.runner import run_judge_batch
 from tuwen.resources import Resources
 from tuwen.synthesis.keys import RunParams
@@ -68,13 +72,16 @@ def _run(settings, standin_root: str, latency: str, label: str) -> dict:
     return row
 
 
-def judge_cost() -> dict:
-    """Synthesis, then the judge over every sample, at the benchmark's settings (module doc)."""
+def judge_cost(contradiction_rate: float = 0.0) -> dict:
+    """Synthesis, then the judge over every sample, at the benchmark's settings (module doc); with a
+    contradiction rate the stand-in puts one false sentence into that share of its answers, which the
+    judge then quotes back (what a contradicted verdict costs)."""
     from tuwen.local.standin_vlm import StandinProcess
 
-    print(f"== faithfulness judge cost ({machine()}): {N_IMAGES} images, {IN_FLIGHT} in flight, fixed 1.0 s ==")
+    print(f"== faithfulness judge cost ({machine()}): {N_IMAGES} images, {IN_FLIGHT} in flight, fixed 1.0 s, "
+          f"contradiction rate {contradiction_rate} ==")
     with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \
-            StandinProcess(latency="fixed:1.0") as vlm:
+            StandinProcess(latency="fixed:1.0", contradiction_rate=contradiction_rate) as vlm:
         settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model,
                                        vlm_max_in_flight=IN_FLIGHT, vlm_timeout_s=60.0, judge_enabled=True)
         seed_images(settings, N_IMAGES, DAY.start)
@@ -89,8 +96,10 @@ def judge_cost() -> dict:
         judged = run_judge_batch(resources, [s for b in judge_plan.batches for s in b["sample_ids"]],
                                  JudgeRunParams(enabled=True))
         judge_wall = time.perf_counter() - wall0
+        # Which judge prompt was measured: the verdict's shape, and so the cost, is per version.
+        judge_prompt = get_judge_prompt("zh", settings.judge_prompt_version, settings.prompts_dir).id
     row = {
-        "samples": samples, "judged": judged.succeeded, "unparseable": judged.unparseable, "failed": judged.failed,
+        "samples": samples, "contradiction_rate": contradiction_rate, "judged": judged.succeeded, "unparseable": judged.unparseable, "failed": judged.failed,
         "synthesis_prompt_tokens": synthesis.prompt_tokens / samples,
         "synthesis_completion_tokens": synthesis.completion_tokens / samples,
         "judge_prompt_tokens": judged.prompt_tokens / samples,
@@ -100,7 +109,8 @@ def judge_cost() -> dict:
     row["extra_completion_share"] = row["judge_completion_tokens"] / row["synthesis_completion_tokens"]
     row["extra_prompt_share"] = row["judge_prompt_tokens"] / row["synthesis_prompt_tokens"]
     row["extra_wall_share"] = judge_wall / synthesis_wall
-    print(f"{samples} samples, {judged.succeeded} judged ({judged.unparseable} unparseable, {judged.failed} failed); "
+    print(f"{samples} samples, {judged.succeeded} judged ({judged.contradicted_samples} with a contradicted statement, "
+          f"{judged.unparseable} unparseable, {judged.failed} failed); "
           f"per sample: synthesis {row['synthesis_prompt_tokens']:.0f} prompt + "
           f"{row['synthesis_completion_tokens']:.0f} completion tokens, judge +{row['judge_prompt_tokens']:.0f} "
           f"prompt (+{100 * row['extra_prompt_share']:.0f} %) +{row['judge_completion_tokens']:.0f} completion "
@@ -110,8 +120,10 @@ def judge_cost() -> dict:
     record_result(
         "Faithfulness judge cost",
         f"- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.bench_synthesis --judge`, {machine()}, "
-        f"load avg {load:.1f} at the end: {samples} samples ({judged.succeeded} judged, {judged.unparseable} "
-        f"unparseable, {judged.failed} failed). Per sample, synthesis {row['synthesis_prompt_tokens']:.0f} prompt + "
+        f"load avg {load:.1f} at the end, judge prompt {judge_prompt} (and .en), contradiction rate "
+        f"{contradiction_rate}: {samples} samples ({judged.succeeded} judged, {judged.contradicted_samples} with a "
+        f"contradicted statement, {judged.unparseable} unparseable, {judged.failed} failed). Per sample, "
+        f"synthesis {row['synthesis_prompt_tokens']:.0f} prompt + "
         f"{row['synthesis_completion_tokens']:.0f} completion tokens; the judge +{row['judge_prompt_tokens']:.0f} "
         f"prompt (+{100 * row['extra_prompt_share']:.0f} %) and +{row['judge_completion_tokens']:.0f} completion "
         f"tokens (**+{100 * row['extra_completion_share']:.0f} %**, target <= 20 %); wall {synthesis_wall:.1f} s "
@@ -125,9 +137,9 @@ JUDGE_INTRO = """The faithfulness judge's extra cost per sample at the synthesis
 128 requests in flight, the stand-in at a fixed 1.0 s latency; synthesis first, then the judge over
 every sample (one request each: the image again, the judge prompt and the sample), `response_format`
 (JSON schema) on. Target: <= 20 % extra completion tokens. **Against the stand-in this is plumbing
-only**: its tokens are characters (images by Qwen2.5-VL's patch count), its judge quotes every
-sentence of the answer as a statement, and its latency does not grow with the output, so the
-wall-time share counts requests, not a model's decoding time."""
+only**: its tokens are characters (images by Qwen2.5-VL's patch count), its judge answers in the
+default prompt version's shape, and its latency does not grow with the output, so the wall-time
+share counts requests, not a model's decoding time."""
 
 
 def main() -> list[dict]:
@@ -151,8 +163,11 @@ def main() -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.bench_synthesis", description=__doc__.splitlines()[0])
     parser.add_argument("--judge", action="store_true", help="measure the faithfulness judge's extra cost instead")
-    if parser.parse_args().judge:
-        judge_cost()
+    parser.add_argument("--contradiction-rate", type=float, default=0.0, metavar="R",
+                        help="with --judge: the stand-in's share of answers with an injected false sentence (0-1)")
+    args = parser.parse_args()
+    if args.judge:
+        judge_cost(args.contradiction_rate)
     else:
         main()
     sys.exit(0)

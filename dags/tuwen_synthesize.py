@@ -22,9 +22,9 @@ that shipped them still reference them), `judge` (empty: TUWEN_JUDGE_ENABLED).
 
 **Faithfulness judge** (optional, `tuwen.judge`): after the batches, `plan_judging` lists the
 partition's samples without a stored verdict and `judge` is mapped over them in the same pool
-`vlm`: the VLM (or the model of TUWEN_JUDGE_*) is shown each sample with its image and labels its
-statements supported / contradicted / unverifiable, each verdict stored as it arrives and never
-paid twice. A judge endpoint that is down leaves the samples unjudged with the reason and does not
+`vlm`: the VLM (or the model of TUWEN_JUDGE_*) is shown each sample with its image and quotes the
+statements the image contradicts (judge prompt v2; v1 labelled every statement), each verdict
+stored as it arrives and never paid twice. A judge endpoint that is down leaves the samples unjudged with the reason and does not
 fail the run; the next run asks again. Disabled, `plan_judging` returns no batches and `judge` skips.
 """
 

@@ -80,12 +80,11 @@ def test_every_sample_gets_a_verdict_and_a_rerun_pays_nothing(settings: Settings
                                "JOIN sample s ON s.id = j.sample_id")
         assert len(rows) == 18 and Counter(r.status for r in rows) == {"succeeded": 18}
         for row in rows:
-            labels = Counter(s["label"] for s in row.statements)
-            assert (row.n_supported, row.n_contradicted, row.n_unverifiable) == (
-                labels["supported"], labels["contradicted"], labels["unverifiable"])
-            assert sum(labels.values()) > 0
-            assert row.raw_text.startswith("{")  # structured output asked for, JSON came back
-            assert row.prompt_id.startswith("faithfulness.") and row.same_language
+            # Prompt v2 (the latest, the default): only contradicted statements, the other counts not asked.
+            assert row.prompt_id.startswith("faithfulness.") and row.prompt_id.endswith(".v2") and row.same_language
+            assert all(s["label"] == "contradicted" for s in row.statements)
+            assert row.n_contradicted == len(row.statements) and (row.n_supported, row.n_unverifiable) == (None, None)
+            assert row.raw_text.startswith('{"contradicted"')  # structured output asked for, JSON came back
             assert row.prompt_tokens > 0 and row.completion_tokens > 0
             assert row.params["temperature"] == 0.0 and row.params["structured"] is True
             assert row.model == settings.vlm_model  # no judge model set: the VLM's
@@ -108,6 +107,20 @@ def test_every_sample_gets_a_verdict_and_a_rerun_pays_nothing(settings: Settings
         texts = _rows(settings, "SELECT raw_text, status FROM judgement WHERE NOT (params->>'structured')::boolean")
         assert len(texts) == 18 and all(r.status == "succeeded" for r in texts)
         assert not any(r.raw_text.lstrip().startswith("{") for r in texts)  # read by the plain-text fallback
+        assert all(r.raw_text == "无矛盾" or r.raw_text == "none" for r in texts)  # v2's "nothing contradicted"
+
+        # Prompt v1 pinned (TUWEN_JUDGE_PROMPT_VERSION=1): another judgement, every statement labelled.
+        v1 = Resources.from_settings(dataclasses.replace(settings, judge_prompt_version=1))
+        _judge_all(v1, JudgeRunParams(enabled=True, prompt_version=1))
+        assert vlm.stats()["requests"] == 54
+        full = _rows(settings, "SELECT n_supported, n_contradicted, n_unverifiable, statements FROM judgement "
+                               "WHERE prompt_version = 1")
+        assert len(full) == 18
+        for row in full:
+            labels = Counter(s["label"] for s in row.statements)
+            assert sum(labels.values()) > 0
+            assert (row.n_supported, row.n_contradicted, row.n_unverifiable) == (
+                labels["supported"], labels["contradicted"], labels["unverifiable"])
 
 
 def test_a_dead_judge_endpoint_leaves_samples_unjudged_with_a_reason(settings: Settings) -> None:

@@ -23,10 +23,15 @@ from tuwen.judge.prompts import (
     render_sample,
 )
 from tuwen.judge.verdict import (
+    CONTRADICTED,
+    CONTRADICTED_SCHEMA,
+    MAX_CONTRADICTED,
     MAX_STATEMENT_CHARS,
     MAX_STATEMENTS,
     MAX_TEXT_CHARS,
+    STATEMENTS,
     VERDICT_SCHEMA,
+    VERDICT_SHAPES,
     parse_verdict,
     response_format,
 )
@@ -51,6 +56,30 @@ def test_the_committed_judge_prompts_load_with_one_placeholder() -> None:
     assert "图片标注审核员" in zh.text  # how the stand-in recognises a judge request
     assert "image annotation reviewer" in get_judge_prompt("en", 1, REPO_ROOT / "prompts").text
     assert not zh.text.startswith("---")  # the front matter is not part of the text (nor of its hash)
+
+
+def test_the_latest_version_is_the_default_and_v1_stays_loadable() -> None:
+    prompts_dir = REPO_ROOT / "prompts"
+    for language in ("zh", "en"):
+        latest = get_judge_prompt(language, prompts_dir=prompts_dir)
+        assert latest.version == 2 and latest.verdict == CONTRADICTED
+        assert '{"contradicted": []}' in latest.text  # the empty answer is spelled out
+        v1 = get_judge_prompt(language, 1, prompts_dir)
+        assert v1.verdict == STATEMENTS and v1.sha256 != latest.sha256
+    # TUWEN_JUDGE_PROMPT_VERSION empty is None, which is the latest; set, it pins a version.
+    empty = Settings.from_env({"TUWEN_JUDGE_PROMPT_VERSION": ""})
+    assert JudgeRunParams.from_params({}, empty).prompt_version is None
+    assert judge_spec(empty, JudgeRunParams(True), "s", "zh").prompt.id == "faithfulness.zh.v2"
+    pinned = Settings.from_env({"TUWEN_JUDGE_PROMPT_VERSION": "1"})
+    assert judge_spec(pinned, JudgeRunParams.from_params({}, pinned), "s", "zh").prompt.id == "faithfulness.zh.v1"
+
+
+def test_a_version_without_a_declared_verdict_shape_is_refused(tmp_path: Path) -> None:
+    version = max(VERDICT_SHAPES) + 1
+    future = tmp_path / f"faithfulness.zh.v{version}.txt"
+    future.write_text("请核对。\n{sample}", encoding="utf-8")
+    with pytest.raises(PromptError, match="no verdict shape"):
+        load_judge_prompt_file(future)
 
 
 def test_a_judge_prompt_without_its_placeholder_is_refused(tmp_path: Path) -> None:
@@ -149,11 +178,22 @@ def test_the_judge_endpoint_defaults_to_the_vlm() -> None:
 
 
 def test_the_response_format_is_vllms_json_schema_form() -> None:
-    fmt = response_format()
+    fmt = response_format(STATEMENTS)
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "tuwen_judge_verdict"
     assert fmt["json_schema"]["schema"] is VERDICT_SCHEMA
     item = VERDICT_SCHEMA["properties"]["statements"]["items"]
     assert item["properties"]["label"]["enum"] == ["supported", "contradicted", "unverifiable"]
+
+
+def test_the_v2_response_format_asks_for_the_contradicted_statements_only() -> None:
+    fmt = response_format(CONTRADICTED)
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "tuwen_judge_contradicted"
+    schema = fmt["json_schema"]["schema"]
+    assert schema is CONTRADICTED_SCHEMA and schema["required"] == ["contradicted"]
+    assert schema["additionalProperties"] is False
+    items = schema["properties"]["contradicted"]
+    assert items["maxItems"] == MAX_CONTRADICTED == 10  # what the v2 prompt asks for
+    assert items["items"] == {"type": "string", "minLength": 1, "maxLength": MAX_STATEMENT_CHARS}
 
 
 VERDICT = {"statements": [{"text": "汽车是红色的", "label": "supported"},
@@ -272,3 +312,106 @@ def test_any_schema_valid_json_round_trips(items: list[tuple[str, str]]) -> None
     verdict = parse_verdict(json.dumps(body))
     assert verdict.ok
     assert [(s["text"], s["label"]) for s in verdict.statements] == [(t.strip(), lab) for t, lab in items]
+
+
+# --- the v2 verdict: contradicted statements only -----------------------------------------------
+
+
+def test_v2_json_verdicts() -> None:
+    clean = parse_verdict('{"contradicted": []}', "stop", CONTRADICTED)
+    assert clean.ok and clean.form == "json" and clean.statements == () and clean.shape == CONTRADICTED
+    # Not asked is not zero: the stored n_supported / n_unverifiable stay NULL.
+    assert clean.counts == {"supported": None, "contradicted": 0, "unverifiable": None}
+    dirty = parse_verdict('{"contradicted": [" 路边有三棵树。 ", "招牌上写着「停」。"]}', "stop", CONTRADICTED)
+    assert dirty.ok and dirty.n_contradicted == 2
+    assert dirty.statements == ({"text": "路边有三棵树。", "label": "contradicted"},
+                                {"text": "招牌上写着「停」。", "label": "contradicted"})
+    assert dirty.counts == {"supported": None, "contradicted": 2, "unverifiable": None}
+    # A model imitating v1's items is read too.
+    assert parse_verdict('{"contradicted": [{"text": "a"}]}', None, CONTRADICTED).n_contradicted == 1
+    mixed = '{"contradicted": [{"text": "a", "label": "supported"}, {"text": "b", "label": "矛盾"}]}'
+    assert [s["text"] for s in parse_verdict(mixed, None, CONTRADICTED).statements] == ["b"]
+
+
+def test_v2_fenced_and_embedded_json() -> None:
+    fenced = parse_verdict('核对结果如下：\n```json\n{"contradicted": ["汽车是蓝色的。"]}\n```', None, CONTRADICTED)
+    assert fenced.ok and fenced.form == "json_fenced" and fenced.n_contradicted == 1
+    embedded = parse_verdict('Checked. {"contradicted": []} Nothing else.', None, CONTRADICTED)
+    assert embedded.ok and embedded.form == "json_embedded" and embedded.n_contradicted == 0
+
+
+def test_either_json_shape_is_read_whatever_was_asked() -> None:
+    # A v1 object answering a v2 prompt is a full verdict (all three counts); and the other way round.
+    full = parse_verdict(json.dumps(VERDICT, ensure_ascii=False), None, CONTRADICTED)
+    assert full.ok and full.shape == STATEMENTS and full.counts == {"supported": 1, "contradicted": 1,
+                                                                   "unverifiable": 1}
+    short = parse_verdict('{"contradicted": ["x"]}', None, STATEMENTS)
+    assert short.ok and short.shape == CONTRADICTED and short.counts["supported"] is None
+
+
+@pytest.mark.parametrize("text", ["无矛盾", "无矛盾。", "- 无", "没有矛盾", "**未发现矛盾**", "none", "None.",
+                                  "No contradictions found.", "矛盾：无", "contradicted: none", "矛盾：（无）",
+                                  "Here is my check:\nnone\nThanks.", "supported: The car is red."])
+def test_v2_plain_text_saying_nothing_is_contradicted(text: str) -> None:
+    verdict = parse_verdict(text, "stop", CONTRADICTED)
+    assert verdict.ok and verdict.form == "text" and verdict.n_contradicted == 0, verdict
+    assert verdict.counts["supported"] is None
+
+
+def test_v2_plain_text_contradicted_lines() -> None:
+    text = ("核对如下：\n矛盾：画面一角还有一块醒目的紫色区域。\n- 矛盾：图中还写着「营业中」几个字。\n"
+            "支持：画面以蓝色为主。\n无法确认：适合做海报。")
+    verdict = parse_verdict(text, "stop", CONTRADICTED)
+    assert verdict.ok and verdict.shape == CONTRADICTED and verdict.n_contradicted == 2
+    assert [s["text"] for s in verdict.statements] == ["画面一角还有一块醒目的紫色区域。", "图中还写着「营业中」几个字。"]
+    english = parse_verdict("contradicted: The picture carries the words 「EXIT」.\nnone", "stop", CONTRADICTED)
+    assert english.n_contradicted == 1  # a stray "none" does not cancel a contradicted line
+    # The same lines under v1's shape keep every label, as before.
+    assert parse_verdict(text, "stop", STATEMENTS).counts == {"supported": 1, "contradicted": 2, "unverifiable": 1}
+
+
+@pytest.mark.parametrize("garbage, reason", [
+    ("", "empty"), (None, "empty"),
+    ("I cannot help with that.", "no_verdict"),
+    ("None of these statements is contradicted by the image, I think.", "no_verdict"),  # a sentence, not a line
+    ("无矛盾之外还有很多话", "no_verdict"),
+    ('{"contradicted": "none"}', "bad_shape"),
+    ('{"contradicted": 3}', "bad_shape"),
+    ('{"contradicted": [""]}', "bad_statement"),
+    ('{"contradicted": [["x"]]}', "bad_statement"),
+    ('{"contradicted": [{"label": "contradicted"}]}', "bad_statement"),
+    ('{"contradicted": [null]}', "bad_statement"),
+    ('{"contradicted": [' + '"x",' * MAX_STATEMENTS + '"x"]}', "too_many_statements"),
+    ("[" * 100_000, "no_verdict"),
+    ('{"contradicted": [' * 5_000, "no_verdict"),  # hostile nesting
+    ('{"contradicted": ["' + "x" * MAX_TEXT_CHARS + '"]}', "oversize"),
+])
+def test_v2_garbage_is_unparseable_with_a_reason(garbage: str | None, reason: str) -> None:
+    verdict = parse_verdict(garbage, "stop", CONTRADICTED)
+    assert not verdict.ok and verdict.error is not None and verdict.error.startswith(reason), verdict.error
+    assert verdict.statements == ()
+
+
+def test_v2_truncated_and_long_statements() -> None:
+    cut = parse_verdict('{"contradicted": ["路边有三棵', "length", CONTRADICTED)
+    assert not cut.ok and cut.error is not None and cut.error.startswith("truncated")
+    long = parse_verdict(json.dumps({"contradicted": ["长" * 5000]}, ensure_ascii=False), "stop", CONTRADICTED)
+    assert long.ok and len(long.statements[0]["text"]) == MAX_STATEMENT_CHARS and long.notes == ("statement_cut",)
+    assert not parse_verdict('{"contradicted": []}', "stop", "other").ok  # an unknown shape is no verdict
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: b.decode("latin-1")))
+def test_the_v2_parser_never_raises(text: str) -> None:
+    verdict = parse_verdict(text, None, CONTRADICTED)
+    assert verdict.ok or verdict.error
+    assert len(verdict.statements) <= MAX_STATEMENTS
+    assert all(s["label"] == "contradicted" for s in verdict.statements) or verdict.shape == STATEMENTS
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30).filter(str.strip), max_size=MAX_CONTRADICTED))
+def test_any_v2_schema_valid_json_round_trips(texts: list[str]) -> None:
+    verdict = parse_verdict(json.dumps({"contradicted": texts}), "stop", CONTRADICTED)
+    assert verdict.ok and verdict.n_contradicted == len(texts)
+    assert [s["text"] for s in verdict.statements] == [t.strip() for t in texts]

@@ -17,9 +17,11 @@ from pathlib import Path
 from PIL import Image
 
 from tuwen.domain import GPT, HUMAN, IMAGE_TOKEN
+from tuwen.judge.verdict import CONTRADICTED, parse_verdict
 from tuwen.local.standin_vlm.answers import ImageFeatures, analyse_image, compose_answer
 from tuwen.local.standin_vlm.judging import (
     INJECTION_KINDS,
+    contradicted_only,
     draw_injection,
     judge_language,
     judge_sample,
@@ -37,8 +39,8 @@ PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "judge"
 OCR_TEXTS = ["", "人民公园管理处", "EXIT 出口", "川味小馆 营业时间 9:00-21:00"]
 
 
-def judge_prompt(language: str) -> str:
-    return read_prompt_text(PROMPTS / f"faithfulness.{language}.v1.txt")[1]
+def judge_prompt(language: str, version: int = 1) -> str:
+    return read_prompt_text(PROMPTS / f"faithfulness.{language}.v{version}.txt")[1]
 
 
 def render_sample(conversations: list[dict[str, str]], language: str) -> str:
@@ -180,3 +182,38 @@ def test_at_most_twenty_statements_keeping_the_contradicted_ones() -> None:
     answer = "适合做海报。" * 30 + "画面以蓝色为主。"
     statements = judge_sample(judge_prompt("zh").replace("{sample}", f"问：怎样？\n答：{answer}"), "zh", features)
     assert len(statements) == 20 and statements[-1] == {"text": "画面以蓝色为主。", "label": "contradicted"}
+
+
+def test_prompt_v2_is_told_apart_by_its_json_example() -> None:
+    for language in ("zh", "en"):
+        assert judge_language(judge_prompt(language, 2)) == language  # still a judge request
+        assert contradicted_only(judge_prompt(language, 2))
+        assert not contradicted_only(judge_prompt(language, 1))
+    # The marker in the sample's own text is not the prompt asking for v2.
+    quoted = judge_prompt("zh", 1).replace("{sample}", '问：写了什么？\n答：写着{"contradicted": []}。')
+    assert not contradicted_only(quoted)
+
+
+def test_v2_renderings_hold_the_contradicted_statements_only() -> None:
+    statements = [{"text": "画面以红色为主。", "label": "supported"}, {"text": "写着「X」。", "label": "contradicted"},
+                  {"text": "适合做海报。", "label": "unverifiable"}]
+    assert json.loads(render_judgement(statements, "zh", True, True)) == {"contradicted": ["写着「X」。"]}
+    assert render_judgement(statements, "zh", False, True) == "矛盾：写着「X」。"
+    assert render_judgement(statements, "en", False, True) == "contradicted: 写着「X」。"
+    clean = statements[:1]
+    assert render_judgement(clean, "zh", True, True) == '{"contradicted": []}'
+    assert render_judgement(clean, "zh", False, True) == "无矛盾"
+    assert render_judgement(clean, "en", False, True) == "none"
+    # What the stand-in says, the judge's parser reads: JSON and both plain-text forms.
+    for as_json in (True, False):
+        for language in ("zh", "en"):
+            dirty = parse_verdict(render_judgement(statements, language, as_json, True), "stop", CONTRADICTED)
+            assert dirty.ok and [s["text"] for s in dirty.statements] == ["写着「X」。"]
+            empty = parse_verdict(render_judgement(clean, language, as_json, True), "stop", CONTRADICTED)
+            assert empty.ok and empty.n_contradicted == 0
+    # The 'malformed' fault takes the labels (and the none line) away: nothing left to parse as a verdict.
+    for rendered in (render_judgement(statements, "zh", False, True), render_judgement(clean, "en", False, True),
+                     render_judgement(clean, "zh", True, True)):
+        assert not parse_verdict(unlabelled(rendered), "stop", CONTRADICTED).ok
+    many = [{"text": f"写着「{i}」。", "label": "contradicted"} for i in range(25)]
+    assert len(json.loads(render_judgement(many, "zh", True, True))["contradicted"]) == 10  # v2 asks for <= 10

@@ -218,7 +218,8 @@ class Generation(Base):
 
 class Judgement(Base):
     """One paid faithfulness-judge completion about one sample (issue 17): the VLM, shown the image and
-    the sample, labels each statement supported / contradicted / unverifiable. Like `generation`, the
+    the sample, quotes the statements the image contradicts (judge prompt v1: labels every statement
+    supported / contradicted / unverifiable). Like `generation`, the
     unique request key (sample, judge prompt, model, params) makes a rerun pay nothing; the quality
     gate reads the latest succeeded judgement of a sample (check `faithfulness.judge`)."""
 
@@ -235,7 +236,8 @@ class Judgement(Base):
     params: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    # Statement counts and the statements themselves ([{"text", "label"}], bounded by the parser).
+    # Statement counts and the statements themselves ([{"text", "label"}], bounded by the parser). A v2
+    # verdict lists only contradicted statements: n_supported / n_unverifiable are NULL (not asked).
     n_supported: Mapped[int | None] = mapped_column(Integer)
     n_contradicted: Mapped[int | None] = mapped_column(Integer)
     n_unverifiable: Mapped[int | None] = mapped_column(Integer)

@@ -1,5 +1,7 @@
 """The faithfulness judge (issue 17): after synthesis, the VLM is shown each sample's image and the
-sample, and labels every statement of the answers supported, contradicted or unverifiable.
+sample, and quotes the statements of the answers that the image contradicts (judge prompt v2, the
+default; v1 labelled every statement supported, contradicted or unverifiable, at about twice the
+completion tokens of the sample itself: docs/BENCHMARKS.md).
 
 An optional stage between synthesis and the quality gate (off by default, TUWEN_JUDGE_ENABLED or
 the DAG param `judge`). Its calls are generations like any other: keyed (`keys`), paid once and

@@ -10,6 +10,10 @@ The sample is rendered round by round, `问：{question}\\n答：{answer}` (zh) 
 the whitespace around it removed from the question (the image is sent as the image). The stand-in
 VLM reads the rounds back in this form to judge them, so the form is a contract: change it with a
 new prompt version and the stand-in together.
+
+Each version asks for one verdict shape (`tuwen.judge.verdict.VERDICT_SHAPES`: v1 every statement
+labelled, v2 the contradicted ones only); a file whose version has no declared shape is refused, so
+a new version cannot go out with a schema and parser that do not match it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from tuwen.config import Settings
 from tuwen.domain import GPT, HUMAN, IMAGE_TOKEN, LANGUAGES
+from tuwen.judge.verdict import VERDICT_SHAPES
 from tuwen.synthesis.prompts import PromptError, read_prompt_text
 
 JUDGE_DIR = "judge"  # under TUWEN_PROMPTS_DIR
@@ -44,6 +49,11 @@ class JudgePrompt:
     sha256: str  # of text, UTF-8; part of every judgement's request key
     source: str = ""
 
+    @property
+    def verdict(self) -> str:
+        """The verdict shape this version asks for (STATEMENTS or CONTRADICTED, tuwen.judge.verdict)."""
+        return VERDICT_SHAPES[self.version]
+
 
 def load_judge_prompt_file(path: Path) -> JudgePrompt:
     """Read one judge prompt file; its name gives the judge, language and version."""
@@ -52,6 +62,9 @@ def load_judge_prompt_file(path: Path) -> JudgePrompt:
         raise PromptError(f"{path.name}: judge prompt files are named <name>.<language>.v<N>.txt")
     if match["language"] not in LANGUAGES:
         raise PromptError(f"{path.name}: unknown language {match['language']!r}; known: {', '.join(LANGUAGES)}")
+    if int(match["version"]) not in VERDICT_SHAPES:
+        raise PromptError(f"{path.name}: no verdict shape is declared for version {match['version']} "
+                          f"(tuwen.judge.verdict.VERDICT_SHAPES)")
     meta, text, sha256 = read_prompt_text(path)
     if text.count(PLACEHOLDER) != 1:
         raise PromptError(f"{path.name}: a judge prompt holds {PLACEHOLDER} exactly once, "

@@ -49,6 +49,7 @@ class JudgeBatchResult:
     failed_by_type: dict[str, int] = field(default_factory=dict)
     unparseable_by_reason: dict[str, int] = field(default_factory=dict)
     contradicted_samples: int = 0  # succeeded verdicts with at least one contradicted statement
+    # Statements per label over the verdicts that reported the label (prompt v2 reports only contradicted).
     statements: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -69,10 +70,10 @@ class JudgeBatchResult:
 
     def count_verdict(self, verdict: Verdict) -> None:
         self.succeeded += 1
-        counts = verdict.counts
-        for label, n in counts.items():
-            self.statements[label] += n
-        if counts["contradicted"]:
+        for label, n in verdict.counts.items():
+            if n is not None:
+                self.statements[label] += n
+        if verdict.n_contradicted:
             self.contradicted_samples += 1
 
 
@@ -121,7 +122,7 @@ def _request(job: _Job, image_url: str) -> VLMRequest:
                                                      "min_pixels": params["min_pixels"]}}
     if params["structured"]:
         # A top-level field of the request body, as the SDK's extra_body would send it.
-        extra["response_format"] = response_format()
+        extra["response_format"] = response_format(job.spec.prompt.verdict)
     return VLMRequest(
         key=job.key,
         messages=build_messages(render_prompt(job.spec.prompt, job.conversations), image_url),
@@ -175,7 +176,8 @@ class _VerdictWriter:
     def _store_verdict(self, job: _Job, res: VLMResult) -> None:
         self.result.prompt_tokens += res.prompt_tokens or 0
         self.result.completion_tokens += res.completion_tokens or 0
-        verdict = parse_verdict(res.text, res.finish_reason)
+        verdict = parse_verdict(res.text, res.finish_reason, job.spec.prompt.verdict)
+        # A contradicted-only verdict (prompt v2) leaves n_supported / n_unverifiable NULL: not asked.
         counts = verdict.counts if verdict.ok else {}
         values = {
             **self._run_ids(), "id": job.judgement_id, "attempts": res.attempts, "latency_ms": res.latency_ms,

@@ -30,8 +30,9 @@ What it adds, for testing the client (stand-in only, under /stand-in/):
   `GET /stand-in/injections` lists them — test-only ground truth;
 - faithfulness-judge requests (recognised by the judge prompt's opening): the stand-in splits the
   sample's answers into sentences and labels each by re-measuring the image (colour words against
-  its colours, sizes against its size, quoted text against its OCR text), as JSON when
-  `response_format` asks for it and as `label: statement` lines otherwise. This tests the judge's
+  its colours, sizes against its size, quoted text against its OCR text), answering in the shape
+  the prompt version asks for (v1: every statement labelled; v2: the contradicted ones only), as
+  JSON when `response_format` asks for it and as plain lines otherwise. This tests the judge's
   plumbing end to end; it is not a model's judgement and says nothing about one (see `judging`).
 
 Run it with `python -m tuwen.local.standin_vlm --port 8000`; from Python use `serve(...)` or, in tests and

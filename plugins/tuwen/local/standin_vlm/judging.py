@@ -23,6 +23,10 @@ never consults the record of what was injected:
                 more than 15 % off the image's, or a quoted text that is not in the OCR text
   supported     otherwise, when the sentence makes one of those claims and it matches
   unverifiable  the rest (advice, guesses, mood)
+The answer takes the shape the prompt version asks for, told apart by the prompt text (the JSON
+example it shows, `CONTRADICTED_ONLY_MARKER`): v1 every statement with its label, v2 the contradicted
+statements only (`{"contradicted": [...]}`, or plain `矛盾：…` / `contradicted: …` lines, `无矛盾` /
+`none` when there is none). Both come from the same labelling, so v1 and v2 flag the same samples.
 """
 
 from __future__ import annotations
@@ -38,8 +42,14 @@ from tuwen.local.standin_vlm.answers import COLOUR_NAMES, ImageFeatures
 
 INJECTION_KINDS = ("colour", "count", "quote")
 LABELS = ("supported", "contradicted", "unverifiable")
-# Prompt phrases that make a request a judge request (faithfulness.zh.v1 / .en.v1's first sentence).
+# Prompt phrases that make a request a judge request (the first sentence of faithfulness.zh / .en, v1 and v2).
 JUDGE_MARKERS = {"zh": "图片标注审核员", "en": "image annotation reviewer"}
+# The JSON example of judge prompt v2 (faithfulness.*.v2): such a request wants the contradicted
+# statements only. v1's prompts show `{"statements": ...` instead.
+CONTRADICTED_ONLY_MARKER = '{"contradicted"'
+# Plain-text answer of a contradicted-only request with nothing contradicted (the parser's none line).
+NO_CONTRADICTION = {"zh": "无矛盾", "en": "none"}
+MAX_CONTRADICTED = 10  # what judge prompt v2 asks for at most
 # Where the rendered sample starts in the judge prompts; without it the whole prompt is searched.
 SAMPLE_HEADERS = {"zh": "待核对的问答：", "en": "The exchange to check:"}
 # Plain-text labels (a server without guided decoding), per prompt language.
@@ -118,6 +128,14 @@ def plan_injection(features: ImageFeatures, language: str, rng: random.Random) -
 # --------------------------------------------------------------------------------------------
 # Judging
 # --------------------------------------------------------------------------------------------
+
+
+def contradicted_only(prompt: str) -> bool:
+    """Whether a judge prompt asks for the contradicted statements only (prompt v2 and later)."""
+    header = next((h for h in SAMPLE_HEADERS.values() if h in prompt), None)
+    # Only the instructions count: the sample's own text could quote the marker.
+    instructions = prompt[: prompt.index(header)] if header is not None else prompt
+    return CONTRADICTED_ONLY_MARKER in instructions
 
 
 def judge_language(prompt: str) -> str | None:
@@ -236,8 +254,17 @@ def judge_sample(prompt: str, language: str, features: ImageFeatures) -> list[di
     return [{"text": labelled[i][0], "label": labelled[i][1]} for i in kept]
 
 
-def render_judgement(statements: Sequence[dict[str, str]], language: str, as_json: bool) -> str:
-    """JSON as the response_format schema asks, or plain `label: text` lines for the fallback parser."""
+def render_judgement(statements: Sequence[dict[str, str]], language: str, as_json: bool,
+                     only_contradicted: bool = False) -> str:
+    """JSON as the response_format schema asks, or plain `label: text` lines for the fallback parser;
+    with `only_contradicted` (prompt v2) the contradicted statements alone, at most MAX_CONTRADICTED."""
+    if only_contradicted:
+        texts = [s["text"] for s in statements if s["label"] == "contradicted"][:MAX_CONTRADICTED]
+        if as_json:
+            return json.dumps({"contradicted": texts}, ensure_ascii=False)
+        separator = "：" if language == "zh" else ": "
+        label = PLAIN_LABELS[language]["contradicted"]
+        return "\n".join(f"{label}{separator}{t}" for t in texts) or NO_CONTRADICTION[language]
     if as_json:
         return json.dumps({"statements": list(statements)}, ensure_ascii=False)
     labels = PLAIN_LABELS[language]
@@ -249,7 +276,11 @@ def unlabelled(answer: str) -> str:
     """A judge answer with its labels gone (the stand-in's 'malformed' fault for judge requests)."""
     try:
         data = json.loads(answer)
+        if "contradicted" in data:
+            return "\n".join(map(str, data["contradicted"]))
         return "\n".join(str(s.get("text", "")) for s in data["statements"])
     except (ValueError, TypeError, KeyError, AttributeError):
         labels = "|".join(label for names in PLAIN_LABELS.values() for label in names.values())
-        return re.sub(rf"^(?:{labels})[：:]\s*", "", answer, flags=re.M)
+        stripped = re.sub(rf"^(?:{labels})[：:]\s*", "", answer, flags=re.M)
+        # v2's "nothing contradicted" line is a verdict too: gone, the answer says nothing.
+        return "" if stripped in NO_CONTRADICTION.values() else stripped

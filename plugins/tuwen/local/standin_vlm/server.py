@@ -46,6 +46,7 @@ from tuwen.local.standin_vlm.faults import (
     truncate_mid_sentence,
 )
 from tuwen.local.standin_vlm.judging import (
+    contradicted_only,
     draw_injection,
     judge_language,
     judge_sample,
@@ -499,7 +500,8 @@ class StandinServer:
                 content = compose_answer(task, language, None, rng)
             else:
                 as_json = parsed.response_format in {"json_schema", "json_object"}
-                content = render_judgement(judge_sample(parsed.prompt, language, features), language, as_json)
+                content = render_judgement(judge_sample(parsed.prompt, language, features), language, as_json,
+                                           contradicted_only(parsed.prompt))
         else:
             task, language = detect_task(parsed.prompt)
             extra_rng = draw_injection(request_key, self.contradiction_rate) if features is not None else None

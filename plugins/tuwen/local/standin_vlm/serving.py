@@ -34,6 +34,10 @@ drawn length, capped by `max_tokens` - and `usage.completion_tokens` reports exa
 (`finish_reason: "length"`, as without the serving model) the sequence emits `max_tokens` tokens.
 The text's length and the emitted count therefore differ: the count is what the GPU time paid for.
 
+Faults (faults.py) still apply, with the serving model in place of `--latency`: 429 and 503 answer at
+once as before; a 500, a reset or a hang happens before the sequence is queued (no GPU time spent);
+answer faults reshape the text as before, and the sequence then runs its emitted count.
+
 `time_scale` divides every duration (a bench can run the 32B preset 20x faster and keep its
 shape: occupancy, queueing and ratios are unchanged, absolute rates are scaled).
 

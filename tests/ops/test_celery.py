@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from bench.common import seed_images
 from tests.ops.live_airflow import CRAWL
 
 if TYPE_CHECKING:
@@ -67,10 +68,14 @@ def _xcom(live: LiveAirflow, dag_id: str, run_id: str, task_id: str, map_index: 
 
 
 def test_one_partitions_curation_spreads_over_two_celery_workers(live_airflow: LiveAirflow) -> None:
-    """tuwen_crawl over the fixture site: its mapped `curate` tasks (pool curate) share the partition
+    """tuwen_crawl labelled with one day: its mapped `curate` tasks (pool curate) share the day's images
     through SKIP LOCKED claims on both workers, and no image is curated twice."""
     live = live_airflow
     started = time.monotonic()
+    # Work enough for every task whichever run crawls the fixture first (unpausing the DAG also starts its
+    # scheduled run, which may store the site's images under its own date): uncurated images of the day.
+    seed_images(live.settings, 96, CURATE_DAY, width=336, height=252, rng_seed=CURATE_DAY.toordinal(),
+                spider="ops-curate", curated=False)
     live.api.patch(f"/dags/{CRAWL}", {"is_paused": False})
     try:
         run_id = live.trigger(CRAWL, {"date_from": CURATE_DAY.isoformat(), "date_to": CURATE_DAY.isoformat()})

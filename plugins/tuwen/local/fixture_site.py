@@ -484,6 +484,18 @@ class _SiteBuilder:
         self.fingerprints.append(fingerprint)
         return True
 
+    def informative(self, img: Image.Image) -> bool:
+        """A photo stand-in curation must keep: its detail box and edges at least twice curation's
+        low-information thresholds (measured as curation measures them, like `distinct` uses the crawler's
+        own pHash), so a seed cannot draw a colour field with its shapes off the canvas."""
+        from tuwen.curate.filters import CurationConfig, analysis_copy, information
+
+        bgr = analysis_copy(np.asarray(img)[..., ::-1].copy())
+        config = CurationConfig()
+        info = information(bgr, np.asarray(img.convert("L").resize(bgr.shape[1::-1])), config.content_tolerance)
+        return (info["content_share"] >= 2 * config.min_content_share
+                and info["edge_density"] >= 2 * config.min_edge_density)
+
     def text_picture(self, kind: str, size: tuple[int, int] | None = None, fmt: str = "JPEG",
                      ) -> tuple[Image.Image, list[str]]:
         while True:
@@ -506,7 +518,7 @@ class _SiteBuilder:
         while True:
             width, height = size or self.size()
             img = _photo_image(self.nrng, width, height, noise=14 if fmt == "JPEG" else 0)
-            if self.distinct(img):
+            if self.informative(img) and self.distinct(img):
                 break
         return self.add_image(url, _encode(img, fmt), kind="photo", outcome=extra.pop("outcome", "accepted"),
                               reason=extra.pop("reason", None), **extra)

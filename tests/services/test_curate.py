@@ -128,3 +128,20 @@ def test_two_workers_share_a_partition_and_no_image_is_done_twice(resources: Res
     for t in threads:
         t.join()
     assert sum(done) == 48 and len(verdicts(resources)) == 48
+
+
+def test_a_takedown_keeps_a_curated_image_out_of_synthesis_and_curation(resources: Resources) -> None:
+    from tuwen.release.takedowns import add_takedown
+
+    ids = seed_images(resources.settings, 6, DAY, width=224, height=168, curated=False)
+    curate_partition(resources, DAY, scorer=clean)
+    partition = Partition(DAY, DAY + dt.timedelta(days=1))
+    assert plan_partition(resources, partition, RunParams()).to_request == 6
+    with resources.engine.connect() as conn:
+        sha = conn.execute(text("SELECT sha256 FROM image WHERE id = :i"), {"i": ids[0]}).scalar_one()
+    add_takedown(resources.engine, "image_sha256", sha, reason="test")
+    plan = plan_partition(resources, partition, RunParams())
+    assert plan.to_request == 5 and ids[0] not in {i for b in plan.batches for i in b["image_ids"]}
+    # A re-curation (a changed threshold) re-labels the others and leaves the taken-down image alone.
+    again = curate_pending(resources, DAY, config=filters.CurationConfig(min_content_share=0.05), scorer=clean)
+    assert again.images == 5

@@ -80,6 +80,26 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _http_urls(value: str) -> str:
+    """One http(s) URL, or several comma-separated (replicas of one model with no router in front)."""
+    if "," not in value:
+        return _http_url(value)  # one URL: checked exactly as it always was
+    urls = [part.strip() for part in value.split(",")]
+    if "" in urls:
+        raise ValueError("must be http(s) URLs separated by commas, with none empty")
+    seen: set[str] = set()
+    for url in urls:
+        try:
+            _http_url(url)
+        except ValueError:
+            raise ValueError("must be an http(s) URL like http://127.0.0.1:8000/v1, or several "
+                             "separated by commas") from None
+        if url.rstrip("/") in seen:
+            raise ValueError(f"must not list a URL twice ({url})")
+        seen.add(url.rstrip("/"))
+    return ",".join(urls)
+
+
 def _host_port(value: str) -> str:
     """host:port for the minio client, which takes no scheme and no path."""
     problem = "must be host:port with no scheme or path, like 127.0.0.1:9000"
@@ -133,9 +153,9 @@ Text = Annotated[str, Field(min_length=1)]
 PixelBudget = Annotated[int, Field(ge=MIN_PIXEL_BUDGET, le=MAX_PIXEL_BUDGET)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
-WebUrl = Annotated[str, AfterValidator(_http_url)]
+WebUrls = Annotated[str, AfterValidator(_http_urls)]
 # Empty means "the same as another setting" (the judge's endpoint defaults to the VLM's).
-WebUrlOrEmpty = Annotated[str, AfterValidator(lambda value: _http_url(value) if value else value)]
+WebUrlsOrEmpty = Annotated[str, AfterValidator(lambda value: _http_urls(value) if value else value)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 BucketName = Annotated[str, AfterValidator(_bucket_name)]
 TaskMix = Annotated[dict[str, int], BeforeValidator(_task_mix_weights), AfterValidator(_task_mix_complete)]
@@ -334,9 +354,10 @@ class Settings(_Declared):
     s3_region: Text = setting("us-east-1", "S3 region name sent with requests.")
     s3_bucket: BucketName = setting("tuwen", "Bucket for raw/, model/ and exports/ (private).",
                                     kind="bucket name")
-    vlm_base_url: WebUrl = setting(
-        "http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the VLM (vLLM; locally the stand-in).",
-        kind="http(s) URL")
+    vlm_base_url: WebUrls = setting(
+        "http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the VLM (vLLM; locally the stand-in); "
+        "several, comma-separated: replicas with no router, each request to the least busy one.",
+        kind="http(s) URL(s), comma-separated")
     vlm_model: Text = setting(
         "tuwen-standin-vlm", "Model name sent in requests (vLLM's served name); recorded on every generation.")
     vlm_api_key: Text = setting("EMPTY", "Bearer token for the VLM endpoint (vLLM's VLLM_API_KEY).",
@@ -373,8 +394,9 @@ class Settings(_Declared):
     qc_min_pass_rate: Share = setting(0.8, "A QC run fails below this share of passing samples.")
     judge_enabled: bool = setting(
         False, "Run the faithfulness judge after synthesis (a DAG run's `judge` param overrides it).")
-    judge_base_url: WebUrlOrEmpty = setting(
-        "", "OpenAI-compatible endpoint of the judge model; empty: TUWEN_VLM_BASE_URL.", kind="http(s) URL, or empty")
+    judge_base_url: WebUrlsOrEmpty = setting(
+        "", "OpenAI-compatible endpoint(s) of the judge model, comma-separated; empty: TUWEN_VLM_BASE_URL.",
+        kind="http(s) URL(s), or empty")
     judge_model: str = setting("", "Model name of the judge (part of each judgement's key); empty: TUWEN_VLM_MODEL.")
     judge_api_key: str = setting("", "Bearer token for the judge endpoint; empty: TUWEN_VLM_API_KEY.", secret=True)
     judge_prompt_version: PositiveInt | None = setting(

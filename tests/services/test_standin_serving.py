@@ -254,3 +254,24 @@ def test_without_metrics_aimd_follows_latency() -> None:
     with StandinProcess(latency="fixed:0.05") as plain:
         stats = run_client(plain, 40, max_in_flight=8, inflight_control="aimd", metrics_poll_s=0.05)
     assert stats.ok == 40 and stats.inflight_source == "latency"
+
+
+def test_aimd_over_two_replicas_reads_both_and_keeps_both_queues_short() -> None:
+    from tuwen.synthesis.vlm_client import VLMClient, VLMRequest
+
+    with StandinProcess(serving="test-small") as first, StandinProcess(serving="test-small") as second:
+        async def go() -> ClientStats:
+            requests = [VLMRequest(key=f"k{i}", messages=body(DETAIL, seed=i % 12)["messages"], max_tokens=2000,
+                                   temperature=0.7, top_p=0.9, seed=None, extra_body={}) for i in range(80)]
+            async with VLMClient([first.base_url, second.base_url], "EMPTY", DEFAULT_MODEL, timeout_s=30,
+                                 max_retries=0, max_in_flight=4 * MAX, inflight_control="aimd",
+                                 metrics_poll_s=0.05) as client:
+                return await client.run(requests, lambda _result: None)
+
+        stats = asyncio.run(go())
+        summaries = [first.serving(), second.serving()]
+    assert stats.ok == 80 and stats.inflight_source == "metrics"
+    assert all(r.ok > 0 and r.breaker == "closed" for r in stats.replicas)
+    # The limit grows past one replica's batch, since two carry the work, and neither queues much.
+    assert stats.inflight_limit is not None and stats.inflight_limit > MAX
+    assert all(s["mean_waiting"] < 2 for s in summaries), summaries

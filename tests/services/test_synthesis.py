@@ -320,3 +320,47 @@ def test_force_regenerate_adds_samples_and_keeps_the_old_ones(settings: Settings
         assert plan_partition(resources, PARTITION, forced).to_request == 0
         _run_all(resources, forced)
         assert vlm.stats()["requests"] == 12
+
+
+def test_a_replica_killed_mid_batch_leaves_the_work_to_the_other(settings: Settings) -> None:
+    import threading
+
+    with StandinProcess(latency="fixed:0.05") as doomed, StandinProcess(latency="fixed:0.05") as survivor:
+        resources = _ready(settings, 60, vlm_base_url=f"{doomed.base_url},{survivor.base_url}", batch_size=60,
+                           vlm_max_in_flight=8)
+        settings = resources.settings
+        plan = plan_partition(resources, PARTITION, RunParams())
+        assert len(plan.batches) == 1
+        asked_before_kill: list[int] = []
+
+        def kill_when_busy() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and doomed.stats()["ok"] < 10:
+                time.sleep(0.02)
+            asked_before_kill.append(doomed.stats()["requests"])
+            assert doomed.pid is not None
+            os.kill(doomed.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        result = run_batch(resources, plan.batches[0]["image_ids"], RunParams())
+        killer.join()
+
+        assert result.succeeded == 60 and result.failed == 0
+        rows = _rows(settings, "SELECT image_id, request_key, status, model, response->>'tuwen_replica' AS replica "
+                               "FROM generation")
+        # Every image has exactly one succeeded generation; no request key is stored twice.
+        assert len(rows) == 60 and Counter(r.status for r in rows) == {"succeeded": 60}
+        assert len({r.image_id for r in rows}) == 60 and len({r.request_key for r in rows}) == 60
+        assert {r.model for r in rows} == {survivor.model}  # the model name, as with one URL
+        by_replica = Counter(r.replica for r in rows)
+        assert set(by_replica) == {doomed.base_url, survivor.base_url}
+        assert by_replica[doomed.base_url] <= asked_before_kill[0]
+        # The survivor was asked once per answer it gave: nothing was paid twice.
+        assert survivor.stats()["requests"] == by_replica[survivor.base_url]
+
+        # A rerun sends nothing (and does not trip over the dead replica).
+        again = run_batch(resources, [r.image_id for r in rows], RunParams())
+        assert again.requested == 0 and again.skipped_done == 60
+        assert survivor.stats()["requests"] == by_replica[survivor.base_url]
+        assert _rows(settings, "SELECT count(*) FROM sample")[0][0] == 60

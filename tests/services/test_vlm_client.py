@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import random
 import re
+import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -641,3 +644,126 @@ def test_deliveries_under_way_when_the_breaker_opens_are_finished(vlm: StandinPr
     # The breaker opened during the commit (8 resets take far less than 0.5 s), and the answer
     # already paid for was still handed over in full.
     assert started and finished == started
+
+
+# --- several replicas with no router -------------------------------------------------------------
+
+
+def test_a_base_url_list_makes_one_sdk_client_per_replica_and_refuses_duplicates() -> None:
+    client = VLMClient("http://gpu1:8000/v1, http://gpu2:8000/v1", "EMPTY", "m",
+                       timeout_s=5.0, max_retries=0, max_in_flight=4)
+    try:
+        assert client.base_urls == ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+        assert [str(r.openai.base_url) for r in client._replicas] == ["http://gpu1:8000/v1/", "http://gpu2:8000/v1/"]
+        assert all(r.openai.max_retries == 0 for r in client._replicas)
+    finally:
+        asyncio.run(client.aclose())
+    with pytest.raises(ValueError, match="listed twice"):
+        VLMClient(["http://gpu1:8000/v1", "http://gpu1:8000/v1/"], "EMPTY", "m",
+                  timeout_s=5.0, max_retries=0, max_in_flight=4)
+
+
+def test_routing_picks_the_fewest_outstanding_and_takes_turns_on_ties() -> None:
+    from tuwen.synthesis.vlm_client import _Run
+
+    client = VLMClient("http://a:1/v1,http://b:1/v1,http://c:1/v1", "EMPTY", "m",
+                       timeout_s=5.0, max_retries=0, max_in_flight=4)
+
+    async def scenario() -> None:
+        run = _Run(client, [], lambda result: None)
+        a, b, c = run.routes
+        # All idle: each in turn.
+        assert [run.route() for _ in range(4)] == [a, b, c, a]
+        a.outstanding, b.outstanding, c.outstanding = 3, 1, 2
+        assert run.route() is b
+        assert run.route(avoid=b) is c  # the replica that just failed is passed over while others are up
+        b.breaker.is_open = True  # a replica whose breaker opened gets nothing
+        assert run.route() is c
+        c.breaker.is_open = True
+        assert run.route(avoid=a) is a  # the last one up is used even if it just failed
+        a.breaker.is_open = True
+        assert run.route() is None
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def two_standins() -> Iterator[tuple[StandinProcess, StandinProcess]]:
+    with StandinProcess() as first, StandinProcess() as second:
+        yield first, second
+
+
+def test_the_slow_replica_gets_fewer_requests(two_standins: tuple[StandinProcess, StandinProcess]) -> None:
+    fast, slow = two_standins
+    slow.set_faults(latency="fixed:0.3")
+    results: list[VLMResult] = []
+    client = VLMClient([fast.base_url, slow.base_url], "EMPTY", fast.model, timeout_s=10.0, max_retries=2,
+                       max_in_flight=4, rng_seed=1)
+    stats = run_client(client, [photo_request(i) for i in range(60)], results.append)
+
+    assert len(results) == 60 and all(r.ok for r in results)
+    on_fast, on_slow = fast.stats()["requests"], slow.stats()["requests"]
+    assert on_fast + on_slow == 60
+    # Round-robin would split 30/30; least-outstanding sends work where it gets done.
+    assert on_fast > 3 * on_slow, (on_fast, on_slow)
+    assert [(r.base_url, r.sent, r.ok, r.errors, r.breaker) for r in stats.replicas] == [
+        (fast.base_url, on_fast, on_fast, 0, "closed"), (slow.base_url, on_slow, on_slow, 0, "closed")]
+    # Each answer says which replica gave it.
+    assert Counter(r.response["tuwen_replica"] for r in results if r.response) == {
+        fast.base_url: on_fast, slow.base_url: on_slow}
+
+
+def test_a_replica_killed_mid_run_leaves_the_work_to_the_other(
+    two_standins: tuple[StandinProcess, StandinProcess],
+) -> None:
+    doomed, survivor = two_standins
+    for vlm in (doomed, survivor):
+        vlm.set_faults(latency="fixed:0.05")
+    delivered: list[VLMResult] = []
+    killed_after: list[int] = []
+
+    def on_result(result: VLMResult) -> None:
+        delivered.append(result)
+        if len(delivered) == 20 and doomed.pid is not None:
+            killed_after.append(doomed.stats()["requests"])
+            os.kill(doomed.pid, signal.SIGKILL)
+
+    client = VLMClient([doomed.base_url, survivor.base_url], "EMPTY", doomed.model, timeout_s=10.0,
+                       max_retries=4, max_in_flight=8, backoff_base_s=0.01, backoff_max_s=0.2, rng_seed=1)
+    stats = run_client(client, [photo_request(i) for i in range(100)], on_result)
+
+    keys = [r.key for r in delivered]
+    assert len(keys) == 100 and len(set(keys)) == 100  # every request answered, each once
+    assert all(r.ok for r in delivered)
+    by_replica = Counter(r.response["tuwen_replica"] for r in delivered if r.response)
+    # The survivor was asked only for what it answered: nothing it did was thrown away or paid twice.
+    assert survivor.stats()["requests"] == by_replica[survivor.base_url]
+    # The dead one answered some before it died and nothing after.
+    assert 0 < by_replica[doomed.base_url] <= killed_after[0]
+    assert by_replica[doomed.base_url] + by_replica[survivor.base_url] == 100
+    dead, alive = stats.replicas
+    assert dead.errors > 0 and alive.errors == 0
+    assert stats.failovers > 0 and not stats.circuit_open
+
+
+def test_the_run_stops_only_when_every_replica_is_down(two_standins: tuple[StandinProcess, StandinProcess]) -> None:
+    first, second = two_standins
+    for vlm in (first, second):
+        vlm.set_faults(fault_rates={"reset": 1.0})
+    delivered: list[VLMResult] = []
+    client = VLMClient([first.base_url, second.base_url], "EMPTY", first.model, timeout_s=10.0, max_retries=4,
+                       max_in_flight=8, backoff_base_s=0.5, backoff_max_s=30.0, rng_seed=1)
+
+    started = time.perf_counter()
+    with pytest.raises(CircuitOpenError) as raised:
+        run_client(client, [photo_request(i) for i in range(200)], delivered.append)
+
+    assert time.perf_counter() - started < 10.0
+    message = str(raised.value)
+    assert "every VLM replica looks down" in message
+    assert f"{first.base_url} last error: connection:" in message
+    assert f"{second.base_url} last error: connection:" in message
+    assert delivered == []
+    # Each replica was tried until its own breaker opened, not once per request.
+    assert 8 <= first.stats()["requests"] < 30 and 8 <= second.stats()["requests"] < 30

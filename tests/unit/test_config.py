@@ -127,6 +127,11 @@ def test_the_declaration_lists_every_variable_once_with_a_meaning() -> None:
         ("TUWEN_VLM_BASE_URL", "vllm:8000/v1", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
         ("TUWEN_VLM_BASE_URL", "file:///etc/passwd", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
         ("TUWEN_VLM_BASE_URL", "http://vllm:99999/v1", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
+        # Replicas: each URL checked like one, none listed twice (it would get twice its share).
+        ("TUWEN_VLM_BASE_URL", "http://a:8000/v1,vllm:8000/v1", "TUWEN_VLM_BASE_URL must be an http(s) URL"),
+        ("TUWEN_VLM_BASE_URL", "http://a:8000/v1,", "TUWEN_VLM_BASE_URL must be http(s) URLs separated by commas"),
+        ("TUWEN_VLM_BASE_URL", "http://a:8000/v1, http://a:8000/v1/", "TUWEN_VLM_BASE_URL must not list a URL twice"),
+        ("TUWEN_JUDGE_BASE_URL", "http://j:8000/v1,http://j:8000/v1", "TUWEN_JUDGE_BASE_URL must not list a URL twice"),
         ("TUWEN_DATABASE_URL", "mysql://u@db/tuwen", "TUWEN_DATABASE_URL must be a PostgreSQL URL"),
         ("TUWEN_DATABASE_URL", "not a url", "TUWEN_DATABASE_URL must be a PostgreSQL URL"),
     ],
@@ -137,6 +142,15 @@ def test_bad_values_name_the_variable(clean_env: pytest.MonkeyPatch, name: str, 
         Settings.from_env()
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_several_base_urls_are_replicas(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TUWEN_VLM_BASE_URL", "http://gpu1:8000/v1, http://gpu2:8000/v1")
+    settings = Settings.from_env()
+    assert settings.vlm_base_url == "http://gpu1:8000/v1,http://gpu2:8000/v1"
+    assert settings.judge_endpoint[0] == settings.vlm_base_url  # the judge defaults to the same replicas
+    clean_env.setenv("TUWEN_VLM_BASE_URL", "http://gpu1:8000/v1")
+    assert Settings.from_env().vlm_base_url == "http://gpu1:8000/v1"
 
 
 def test_min_pixels_above_max_pixels_is_refused(clean_env: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,8 @@ class LocalStack:
         host, _, port = self.settings.s3_endpoint.partition(":")
         if host in LOCAL_HOSTS:
             found.append(s3_service(int(port or 80), self.run_dir))
-        vlm = urllib.parse.urlparse(self.settings.vlm_base_url)
+        # With replicas listed, the first is the one a local stand-in serves.
+        vlm = urllib.parse.urlparse(self.settings.vlm_base_url.split(",")[0])
         if vlm.hostname in LOCAL_HOSTS:
             # With OCR on, the stand-in reads the text in each image too, so its answers quote what is
             # written there and the QC grounding check has something real to compare.

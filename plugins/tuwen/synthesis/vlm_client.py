@@ -12,6 +12,11 @@ Generation is where tuwen's money goes, so this client has three jobs:
 - never pay twice and never hammer a dead server: this is tuwen's only retry layer (the SDK's own
   retries are off), errors the server will repeat (400, 404) are not retried, and a circuit
   breaker ends the run when the endpoint looks down instead of burning through the backlog.
+
+The endpoint may be several vLLM replicas with no router in front (a comma-separated list of base
+URLs): each attempt goes to the healthy replica with the fewest requests in flight, each replica has
+its own breaker, a request refused by a replica that went away goes to another one at once, and the
+run stops only when every replica's breaker is open.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import asyncio
 import base64
 import inspect
 import json
+import logging
 import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +38,12 @@ import aiohttp
 import httpx2
 import openai
 
-from tuwen.synthesis.inflight import AIMDController, parse_vllm_metrics
+from tuwen.synthesis.inflight import AIMDController, ServerLoad, parse_vllm_metrics
 
 if TYPE_CHECKING:
     from tuwen.config import Settings
+
+log = logging.getLogger(__name__)
 
 # Where this module is at its most specific, vLLM's wording for a prompt that does not fit:
 # "This model's maximum context length is 32768 tokens ...", "The decoder prompt (length N) is
@@ -77,6 +85,17 @@ class CircuitOpenError(RuntimeError):
 
 
 @dataclass
+class ReplicaStats:
+    """One replica's share of a run."""
+
+    base_url: str
+    sent: int = 0  # HTTP attempts sent to it
+    ok: int = 0
+    errors: int = 0  # failed attempts, whatever their kind
+    breaker: str = "closed"  # "open" once it was judged down (it got no more requests this run)
+
+
+@dataclass
 class ClientStats:
     requests: int = 0  # pulled from the request source
     sent: int = 0  # HTTP attempts, retries included
@@ -92,6 +111,8 @@ class ClientStats:
     circuit_open: bool = False
     inflight_limit: int | None = None  # with in-flight control: the limit it ended at
     inflight_source: str | None = None  # "metrics" (the server's /metrics) or "latency"
+    failovers: int = 0  # attempts refused by a replica and sent straight to another (no retry used)
+    replicas: list[ReplicaStats] = field(default_factory=list)  # per base URL, in the order configured
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,21 @@ def parse_retry_after(headers: Any) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+def split_base_urls(base_url: str | Sequence[str]) -> list[str]:
+    """The replicas' base URLs from one URL, a comma-separated list, or a sequence; duplicates refused
+    (a replica listed twice would get twice its share and be judged down twice as fast)."""
+    parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+    urls = [part.strip() for part in parts if part.strip()]
+    if not urls:
+        raise ValueError("no VLM base URL given")
+    seen: set[str] = set()
+    for url in urls:
+        if url.rstrip("/") in seen:
+            raise ValueError(f"base URL {url} is listed twice")
+        seen.add(url.rstrip("/"))
+    return urls
 
 
 def _connection_failure_under(exc: BaseException) -> BaseException | None:
@@ -288,15 +324,25 @@ async def _as_async_iterator(
                 close()
 
 
+@dataclass
+class _Replica:
+    """One base URL and its own connection pool."""
+
+    base_url: str
+    http: Any
+    openai: openai.AsyncOpenAI
+
+
 class VLMClient:
-    """Runs chat-completion requests against one endpoint with bounded concurrency (see module doc).
+    """Runs chat-completion requests against one endpoint, or several replicas of it, with bounded
+    concurrency (see module doc).
 
     One client per event loop: its connection pool belongs to the loop that first uses it.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str,
         model: str,
         *,
@@ -317,7 +363,8 @@ class VLMClient:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if max_retries < 0:
             raise ValueError(f"max_retries must not be negative, got {max_retries}")
-        self.base_url = base_url
+        self.base_urls = split_base_urls(base_url)
+        self.base_url = ",".join(self.base_urls)  # one URL: exactly as given
         self.model = model
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -335,17 +382,24 @@ class VLMClient:
         # kept-alive connection each (no request pays a new handshake) and never more connections
         # than requests in flight.
         # A short connect timeout: a host that does not accept within 10 s is down, not busy.
-        self._http = openai.DefaultAioHttpClient(
-            limits=httpx2.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
-            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-        )
-        self._openai = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            max_retries=0,  # this client is the only retry layer
-            http_client=self._http,
-        )
+        # One pool per replica, each sized to all the workers: when the others are down, one
+        # replica carries every request.
+        self._replicas: list[_Replica] = []
+        for url in self.base_urls:
+            http = openai.DefaultAioHttpClient(
+                limits=httpx2.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+                timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            )
+            sdk = openai.AsyncOpenAI(
+                base_url=url,
+                api_key=api_key,
+                timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+                max_retries=0,  # this client is the only retry layer
+                http_client=http,
+            )
+            self._replicas.append(_Replica(url, http, sdk))
+        self._http = self._replicas[0].http
+        self._openai = self._replicas[0].openai
 
     @classmethod
     def from_settings(cls, settings: Settings, endpoint: tuple[str, str, str] | None = None) -> VLMClient:
@@ -367,8 +421,9 @@ class VLMClient:
         )
 
     async def aclose(self) -> None:
-        await self._openai.close()
-        await self._http.aclose()
+        for replica in self._replicas:
+            await replica.openai.close()
+            await replica.http.aclose()
 
     async def __aenter__(self) -> VLMClient:
         return self
@@ -388,33 +443,53 @@ class VLMClient:
         that moment finish, and requests not finished get no result (a rerun picks them up).
         """
         run = _Run(self, requests, on_result)
-        await run.execute()
+        try:
+            await run.execute()
+        finally:
+            if len(run.routes) > 1:
+                log.info("VLM replicas: %s", "; ".join(
+                    f"{r.base_url}: {r.sent} sent, {r.ok} ok, {r.errors} errors, breaker {r.breaker}"
+                    for r in run.stats.replicas))
         return run.outcome()
 
-    async def _complete(
-        self, request: VLMRequest, stats: ClientStats, breaker: CircuitBreaker, stop: asyncio.Event
-    ) -> VLMResult:
+    async def _complete(self, request: VLMRequest, run: _Run) -> VLMResult:
         """Send one request with retries; return its final result or raise _Stop when the run stops."""
         body = self._body(request)
+        stats, stop = run.stats, run.stop
         attempt = 0
+        failovers = 0
+        avoid: _Route | None = None
         while True:
             if stop.is_set():
                 raise _Stop
+            route = run.route(avoid)
+            if route is None:  # every replica's breaker is open (the run is stopping)
+                raise _Stop
             attempt += 1
             stats.sent += 1
+            route.stats.sent += 1
+            route.outstanding += 1
             sent_at = time.perf_counter()
+            http_response: httpx2.Response | None = None
             try:
-                http_response = await self._openai.post(
+                http_response = await route.replica.openai.post(
                     "/chat/completions", cast_to=httpx2.Response, content=body
                 )
             except openai.APIError as exc:
-                latency_ms = (time.perf_counter() - sent_at) * 1000
                 failure = classify_error(exc)
-            else:
-                latency_ms = (time.perf_counter() - sent_at) * 1000
+            finally:
+                route.outstanding -= 1
+            latency_ms = (time.perf_counter() - sent_at) * 1000
+            if http_response is not None:
                 content = http_response.content
                 try:
-                    return self._ok_result(request, json.loads(content), latency_ms, attempt, breaker)
+                    result = self._ok_result(request, json.loads(content), latency_ms, attempt, route.breaker)
+                    route.stats.ok += 1
+                    if len(run.routes) > 1 and result.response is not None:
+                        # Which replica answered, kept with the answer's lineage (one URL: the body
+                        # stays exactly as the server sent it).
+                        result.response["tuwen_replica"] = route.replica.base_url
+                    return result
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                     # The server answered 200 with something unreadable. The GPU time is spent and a
                     # retry would spend it again, so it is recorded, not retried.
@@ -424,15 +499,26 @@ class VLMClient:
                         retryable=False,
                         endpoint_down=False,
                     )
+            route.stats.errors += 1
             stats.attempt_errors[failure.error_type] = stats.attempt_errors.get(failure.error_type, 0) + 1
-            if failure.endpoint_down and breaker.record_failure(
+            if failure.endpoint_down and route.breaker.record_failure(
                 f"{failure.error_type}: {failure.message}", time.monotonic()
             ):
-                stop.set()
+                run.replica_down(route)
             if stop.is_set() and (failure.retryable or failure.endpoint_down):
                 # The run is ending: this request is not done, and a rerun will try it again.
                 raise _Stop
-            if not failure.retryable or attempt > self.max_retries:
+            # The next attempt goes elsewhere if it can: a replica that just failed is the one with
+            # nothing in flight, so least-outstanding routing would otherwise send it straight back.
+            avoid = route if failure.endpoint_down else None
+            if failure.error_type == "connection" and failovers < len(run.routes) - 1 and run.route(route) not in (
+                    None, route):
+                # Refused or reset: this replica produced nothing for this request, so nothing was
+                # paid; another replica takes it at once, without waiting and without using a retry.
+                failovers += 1
+                stats.failovers += 1
+                continue
+            if not failure.retryable or attempt - failovers > self.max_retries:
                 return VLMResult(
                     key=request.key,
                     ok=False,
@@ -503,6 +589,16 @@ class VLMClient:
         )
 
 
+@dataclass
+class _Route:
+    """One replica within one run: its breaker (a rerun starts with fresh ones) and requests in flight."""
+
+    replica: _Replica
+    breaker: CircuitBreaker
+    stats: ReplicaStats
+    outstanding: int = 0
+
+
 class _Run:
     """One `VLMClient.run`: `max_in_flight` workers pulling from one source until it ends or the run stops.
 
@@ -520,7 +616,12 @@ class _Run:
         self.client = client
         self.on_result = on_result
         self.stats = ClientStats()
-        self.breaker = CircuitBreaker(client.breaker_failures, client.breaker_window_s)
+        self.routes = [
+            _Route(replica, CircuitBreaker(client.breaker_failures, client.breaker_window_s), ReplicaStats(replica.base_url))
+            for replica in client._replicas
+        ]
+        self.stats.replicas = [route.stats for route in self.routes]
+        self._next = 0  # where the round-robin among equally loaded replicas resumes
         self.source = _as_async_iterator(requests)
         self.pull_lock = asyncio.Lock()  # an async generator cannot be advanced by two tasks at once
         self.stop = asyncio.Event()
@@ -554,7 +655,39 @@ class _Run:
             await asyncio.gather(*workers, stop_waiter, return_exceptions=True)
             await self.source.aclose()
             self.stats.elapsed_s = time.perf_counter() - started
-            self.stats.circuit_open = self.breaker.is_open
+            self.stats.circuit_open = self.all_down
+
+    @property
+    def all_down(self) -> bool:
+        return all(route.breaker.is_open for route in self.routes)
+
+    def route(self, avoid: _Route | None = None) -> _Route | None:
+        """The healthy replica with the fewest requests in flight (ties in turn), not `avoid` unless it
+        is the only one left; None when every breaker is open."""
+        healthy = [r for r in self.routes if not r.breaker.is_open]
+        if avoid is not None and len(healthy) > 1:
+            healthy = [r for r in healthy if r is not avoid]
+        if not healthy:
+            return None
+        if len(self.routes) == 1:
+            return healthy[0]
+        fewest = min(r.outstanding for r in healthy)
+        n = len(self.routes)
+        for step in range(n):
+            candidate = self.routes[(self._next + step) % n]
+            if candidate in healthy and candidate.outstanding == fewest:
+                self._next = (self._next + step + 1) % n
+                return candidate
+        raise AssertionError("unreachable: a healthy replica has the fewest in flight")
+
+    def replica_down(self, route: _Route) -> None:
+        """A replica's breaker opened: it gets no more requests; the run stops when it was the last."""
+        route.stats.breaker = "open"
+        if self.all_down:
+            self.stop.set()
+        else:
+            log.warning("VLM replica %s looks down (last error: %s); the other replicas carry on",
+                        route.replica.base_url, route.breaker.last_error)
 
     async def _supervise(self, workers: list[asyncio.Task[None]], stop_waiter: asyncio.Task[Any]) -> None:
         """Wait for the workers to finish, or for the stop signal; then cancel all but deliveries."""
@@ -596,7 +729,7 @@ class _Run:
                 if request is None:
                     return
                 try:
-                    result = await self.client._complete(request, self.stats, self.breaker, self.stop)
+                    result = await self.client._complete(request, self)
                 except _Stop:
                     self.stats.abandoned += 1
                     return
@@ -637,21 +770,32 @@ class _Run:
 
         Without them (an answer that is not vLLM's metrics, or three failed reads in a row: a busy
         host can miss one) the workers feed it latency instead, and /metrics is tried again every 10 s.
+        With several replicas each healthy one's /metrics is read and their requests added up: the
+        controller bounds this client's requests over all of them, as the workers do.
         """
         assert self.controller is not None
-        url = self.client.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
         timeout = aiohttp.ClientTimeout(total=max(2.0, 5 * self.client.metrics_poll_s))
         failures = 0
+
+        async def read(session: aiohttp.ClientSession, base_url: str) -> tuple[ServerLoad | None, bool]:
+            url = base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+            try:
+                async with session.get(url) as response:
+                    answered = response.status in (200, 404)  # "no metrics here", not a blip
+                    if response.status == 200:
+                        return parse_vllm_metrics(await response.text(), self.client.model), answered
+                    return None, answered
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return None, False
+
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                load, answered = None, False
-                try:
-                    async with session.get(url) as response:
-                        answered = response.status in (200, 404)  # "no metrics here", not a blip
-                        if response.status == 200:
-                            load = parse_vllm_metrics(await response.text(), self.client.model)
-                except (aiohttp.ClientError, TimeoutError, ValueError):
-                    answered = False
+                reads = await asyncio.gather(*(read(session, r.replica.base_url) for r in self.routes
+                                               if not r.breaker.is_open))
+                loads = [load for load, _ in reads if load is not None]
+                answered = any(ok for _, ok in reads)
+                load = (ServerLoad(sum(x.running for x in loads), sum(x.waiting for x in loads))
+                        if loads else None)
                 if load is not None:
                     failures = 0
                     self.metrics_ok = True
@@ -684,12 +828,24 @@ class _Run:
         """The run's counts, or the reason it stopped early."""
         if self.errors:
             raise self.errors[0]  # on_result's (or the request source's) own exception comes first
-        if self.breaker.is_open:
-            stats, breaker = self.stats, self.breaker
+        if self.all_down:
+            stats = self.stats
+            if len(self.routes) == 1:
+                breaker = self.routes[0].breaker
+                down = (
+                    f"VLM endpoint {self.client.base_url} looks down: {breaker.consecutive_failures} "
+                    f"connection-level failures in a row with no success (threshold {breaker.threshold} "
+                    f"within {breaker.window_s:g}s); last error: {breaker.last_error}."
+                )
+            else:
+                threshold, window_s = self.routes[0].breaker.threshold, self.routes[0].breaker.window_s
+                down = (
+                    f"every VLM replica looks down ({threshold} connection-level failures in a row with no "
+                    f"success within {window_s:g}s at each): " + "; ".join(
+                        f"{r.replica.base_url} last error: {r.breaker.last_error}" for r in self.routes) + "."
+                )
             raise CircuitOpenError(
-                f"VLM endpoint {self.client.base_url} looks down: {breaker.consecutive_failures} "
-                f"connection-level failures in a row with no success (threshold {breaker.threshold} "
-                f"within {breaker.window_s:g}s); last error: {breaker.last_error}. Stopped after "
+                f"{down} Stopped after "
                 f"{stats.ok} ok and {stats.failed} failed results; {stats.abandoned} in-flight "
                 f"requests were abandoned and, like the rest, are left for a rerun."
             )

@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg2
 from sqlalchemy import Engine, Row, select, update
-from sqlalchemy.dialects.postgresql import insert
 
 from tuwen.db.models import Image, Judgement, Sample
 from tuwen.domain import Partition
@@ -59,21 +58,6 @@ def batch_samples(engine: Engine, sample_ids: Sequence[str]) -> list[Row]:
             .where(Sample.id.in_(list(sample_ids)), *_JUDGEABLE)
             .order_by(Sample.id)
         ))
-
-
-def open_judgements(engine: Engine, rows: list[dict[str, Any]]) -> dict[str, Row]:
-    """Create the pending judgement rows that do not exist yet; -> {request key: (id, status)}."""
-    if not rows:
-        return {}
-    with engine.begin() as conn:
-        conn.execute(insert(Judgement).values(rows).on_conflict_do_nothing(index_elements=["request_key"]))
-        return {
-            row.request_key: row
-            for row in conn.execute(
-                select(Judgement.id, Judgement.request_key, Judgement.status)
-                .where(Judgement.request_key.in_([r["request_key"] for r in rows]))
-            )
-        }
 
 
 def fail_unfinished(engine: Engine, judgement_ids: Sequence[int], error_type: str, error: str) -> int:

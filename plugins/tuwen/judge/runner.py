@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tuwen.db.models import Judgement
 from tuwen.judge import lineage
 from tuwen.judge.keys import JudgeRunParams, JudgeSpec, judge_spec
 from tuwen.judge.prompts import render_prompt
 from tuwen.judge.verdict import LABELS, Verdict, parse_verdict, response_format
 from tuwen.progress import Progress
 from tuwen.resources import Resources
+from tuwen.synthesis.lineage import open_requests
 from tuwen.synthesis.runner import IMAGE_MISSING, AirflowIds, send_with_images
 from tuwen.synthesis.vlm_client import CircuitOpenError, VLMClient, VLMRequest, VLMResult, build_messages
 
@@ -98,7 +100,7 @@ def _prepare_jobs(resources: Resources, sample_ids: Sequence[str], params: Judge
     settings = resources.settings
     samples = lineage.batch_samples(resources.engine, sample_ids)
     specs = [(row, judge_spec(settings, params, row.id, row.language)) for row in samples]
-    existing = lineage.open_judgements(resources.engine, [
+    existing = open_requests(resources.engine, Judgement, [
         {"request_key": spec.key, "sample_id": row.id, "language": row.language, "prompt_id": spec.prompt.id,
          "prompt_version": spec.prompt.version, "prompt_sha256": spec.prompt.sha256, "model": spec.model,
          "params": spec.params, "status": "pending", "dag_id": ids.dag_id, "run_id": ids.run_id,

@@ -23,7 +23,7 @@ import psycopg2
 from sqlalchemy import ColumnElement, Engine, Row, exists, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 
-from tuwen.db.models import Curation, Generation, Image
+from tuwen.db.models import Curation, Generation, Image, Judgement
 from tuwen.domain import Partition
 
 DONE_STATUSES = ("succeeded", "unparseable")  # paid for: never requested again under the same key
@@ -143,17 +143,19 @@ def batch_images(engine: Engine, image_ids: Sequence[int], curated_only: bool = 
         ))
 
 
-def open_generations(engine: Engine, rows: list[dict[str, Any]]) -> dict[str, Row]:
-    """Create the pending generation rows that do not exist yet; -> {request key: (id, status)}."""
+def open_requests(engine: Engine, table: type[Generation] | type[Judgement], rows: list[dict[str, Any]]
+                  ) -> dict[str, Row]:
+    """Create the pending rows of paid requests (generations, judgements) that do not exist yet, keyed by
+    their unique request key; -> {request key: (id, status)} of every row asked for, new or stored."""
     if not rows:
         return {}
     with engine.begin() as conn:
-        conn.execute(insert(Generation).values(rows).on_conflict_do_nothing(index_elements=["request_key"]))
+        conn.execute(insert(table).values(rows).on_conflict_do_nothing(index_elements=["request_key"]))
         return {
             row.request_key: row
             for row in conn.execute(
-                select(Generation.id, Generation.request_key, Generation.status)
-                .where(Generation.request_key.in_([r["request_key"] for r in rows]))
+                select(table.id, table.request_key, table.status)
+                .where(table.request_key.in_([r["request_key"] for r in rows]))
             )
         }
 

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from tuwen.db.models import Generation
 from tuwen.progress import Progress
 from tuwen.resources import Resources
 from tuwen.storage import ObjectMissingError
@@ -103,7 +104,7 @@ def _prepare_jobs(resources: Resources, image_ids: Sequence[int], params: RunPar
         if not img.task_type:
             raise SynthesisError(f"image {img.sha256} has no task type; plan the partition first")
         specs.append((img, request_spec(settings, params, img.sha256, img.task_type)))
-    existing = lineage.open_generations(resources.engine, [
+    existing = lineage.open_requests(resources.engine, Generation, [
         {"request_key": spec.key, "image_id": img.id, "task_type": spec.task_type, "language": spec.language,
          "prompt_id": spec.prompt.id, "prompt_version": spec.prompt.version, "prompt_sha256": spec.prompt.sha256,
          "model": settings.vlm_model, "sampling": spec.sampling, "status": "pending",

@@ -3,7 +3,7 @@
 - No stage, DAG or crawler module imports `tuwen.local` (the stand-ins, the fixture site, the local
   servers): only the `tuwen` command and `tuwen.local` itself may.
 - No import circle between tuwen's modules.
-- Data flows one way, crawl → synthesis → judge → quality → release: a stage never imports a later one.
+- Data flows one way, crawl → curate → synthesis → judge → quality → release: a stage never imports a later one.
 - Services are built by entry points only: stage modules take an engine, an object store or
   `Resources` as arguments and never build their own.
 """
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"tuwen": ROOT / "plugins" / "tuwen", "tuwen_crawler": ROOT / "crawler" / "tuwen_crawler"}
-STAGES = ("crawl", "synthesis", "judge", "quality", "release")  # in the order data flows through them
+STAGES = ("crawl", "curate", "synthesis", "judge", "quality", "release")  # in the order data flows through them
 MAY_IMPORT_LOCAL = ("tuwen.local", "tuwen.cli")
 # Where services are built from settings: the entry points and the one place that knows how.
 MAY_BUILD_SERVICES = ("tuwen.local", "tuwen.cli", "tuwen.resources", "tuwen.db.session", "tuwen.db.migrate",

@@ -21,13 +21,15 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
+from tuwen.curate.personal_data import personal_data_kinds
 from tuwen.domain import IMAGE_TOKEN, LANGUAGES
 
 # Bump when a check's logic or a default threshold changes, so qc_run rows and dataset cards say which
 # rules judged a sample. v2: the checks calibrated on real public data (docs/QUALITY.md). v3: answers that
 # do not answer their question (conversation.off_task), repeated long sentences, bare enumerations and,
 # when finish_reason is unknown, cuts seen from the answer's own punctuation and capitals; and the
-# faithfulness judge's verdict (faithfulness.judge), which passes every sample the judge has not judged.
+# faithfulness judge's verdict (faithfulness.judge), which passes every sample the judge has not judged;
+# answers that repeat personal data (privacy.personal_data, the curation stage's rules).
 QC_CHECKS_VERSION = 3
 
 
@@ -124,6 +126,8 @@ class QCConfig:
     quote_requires_cue: bool = True
     # faithfulness: a judged sample fails when at least this many of its statements are contradicted
     judge_max_contradicted: int = 1
+    # privacy: answers that repeat a phone or ID number, an e-mail address or a plate fail
+    reject_personal_data: bool = True
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,14 @@ _SPECS = (
         1,
         "quoted Chinese text presented as text in the image (写着“…”, 「…」字样) was seen by OCR",
         ("quote_seen_share", "max_ungrounded_quote_share", "quote_requires_cue"),
+    ),
+    CheckSpec(
+        "privacy.personal_data",
+        1,
+        "no answer repeats personal data: a Chinese mobile number, an 18-digit ID number with a valid check digit, "
+        "an e-mail address or a licence plate (the curation stage's rules, tuwen.curate.filters); only the check's "
+        "name is recorded, never the value",
+        ("reject_personal_data",),
     ),
     CheckSpec(
         "faithfulness.judge",
@@ -1048,6 +1060,10 @@ def run_checks(sample: SampleForQC, config: QCConfig | None = None) -> SampleVer
                 break
         if sample.ocr_text is not None:
             _check_grounding(sample, answers_text, quotes, config, failed, metrics)
+        # The same rules that hold an image back at curation: an answer that copies a phone number off a
+        # photo would put it in the training set even where the image itself was let through.
+        if config.reject_personal_data and personal_data_kinds(answers_text):
+            failed.add("privacy.personal_data")
     # The judge's verdict is about the sample as stored, answers or not; unjudged is not failed.
     metrics["judged"] = float(sample.judge_contradicted is not None)
     if sample.judge_contradicted is not None:

@@ -265,7 +265,7 @@ _SPECS = (
         "privacy.personal_data",
         1,
         "no answer repeats personal data: a Chinese mobile number, an 18-digit ID number with a valid check digit, "
-        "an e-mail address or a licence plate (the curation stage's rules, tuwen.curate.filters); only the check's "
+        "an e-mail address or a licence plate (the curation stage's rules, tuwen.curate.personal_data); only the check's "
         "name is recorded, never the value",
         ("reject_personal_data",),
     ),

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, Row, select, update
 
 from tuwen.db.models import Image, Judgement, Sample
 from tuwen.domain import Partition
-from tuwen.synthesis.lineage import OneConnectionWriter, storable_json, storable_text
+from tuwen.synthesis.lineage import OneConnectionWriter, storable_json, storable_text, store_failure_sql
 
 DONE_STATUSES = ("succeeded", "unparseable")  # paid for: never requested again under the same key
 
@@ -80,12 +80,7 @@ UPDATE judgement SET attempts = attempts + %(attempts)s, latency_ms = %(latency_
   n_contradicted = %(n_contradicted)s, n_unverifiable = %(n_unverifiable)s, statements = %(statements)s,
   error_type = %(error_type)s, error = %(error)s
 WHERE id = %(id)s"""
-# A failure never overwrites a verdict already paid for.
-_STORE_FAILURE = """
-UPDATE judgement SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
-  run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
-  status = 'failed', error_type = %(error_type)s, error = %(error)s
-WHERE id = %(id)s AND status NOT IN ('succeeded', 'unparseable')"""
+_STORE_FAILURE = store_failure_sql("judgement")
 # An answer whose row could not be written even escaped: paid for, so done, with the reason.
 _STORE_UNSTORABLE = """
 UPDATE judgement SET attempts = attempts + %(attempts)s, completed_at = now(), status = 'unparseable',

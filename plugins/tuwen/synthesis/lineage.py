@@ -167,12 +167,19 @@ UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency
   prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s, status = %(status)s,
   error_type = %(error_type)s, error = %(error)s
 WHERE id = %(id)s"""
-# A failure never overwrites an answer already paid for.
-_STORE_FAILURE = """
-UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
+
+
+def store_failure_sql(table: str) -> str:
+    """The UPDATE recording a paid request's failure (generation or judgement rows alike); a failure never
+    overwrites an answer already paid for."""
+    return f"""
+UPDATE {table} SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
   run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
   status = 'failed', error_type = %(error_type)s, error = %(error)s
 WHERE id = %(id)s AND status NOT IN ('succeeded', 'unparseable')"""
+
+
+_STORE_FAILURE = store_failure_sql("generation")
 _COUNT_ATTEMPTS = "UPDATE generation SET attempts = attempts + %(attempts)s WHERE id = %(id)s"
 # Samples are never rewritten: a regeneration is a new generation with a sample of its own.
 _INSERT_SAMPLE = """

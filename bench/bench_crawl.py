@@ -25,11 +25,16 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -38,6 +43,7 @@ import psutil
 from PIL import Image
 from sqlalchemy import text
 
+from bench.common import machine
 from tuwen.config import Settings
 from tuwen.crawl import images
 from tuwen.crawl.images import inspect_and_normalize
@@ -45,7 +51,7 @@ from tuwen.crawl.ocr import extract_text
 from tuwen.crawl.run import LOG_DIR, start_crawl
 from tuwen.db.migrate import upgrade
 from tuwen.db.session import get_engine
-from tuwen.local.fixture_site import FixtureSiteProcess, generate_site
+from tuwen.local.fixture_site import ExpectedImage, FixtureSiteProcess, SiteManifest, generate_site
 from tuwen.local.services import drop_database, ensure_database, free_port, s3_service
 
 
@@ -198,15 +204,36 @@ def image_work_ms(jpegs: list[bytes]) -> dict[str, float]:
     return result
 
 
-def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed: int = 0) -> dict[str, object]:
+@dataclass(frozen=True)
+class BenchSite:
+    """The generated bench site and its web server, shared by every side of a run."""
+
+    dir: Path
+    manifest: SiteManifest
+    server: FixtureSiteProcess
+    generated_s: float
+
+    @property
+    def accepted(self) -> list[ExpectedImage]:
+        return [img for img in self.manifest.images.values() if img.outcome == "accepted"]
+
+
+@contextmanager
+def bench_site(work: Path, images: int) -> Iterator[BenchSite]:
     site_dir = work / "site"
     started = time.perf_counter()
     manifest = generate_site(site_dir, seed=3, profile="bench", images=images)
     generated_s = time.perf_counter() - started
-    accepted_images = [img for img in manifest.images.values() if img.outcome == "accepted"]
+    with FixtureSiteProcess(site_dir) as server:
+        yield BenchSite(site_dir, manifest, server, generated_s)
+
+
+def crawl_bench(site: BenchSite, workers: int, concurrency: int, preseed: int = 0) -> dict[str, object]:
+    work = site.dir.parent
+    accepted_images = site.accepted
     sizes = [img.bytes or 0 for img in accepted_images]
-    reference_ms = cpu_reference_ms((site_dir / "www" / (accepted_images[0].file or "")).read_bytes())
-    stage_ms = image_work_ms([(site_dir / "www" / (img.file or "")).read_bytes() for img in accepted_images[:20]])
+    reference_ms = cpu_reference_ms((site.dir / "www" / (accepted_images[0].file or "")).read_bytes())
+    stage_ms = image_work_ms([(site.dir / "www" / (img.file or "")).read_bytes() for img in accepted_images[:20]])
     database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/tuwen_bench_crawl_{uuid.uuid4().hex[:8]}"
     ensure_database(database_url)
     s3_port = free_port()
@@ -215,58 +242,57 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
     try:
         upgrade(database_url)
         preseed_s = preseed_accepted_images(database_url, preseed) if preseed else 0.0
-        with FixtureSiteProcess(site_dir) as site:
-            sites = work / "sites.yaml"
-            sites.write_text(json.dumps({"sites": [{
-                "name": "bench", "start_urls": [f"{site.url}/index.html"], "allowed_domains": ["127.0.0.1"],
-                "max_depth": 2, "max_pages": 10_000, "allow_private_addresses": True,
-                "politeness": {"download_delay": 0, "concurrency_per_domain": concurrency,
-                               "autothrottle_target": float(concurrency)},
-            }]}))
-            settings = Settings(database_url=database_url, s3_endpoint=f"127.0.0.1:{s3_port}", s3_bucket="bench",
-                                sites_file=sites, ocr_enabled=False)
-            log_path = LOG_DIR / f"bench-{uuid.uuid4().hex[:8]}.log"
-            wall_start = time.perf_counter()
-            process = start_crawl(settings, "bench", dt.date(2024, 1, 1), crawl_key=uuid.uuid4().hex, log_path=log_path,
-                                  extra_env={"TUWEN_CRAWL_WORKERS": str(workers),
-                                             "TUWEN_CRAWL_CONCURRENT_REQUESTS": str(concurrency)})
-            peak_rss = 0
-            watched = psutil.Process(process.pid)
-            cpu_samples = []
-            progress: list[Progress] = []
-            ledger = CpuLedger()
-            s3_pid = int(s3.pid_file.read_text())
-            assert site.process is not None
-            with get_engine(database_url).connect() as counter:
-                while process.poll() is None:
-                    try:
-                        # The crawl process and its image worker processes together.
-                        children = watched.children(recursive=True)
-                        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in [watched, *children]))
-                        cpu_samples.append(watched.cpu_percent(interval=None))
-                    except psutil.NoSuchProcess:
-                        break
-                    ledger.read("crawl_process", [watched.pid])
-                    ledger.read("image_workers", [child.pid for child in children])
-                    ledger.read("s3_server", [s3_pid])
-                    ledger.read("web_server", [site.process.pid])
-                    ledger.read("postgres_backends", list(counter.execute(BENCH_BACKENDS).scalars()))
-                    progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one(),
-                                     {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
-                    counter.rollback()
-                    time.sleep(0.25)
-            wall_s = time.perf_counter() - wall_start
-            if process.returncode != 0:
-                raise SystemExit(f"crawl failed (exit {process.returncode}); see {log_path}")
+        sites = work / "sites.yaml"
+        sites.write_text(json.dumps({"sites": [{
+            "name": "bench", "start_urls": [f"{site.server.url}/index.html"], "allowed_domains": ["127.0.0.1"],
+            "max_depth": 2, "max_pages": 10_000, "allow_private_addresses": True,
+            "politeness": {"download_delay": 0, "concurrency_per_domain": concurrency,
+                           "autothrottle_target": float(concurrency)},
+        }]}))
+        settings = Settings(database_url=database_url, s3_endpoint=f"127.0.0.1:{s3_port}", s3_bucket="bench",
+                            sites_file=sites, ocr_enabled=False)
+        log_path = LOG_DIR / f"bench-{uuid.uuid4().hex[:8]}.log"
+        wall_start = time.perf_counter()
+        process = start_crawl(settings, "bench", dt.date(2024, 1, 1), crawl_key=uuid.uuid4().hex, log_path=log_path,
+                              extra_env={"TUWEN_CRAWL_WORKERS": str(workers),
+                                         "TUWEN_CRAWL_CONCURRENT_REQUESTS": str(concurrency)})
+        peak_rss = 0
+        watched = psutil.Process(process.pid)
+        cpu_samples = []
+        progress: list[Progress] = []
+        ledger = CpuLedger()
+        s3_pid = int(s3.pid_file.read_text())
+        assert site.server.process is not None
+        with get_engine(database_url).connect() as counter:
+            while process.poll() is None:
+                try:
+                    # The crawl process and its image worker processes together.
+                    children = watched.children(recursive=True)
+                    peak_rss = max(peak_rss, sum(p.memory_info().rss for p in [watched, *children]))
+                    cpu_samples.append(watched.cpu_percent(interval=None))
+                except psutil.NoSuchProcess:
+                    break
+                ledger.read("crawl_process", [watched.pid])
+                ledger.read("image_workers", [child.pid for child in children])
+                ledger.read("s3_server", [s3_pid])
+                ledger.read("web_server", [site.server.process.pid])
+                ledger.read("postgres_backends", list(counter.execute(BENCH_BACKENDS).scalars()))
+                progress.append((time.perf_counter(), counter.execute(ACCEPTED_SO_FAR).scalar_one(),
+                                 {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
+                counter.rollback()
+                time.sleep(0.25)
+        wall_s = time.perf_counter() - wall_start
+        if process.returncode != 0:
+            raise SystemExit(f"crawl failed (exit {process.returncode}); see {log_path}")
         with get_engine(database_url).connect() as conn:
             run = conn.execute(text("SELECT status, counts, stats FROM crawl_run")).one()
             accepted = conn.execute(ACCEPTED_SO_FAR).scalar_one()
         elapsed = float(run.stats["elapsed_time_seconds"])
         steady = steady_rate(progress, accepted)
         return {
-            "images": images, "generated_s": round(generated_s, 1),
+            "images": len(accepted_images), "generated_s": round(site.generated_s, 1),
             "image_kb_median": round(statistics.median(sizes) / 1024), "status": run.status,
-            "accepted": accepted, "expected_accepted": manifest.expected_counts["by_outcome"]["accepted"],
+            "accepted": accepted, "expected_accepted": site.manifest.expected_counts["by_outcome"]["accepted"],
             "crawl_elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
             "images_per_s": round(accepted / elapsed, 1), "images_per_s_wall": round(accepted / wall_s, 1),
             "images_per_s_steady": steady,
@@ -282,6 +308,131 @@ def crawl_bench(work: Path, images: int, workers: int, concurrency: int, preseed
         s3.stop()
         get_engine(database_url).dispose()
         drop_database(database_url)
+
+
+# img2dataset, pinned: installed only into a throwaway venv when the side-by-side run asks for it.
+IMG2DATASET = "img2dataset==1.47.0"
+
+# Runs in the throwaway venv: img2dataset's own entry point, timed from the call (its imports, like the
+# crawl process's, are outside the timing; its worker processes are forked from this one).
+_IMG2DATASET_DRIVER = """
+import json, sys, time
+from img2dataset import download
+started = time.perf_counter()
+download(**json.loads(sys.argv[1]))
+print(json.dumps({"elapsed_s": time.perf_counter() - started}))
+"""
+
+
+def img2dataset_python(work: Path) -> Path:
+    """A venv of its own under `work` with IMG2DATASET installed (PyPI); tuwen's venv never gets it."""
+    venv = work / "img2dataset-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", IMG2DATASET],
+                   check=True)
+    return python
+
+
+def img2dataset_options(url_list: Path, output: Path, count: int, processes: int, threads: int,
+                        image_size: int) -> dict[str, object]:
+    """img2dataset doing the comparable work at its fastest: every URL downloaded, SHA-256 of the bytes
+    (its default), decoded, resized keeping the ratio (bilinear both ways, as the crawler's resize for
+    these sizes; its defaults are Lanczos up and area down, both slower), re-encoded as JPEG at the
+    crawler's quality and written to local files (image + JSON per sample, a parquet per shard) — no
+    EXIF extraction, no second copy, no database, no S3."""
+    return {
+        "url_list": str(url_list), "input_format": "txt", "output_folder": str(output), "output_format": "files",
+        "processes_count": processes, "thread_count": threads,
+        # Shards of a quarter of each process's share, so that no process idles while the other drains.
+        "number_sample_per_shard": max(1, -(-count // (4 * processes))),
+        "image_size": image_size, "resize_mode": "keep_ratio", "resize_only_if_bigger": False,
+        "upscale_interpolation": "linear", "downscale_interpolation": "linear",
+        "encode_format": "jpg", "encode_quality": images.JPEG_QUALITY,
+        "extract_exif": False, "compute_hash": "sha256", "timeout": 30, "retries": 0, "enable_wandb": False,
+    }
+
+
+def _files_written(output: Path) -> int:
+    """The images img2dataset has written so far (one folder per shard)."""
+    count = 0
+    for shard in os.scandir(output):
+        if shard.is_dir():
+            count += sum(1 for entry in os.scandir(shard.path) if entry.name.endswith(".jpg"))
+    return count
+
+
+def img2dataset_bench(site: BenchSite, python: Path, processes: int, threads: int) -> dict[str, object]:
+    """img2dataset on the URLs of the site's accepted photos, served by the same web server the crawl uses."""
+    work = Path(tempfile.mkdtemp(prefix="img2dataset-", dir=site.dir.parent))
+    url_list = work / "urls.txt"
+    accepted_images = site.accepted
+    url_list.write_text("".join(f"{site.server.url}{img.url}\n" for img in accepted_images))
+    output = work / "out"
+    # The model copies' shorter side is the photos' own, rounded to 28 px: 525-750 px, median about 640.
+    options = img2dataset_options(url_list, output, len(accepted_images), processes, threads, image_size=640)
+    log_path = work / "img2dataset.log"
+    assert site.server.process is not None
+    with open(log_path, "w") as log:
+        wall_start = time.perf_counter()
+        process = subprocess.Popen([str(python), "-c", _IMG2DATASET_DRIVER, json.dumps(options)],
+                                   stdout=subprocess.PIPE, stderr=log, text=True, cwd=work)
+        watched = psutil.Process(process.pid)
+        progress: list[Progress] = []
+        ledger = CpuLedger()
+        peak_rss = 0
+        while process.poll() is None:
+            try:
+                processes_now = [watched, *watched.children(recursive=True)]
+                peak_rss = max(peak_rss, sum(p.memory_info().rss for p in processes_now))
+            except psutil.NoSuchProcess:
+                break
+            ledger.read("img2dataset", [p.pid for p in processes_now])
+            ledger.read("web_server", [site.server.process.pid])
+            written = _files_written(output) if output.is_dir() else 0
+            progress.append((time.perf_counter(), written, {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
+            time.sleep(0.25)
+        stdout = process.communicate()[0]
+        wall_s = time.perf_counter() - wall_start
+    if process.returncode != 0:
+        raise SystemExit(f"img2dataset failed (exit {process.returncode}); see {log_path}")
+    elapsed = float(json.loads(stdout.strip().splitlines()[-1])["elapsed_s"])
+    written = _files_written(output)
+    return {
+        "version": IMG2DATASET, "images": len(accepted_images), "written": written,
+        "elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
+        "images_per_s": round(written / elapsed, 1), "images_per_s_wall": round(written / wall_s, 1),
+        "images_per_s_steady": steady_rate(progress, written),
+        "timeline_s": timeline(progress, written, wall_start),
+        "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, written),
+        "idle_share_steady": steady_idle_share(progress, written),
+        "peak_rss_mb": round(peak_rss / 2**20), "log": str(log_path),
+        "options": {k: v for k, v in options.items() if k not in ("url_list", "output_folder")},
+    }
+
+
+def side_by_side(site: BenchSite, python: Path, rounds: int, workers: int, concurrency: int,
+                 processes: int, threads: int) -> dict[str, object]:
+    """img2dataset and the crawl on the same site and web server, one after the other; the order flips
+    every round so that a drift of the machine's speed does not favour either."""
+    runs: dict[str, list[dict[str, object]]] = {"img2dataset": [], "tuwen": []}
+    for round_ in range(rounds):
+        order = ("img2dataset", "tuwen") if round_ % 2 == 0 else ("tuwen", "img2dataset")
+        for side in order:
+            load = os.getloadavg()[0]
+            result = (img2dataset_bench(site, python, processes, threads) if side == "img2dataset"
+                      else crawl_bench(site, workers, concurrency))
+            runs[side].append({"round": round_ + 1, "load_avg_1min_before": round(load, 2), **result})
+            print(f"round {round_ + 1} {side}: {result['images_per_s']} images/s "
+                  f"(steady {result['images_per_s_steady']})", file=sys.stderr, flush=True)
+
+    def median_of(side: str, field: str) -> float:
+        return statistics.median(float(run[field]) for run in runs[side])  # type: ignore[arg-type]
+
+    summary = {field: {"img2dataset": median_of("img2dataset", field), "tuwen": median_of("tuwen", field),
+                       "ratio": round(median_of("tuwen", field) / median_of("img2dataset", field), 2)}
+               for field in ("images_per_s", "images_per_s_steady", "images_per_s_wall")}
+    return {"side_by_side": summary, "machine": machine(), **runs}
 
 
 def ocr_bench(work: Path, count: int) -> dict[str, object]:
@@ -309,14 +460,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ocr-images", type=int, default=50, help="0 skips the OCR measurement")
     parser.add_argument("--preseed", type=int, default=0,
                         help="accepted images already in the database (e.g. 641868, the seed's scale)")
+    parser.add_argument("--img2dataset", action="store_true",
+                        help=f"side by side: {IMG2DATASET} (installed into a throwaway venv) and the crawl on "
+                             "the same photos and web server, one after the other")
+    parser.add_argument("--img2dataset-python", type=Path,
+                        help="the python of a venv that has img2dataset already (skips the install)")
+    parser.add_argument("--rounds", type=int, default=1, help="side-by-side rounds (the order flips each round)")
+    parser.add_argument("--img2dataset-processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--img2dataset-threads", type=int, default=16, help="download threads per process")
     args = parser.parse_args([] if argv is None else argv)  # `python -m bench crawl` passes none
     with tempfile.TemporaryDirectory(prefix="tuwen-bench-") as tmp:
-        result = crawl_bench(Path(tmp), args.images, args.workers, args.concurrency, args.preseed)
-        if args.ocr_images:
-            result.update(ocr_bench(Path(tmp), args.ocr_images))
+        if args.img2dataset:
+            python = args.img2dataset_python or img2dataset_python(Path(tmp))
+            with bench_site(Path(tmp), args.images) as site:
+                result = side_by_side(site, python, args.rounds, args.workers, args.concurrency,
+                                      args.img2dataset_processes, args.img2dataset_threads)
+        else:
+            with bench_site(Path(tmp), args.images) as site:
+                result = crawl_bench(site, args.workers, args.concurrency, args.preseed)
+            if args.ocr_images:
+                result.update(ocr_bench(Path(tmp), args.ocr_images))
     print(json.dumps(result, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -53,6 +53,7 @@ from tuwen.db.migrate import upgrade
 from tuwen.db.session import get_engine
 from tuwen.local.fixture_site import ExpectedImage, FixtureSiteProcess, SiteManifest, generate_site
 from tuwen.local.services import drop_database, ensure_database, free_port, s3_service
+from tuwen.storage import ObjectStore
 
 
 def preseed_accepted_images(database_url: str, n: int) -> float:
@@ -299,6 +300,8 @@ def crawl_bench(site: BenchSite, workers: int, concurrency: int, preseed: int = 
             "timeline_s": timeline(progress, accepted, wall_start),
             "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, accepted),
             "idle_share_steady": steady_idle_share(progress, accepted),
+            "cpu_ms_per_image_run": {role: round(seconds / accepted * 1000, 2)
+                                     for role, seconds in ledger.totals().items()},
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),
@@ -310,17 +313,24 @@ def crawl_bench(site: BenchSite, workers: int, concurrency: int, preseed: int = 
         drop_database(database_url)
 
 
-# img2dataset, pinned: installed only into a throwaway venv when the side-by-side run asks for it.
-IMG2DATASET = "img2dataset==1.47.0"
+# img2dataset, pinned: installed only into a throwaway venv when the side-by-side run asks for it; s3fs
+# (the version matching img2dataset's fsspec) lets it write to the same S3 server as the crawl.
+IMG2DATASET = ("img2dataset==1.47.0", "s3fs==2026.9.0")
 
 # Runs in the throwaway venv: img2dataset's own entry point, timed from the call (its imports, like the
-# crawl process's, are outside the timing; its worker processes are forked from this one).
+# crawl process's, are outside the timing; its worker processes are forked from this one). Then the
+# images it wrote, from its own per-shard stats files.
 _IMG2DATASET_DRIVER = """
 import json, sys, time
+import fsspec
 from img2dataset import download
+options = json.loads(sys.argv[1])
 started = time.perf_counter()
-download(**json.loads(sys.argv[1]))
-print(json.dumps({"elapsed_s": time.perf_counter() - started}))
+download(**options)
+elapsed = time.perf_counter() - started
+fs, root = fsspec.core.url_to_fs(options["output_folder"])
+written = sum(json.loads(fs.cat(path))["successes"] for path in fs.glob(root + "/*_stats.json"))
+print(json.dumps({"elapsed_s": elapsed, "written": written}))
 """
 
 
@@ -329,20 +339,21 @@ def img2dataset_python(work: Path) -> Path:
     venv = work / "img2dataset-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", IMG2DATASET],
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *IMG2DATASET],
                    check=True)
     return python
 
 
-def img2dataset_options(url_list: Path, output: Path, count: int, processes: int, threads: int,
-                        image_size: int) -> dict[str, object]:
+def img2dataset_options(url_list: Path, output: str, output_format: str, count: int, processes: int,
+                        threads: int, image_size: int) -> dict[str, object]:
     """img2dataset doing the comparable work at its fastest: every URL downloaded, SHA-256 of the bytes
     (its default), decoded, resized keeping the ratio (bilinear both ways, as the crawler's resize for
     these sizes; its defaults are Lanczos up and area down, both slower), re-encoded as JPEG at the
-    crawler's quality and written to local files (image + JSON per sample, a parquet per shard) — no
-    EXIF extraction, no second copy, no database, no S3."""
+    crawler's quality and written to `output` in `output_format` ("files": an image and a JSON per
+    sample; "webdataset": a tar per shard; a parquet of the shard's metadata either way) — no EXIF
+    extraction, no second copy, no database."""
     return {
-        "url_list": str(url_list), "input_format": "txt", "output_folder": str(output), "output_format": "files",
+        "url_list": str(url_list), "input_format": "txt", "output_folder": output, "output_format": output_format,
         "processes_count": processes, "thread_count": threads,
         # Shards of a quarter of each process's share, so that no process idles while the other drains.
         "number_sample_per_shard": max(1, -(-count // (4 * processes))),
@@ -362,57 +373,80 @@ def _files_written(output: Path) -> int:
     return count
 
 
-def img2dataset_bench(site: BenchSite, python: Path, processes: int, threads: int) -> dict[str, object]:
-    """img2dataset on the URLs of the site's accepted photos, served by the same web server the crawl uses."""
+def img2dataset_bench(site: BenchSite, python: Path, processes: int, threads: int, output_to: str,
+                      output_format: str) -> dict[str, object]:
+    """img2dataset on the URLs of the site's accepted photos, served by the same web server the crawl uses,
+    writing to local files (`output_to="local"`) or to an S3 server of the crawl's kind (`"s3"`)."""
     work = Path(tempfile.mkdtemp(prefix="img2dataset-", dir=site.dir.parent))
     url_list = work / "urls.txt"
     accepted_images = site.accepted
     url_list.write_text("".join(f"{site.server.url}{img.url}\n" for img in accepted_images))
-    output = work / "out"
+    local = work / "out"
+    env = dict(os.environ)
+    s3 = None
+    if output_to == "s3":
+        s3_port = free_port()
+        s3 = s3_service(s3_port, run_dir=work, on_disk=False)
+        s3.start()
+        settings = Settings(s3_endpoint=f"127.0.0.1:{s3_port}", s3_bucket="img2dataset")
+        ObjectStore(settings).ensure_bucket()
+        env["FSSPEC_S3"] = json.dumps({"endpoint_url": f"http://127.0.0.1:{s3_port}", "key": settings.s3_access_key,
+                                       "secret": settings.s3_secret_key})
+    output = "s3://img2dataset/out" if s3 is not None else str(local)
     # The model copies' shorter side is the photos' own, rounded to 28 px: 525-750 px, median about 640.
-    options = img2dataset_options(url_list, output, len(accepted_images), processes, threads, image_size=640)
+    options = img2dataset_options(url_list, output, output_format, len(accepted_images), processes, threads,
+                                  image_size=640)
     log_path = work / "img2dataset.log"
     assert site.server.process is not None
-    with open(log_path, "w") as log:
-        wall_start = time.perf_counter()
-        process = subprocess.Popen([str(python), "-c", _IMG2DATASET_DRIVER, json.dumps(options)],
-                                   stdout=subprocess.PIPE, stderr=log, text=True, cwd=work)
-        watched = psutil.Process(process.pid)
-        progress: list[Progress] = []
-        ledger = CpuLedger()
-        peak_rss = 0
-        while process.poll() is None:
-            try:
-                processes_now = [watched, *watched.children(recursive=True)]
-                peak_rss = max(peak_rss, sum(p.memory_info().rss for p in processes_now))
-            except psutil.NoSuchProcess:
-                break
-            ledger.read("img2dataset", [p.pid for p in processes_now])
-            ledger.read("web_server", [site.server.process.pid])
-            written = _files_written(output) if output.is_dir() else 0
-            progress.append((time.perf_counter(), written, {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
-            time.sleep(0.25)
-        stdout = process.communicate()[0]
-        wall_s = time.perf_counter() - wall_start
+    try:
+        with open(log_path, "w") as log:
+            wall_start = time.perf_counter()
+            process = subprocess.Popen([str(python), "-c", _IMG2DATASET_DRIVER, json.dumps(options)],
+                                       stdout=subprocess.PIPE, stderr=log, text=True, cwd=work, env=env)
+            watched = psutil.Process(process.pid)
+            progress: list[Progress] = []
+            ledger = CpuLedger()
+            peak_rss = 0
+            while process.poll() is None:
+                try:
+                    processes_now = [watched, *watched.children(recursive=True)]
+                    peak_rss = max(peak_rss, sum(p.memory_info().rss for p in processes_now))
+                except psutil.NoSuchProcess:
+                    break
+                ledger.read("img2dataset", [p.pid for p in processes_now])
+                ledger.read("web_server", [site.server.process.pid])
+                if s3 is not None:
+                    ledger.read("s3_server", [int(s3.pid_file.read_text())])
+                # Progress is counted only where each image is a file of its own as soon as it is done.
+                written = _files_written(local) if local.is_dir() and output_format == "files" else 0
+                progress.append((time.perf_counter(), written, {**ledger.totals(), IDLE: psutil.cpu_times().idle}))
+                time.sleep(0.25)
+            stdout = process.communicate()[0]
+            wall_s = time.perf_counter() - wall_start
+    finally:
+        if s3 is not None:
+            s3.stop()
     if process.returncode != 0:
         raise SystemExit(f"img2dataset failed (exit {process.returncode}); see {log_path}")
-    elapsed = float(json.loads(stdout.strip().splitlines()[-1])["elapsed_s"])
-    written = _files_written(output)
+    answer = json.loads(stdout.strip().splitlines()[-1])
+    elapsed, written = float(answer["elapsed_s"]), int(answer["written"])
+    run_cpu = ledger.totals()
     return {
-        "version": IMG2DATASET, "images": len(accepted_images), "written": written,
+        "version": IMG2DATASET[0], "output_to": output_to, "images": len(accepted_images), "written": written,
         "elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
         "images_per_s": round(written / elapsed, 1), "images_per_s_wall": round(written / wall_s, 1),
         "images_per_s_steady": steady_rate(progress, written),
         "timeline_s": timeline(progress, written, wall_start),
         "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, written),
         "idle_share_steady": steady_idle_share(progress, written),
+        "cpu_ms_per_image_run": {role: round(seconds / written * 1000, 2) for role, seconds in run_cpu.items()},
         "peak_rss_mb": round(peak_rss / 2**20), "log": str(log_path),
         "options": {k: v for k, v in options.items() if k not in ("url_list", "output_folder")},
     }
 
 
 def side_by_side(site: BenchSite, python: Path, rounds: int, workers: int, concurrency: int,
-                 processes: int, threads: int) -> dict[str, object]:
+                 processes: int, threads: int, output_to: str, output_format: str) -> dict[str, object]:
     """img2dataset and the crawl on the same site and web server, one after the other; the order flips
     every round so that a drift of the machine's speed does not favour either."""
     runs: dict[str, list[dict[str, object]]] = {"img2dataset": [], "tuwen": []}
@@ -420,18 +454,23 @@ def side_by_side(site: BenchSite, python: Path, rounds: int, workers: int, concu
         order = ("img2dataset", "tuwen") if round_ % 2 == 0 else ("tuwen", "img2dataset")
         for side in order:
             load = os.getloadavg()[0]
-            result = (img2dataset_bench(site, python, processes, threads) if side == "img2dataset"
+            result = (img2dataset_bench(site, python, processes, threads, output_to, output_format)
+                      if side == "img2dataset"
                       else crawl_bench(site, workers, concurrency))
             runs[side].append({"round": round_ + 1, "load_avg_1min_before": round(load, 2), **result})
             print(f"round {round_ + 1} {side}: {result['images_per_s']} images/s "
                   f"(steady {result['images_per_s_steady']})", file=sys.stderr, flush=True)
 
-    def median_of(side: str, field: str) -> float:
-        return statistics.median(float(run[field]) for run in runs[side])  # type: ignore[arg-type]
+    def median_of(side: str, field: str) -> float | None:
+        values = [run[field] for run in runs[side]]
+        # No steady rate where img2dataset's progress cannot be counted (tar shards, S3).
+        return None if None in values else statistics.median(float(v) for v in values)  # type: ignore[arg-type]
 
-    summary = {field: {"img2dataset": median_of("img2dataset", field), "tuwen": median_of("tuwen", field),
-                       "ratio": round(median_of("tuwen", field) / median_of("img2dataset", field), 2)}
-               for field in ("images_per_s", "images_per_s_steady", "images_per_s_wall")}
+    summary = {}
+    for field in ("images_per_s", "images_per_s_steady", "images_per_s_wall"):
+        theirs, ours = median_of("img2dataset", field), median_of("tuwen", field)
+        summary[field] = {"img2dataset": theirs, "tuwen": ours,
+                          "ratio": round(ours / theirs, 2) if ours and theirs else None}
     return {"side_by_side": summary, "machine": machine(), **runs}
 
 
@@ -468,13 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="side-by-side rounds (the order flips each round)")
     parser.add_argument("--img2dataset-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--img2dataset-threads", type=int, default=16, help="download threads per process")
+    parser.add_argument("--img2dataset-output", choices=("local", "s3"), default="local",
+                        help="local files, or an S3 server of the crawl's kind (started for it)")
+    parser.add_argument("--img2dataset-format", choices=("files", "webdataset"), default="files")
     args = parser.parse_args([] if argv is None else argv)  # `python -m bench crawl` passes none
     with tempfile.TemporaryDirectory(prefix="tuwen-bench-") as tmp:
         if args.img2dataset:
             python = args.img2dataset_python or img2dataset_python(Path(tmp))
             with bench_site(Path(tmp), args.images) as site:
                 result = side_by_side(site, python, args.rounds, args.workers, args.concurrency,
-                                      args.img2dataset_processes, args.img2dataset_threads)
+                                      args.img2dataset_processes, args.img2dataset_threads,
+                                      args.img2dataset_output, args.img2dataset_format)
         else:
             with bench_site(Path(tmp), args.images) as site:
                 result = crawl_bench(site, args.workers, args.concurrency, args.preseed)

@@ -364,11 +364,13 @@ class Settings(_Declared):
                                 secret=True)
     vlm_timeout_s: Seconds = setting(120.0, "Per-request timeout in seconds.")
     vlm_max_retries: NonNegativeInt = setting(4, "Retries per request (the only retry layer around the VLM).")
-    vlm_max_in_flight: PositiveInt = setting(32, "Concurrent requests per task; see VLM_POOL_SLOTS.")
+    vlm_max_in_flight: PositiveInt = setting(32, "Concurrent requests per task at most (aimd's ceiling); see VLM_POOL_SLOTS.")
     vlm_inflight_control: Literal["fixed", "aimd"] = setting(
-        "fixed", "fixed: TUWEN_VLM_MAX_IN_FLIGHT requests per task; aimd: as many as keep vLLM's running "
-        "batch full and its queue short (read from its /metrics, else latency), TUWEN_VLM_MAX_IN_FLIGHT the ceiling.")
-    vlm_metrics_poll_s: Seconds = setting(1.0, "How often aimd in-flight control reads the VLM's /metrics.")
+        "aimd", "aimd: as many requests as keep vLLM's running batch full and its queue short (read from its "
+        "/metrics, else latency), one limit shared fairly by every task through the lineage database, "
+        "TUWEN_VLM_MAX_IN_FLIGHT each task's ceiling; fixed: TUWEN_VLM_MAX_IN_FLIGHT requests per task.")
+    vlm_metrics_poll_s: Seconds = setting(
+        1.0, "How often aimd in-flight control reads the VLM's /metrics and each task takes its share anew.")
     vlm_image_mode: ImageMode = setting(
         ImageMode.DATA_URL, "How images reach the model: inline base64, or a presigned URL vLLM fetches.")
     temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = setting(0.7, "Sampling temperature.")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 
-from tuwen.synthesis.inflight import AIMDController, ServerLoad, parse_vllm_metrics
+from tuwen.synthesis.inflight import AIMDController, ServerLoad, fair_shares, parse_vllm_metrics
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -114,3 +117,69 @@ def test_bad_bounds_are_refused() -> None:
         AIMDController(ceiling=0)
     with pytest.raises(ValueError):
         AIMDController(ceiling=8, floor=9)
+
+
+def test_clients_that_learn_of_a_limit_late_grow_it_by_their_demand() -> None:
+    """Shared by several processes, the in-flight count lags the limit by a reading: demand says the limit binds."""
+    c = AIMDController(ceiling=64, initial=10)
+    c.slow_start = False
+    assert c.on_server_load(0.0, ServerLoad(running=8, waiting=0), in_flight=8) == 10  # unused
+    assert c.on_server_load(1.0, ServerLoad(running=8, waiting=0), in_flight=8, demand=32) == 11
+    assert c.on_server_load(2.0, ServerLoad(running=8, waiting=0), in_flight=8, demand=9) == 11  # unused
+    assert c.on_server_load(3.0, ServerLoad(running=12, waiting=0), in_flight=12, demand=32) == 11  # draining
+    assert c.on_latency(4.0, 1.0, 100, in_flight=3, demand=32) == 11  # one answer of a round trip of 11
+    assert c.decisions == {"hold_unused": 2, "increase": 1, "hold_draining": 1, "hold_credit": 1}
+
+
+def _exercise(c: AIMDController, t0: float) -> list[int]:
+    """Readings that touch every part of the state: slow start, a cut, latency averages, credit."""
+    limits = [c.on_server_load(t0, ServerLoad(running=c.limit, waiting=0), in_flight=c.limit)]
+    limits.append(c.on_server_load(t0 + 1, ServerLoad(running=40, waiting=30), in_flight=c.limit))
+    for i in range(5):
+        limits.append(c.on_latency(t0 + 2 + i, latency_s=2.0 + i, completion_tokens=100, in_flight=c.limit))
+    return limits
+
+
+def test_the_state_survives_a_json_round_trip_and_the_controller_carries_on_alike() -> None:
+    original = AIMDController(ceiling=64, initial=12, cooldown_s=30.0)
+    fresh_state = json.loads(json.dumps(original.state(), allow_nan=False))  # jsonb takes no Infinity
+    assert fresh_state["last_decrease"] is None and fresh_state["slow_start"] is True
+    _exercise(original, 0.0)
+    assert original.fast_s_per_token is not None and original.last_decrease == 1.0 and original._credit > 0
+    stored = json.loads(json.dumps(original.state(), allow_nan=False))
+
+    restored = AIMDController(ceiling=64, initial=2, cooldown_s=30.0)
+    restored.restore(stored)
+    assert restored.state() == original.state()
+    # Within the cooldown the restored one refuses a second cut, as the original does; then both go on alike.
+    assert _exercise(restored, 20.0) == _exercise(original, 20.0)
+    assert restored.state() == original.state()
+    blank = AIMDController(ceiling=64)
+    blank.restore(fresh_state)
+    assert blank.state() == AIMDController(ceiling=64, initial=12).state()
+
+
+def test_fair_shares_give_small_demands_what_they_ask_and_split_the_rest_equally() -> None:
+    assert fair_shares(64, {"a": 32, "b": 32, "c": 32, "d": 32}) == {"a": 16, "b": 16, "c": 16, "d": 16}
+    assert fair_shares(64, {"a": 4, "b": 32, "c": 32}) == {"a": 4, "b": 30, "c": 30}
+    assert fair_shares(10, {"c": 8, "a": 8, "b": 8}) == {"a": 4, "b": 3, "c": 3}  # the odd unit in member order
+    assert fair_shares(100, {"a": 3, "b": 5}) == {"a": 3, "b": 5}  # never more than asked
+    assert fair_shares(9, {"a": 8, "b": 8, "c": 0}) == {"a": 4, "b": 4, "c": 1}  # everyone is owed one
+    assert fair_shares(2, {"a": 8, "b": 8, "c": 8, "d": 0}) == {"a": 1, "b": 1, "c": 1, "d": 1}  # even past the total
+    assert fair_shares(7, {}) == {}
+
+
+def test_fair_shares_are_max_min_fair() -> None:
+    rng = random.Random(19)
+    for _ in range(2000):
+        demands = {f"m{i}": rng.randint(0, 40) for i in range(rng.randint(1, 8))}
+        total = rng.randint(len(demands), 160)
+        shares = fair_shares(total, demands)
+        assert shares.keys() == demands.keys()
+        asks = {m: max(1, d) for m, d in demands.items()}  # everyone is owed one slot
+        # Every slot goes to someone who asked for it, until every demand is met; never more.
+        assert sum(shares.values()) == min(total, sum(asks.values()))
+        for member, share in shares.items():
+            assert 1 <= share <= asks[member]
+            if share < asks[member]:  # held back: nobody may have more than one unit over it
+                assert all(other <= share + 1 for other in shares.values()), (total, demands, shares)

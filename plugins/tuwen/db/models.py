@@ -388,3 +388,28 @@ class TakedownImage(Base):
     created_at: Mapped[dt.datetime] = _now()
 
     __table_args__ = (Index("ix_takedown_image_image_id", "image_id"),)
+
+
+class VLMFlow(Base):
+    """In-flight control shared by every run through one VLM endpoint (issue 19, migration 0011,
+    tuwen.synthesis.inflight): the AIMD controller's state, read and written under this row's lock."""
+
+    __tablename__ = "vlm_flow"
+
+    endpoint: Mapped[str] = mapped_column(Text, primary_key=True)  # the model and its sorted base URLs
+    state: Mapped[dict[str, Any] | None] = mapped_column()  # AIMDController.state(); None until the first tick
+    read_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # the last /metrics reading applied
+    updated_at: Mapped[dt.datetime] = _now()
+
+
+class VLMFlowMember(Base):
+    """One run (one mapped task's client) in a flow: its requests in flight and its demand, as of its last tick."""
+
+    __tablename__ = "vlm_flow_member"
+
+    endpoint: Mapped[str] = mapped_column(ForeignKey("vlm_flow.endpoint", ondelete="CASCADE"), primary_key=True)
+    member: Mapped[str] = mapped_column(Text, primary_key=True)  # host:pid:random
+    in_flight: Mapped[int] = mapped_column(Integer)
+    demand: Mapped[int] = mapped_column(Integer)  # requests it would have in flight without a limit
+    ceiling: Mapped[int] = mapped_column(Integer)  # its TUWEN_VLM_MAX_IN_FLIGHT
+    seen_at: Mapped[dt.datetime] = _now()

@@ -12,8 +12,8 @@ server says about itself, with the hand-set limit kept as a ceiling:
   request, so a task that starts beside busy ones joins them gently); when the queue is over
   `waiting_high`, cut the limit by this client's share of the excess:
   `limit * (1 - excess / (running + waiting))`, at least by one and to no less than `max_decrease`
-  of it. Every client of the server sees the same queue, so the mapped tasks of every run back off
-  together and each keeps its share (AIMD's fairness), with no coordination between their processes;
+  of it. Every client of the server sees the same queue, so clients with controllers of their own
+  back off together and each keeps its share in the end (AIMD's fairness);
 - from latency when there are no metrics: seconds per completion token (which evens out answer
   lengths) against its slow moving average; a fast average over `latency_spike` times the slow
   one, or a timeout, halves the limit; otherwise the limit grows as above.
@@ -26,15 +26,33 @@ client's in-flight count is down to the new limit: the queue is still draining, 
 again would cut twice for one excess. That clock is the server's own completion rate, whatever
 the model; `cooldown_s` is a floor under it.
 
-The controller is pure (observations in, a limit out, the caller's clock): `VLMClient` feeds it.
+The controller is pure (observations in, a limit out, the caller's clock). With no database,
+`VLMClient` feeds one per run. With the lineage database (as in Airflow) one controller serves every
+run through the same endpoint, its state kept in PostgreSQL (`SharedInflight`, tables `vlm_flow` and
+`vlm_flow_member`): each run is a member that, every `metrics_poll_s`, records its requests in flight
+and its demand (its workers still running), and in the same short transaction, under the flow row's
+lock, feeds the controller its /metrics reading if no member has done so within the interval (so
+the controller sees one reading per interval however many members there are) or its answers'
+latencies; the controller's in-flight count is the members' sum. Each member's limit is then its
+max-min fair share of the flow's limit (`fair_shares`), never above its own ceiling: a run that
+starts beside busy ones gets its share at its first reading, instead of growing one request per
+reading while the others back off. Members not seen for `STALE_POLLS` intervals (at least `STALE_S`:
+a killed task) drop out.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from tuwen.db.models import VLMFlow, VLMFlowMember
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -88,6 +106,29 @@ class AIMDController:
             raise ValueError(f"need 1 <= floor <= ceiling, got floor {self.floor}, ceiling {self.ceiling}")
         self.limit = self._clamp(self.initial)
 
+    def state(self) -> dict[str, Any]:
+        """What the controller has learned, as JSON (its settings stay the caller's)."""
+        return {
+            "limit": self.limit,
+            "slow_start": self.slow_start,
+            # JSON has no infinity: None is "never cut".
+            "last_decrease": None if math.isinf(self.last_decrease) else self.last_decrease,
+            "fast_s_per_token": self.fast_s_per_token,
+            "slow_s_per_token": self.slow_s_per_token,
+            "decisions": dict(self.decisions),
+            "credit": self._credit,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take up where `state()` left off."""
+        self.limit = int(state["limit"])
+        self.slow_start = bool(state["slow_start"])
+        self.last_decrease = -math.inf if state["last_decrease"] is None else float(state["last_decrease"])
+        self.fast_s_per_token = state["fast_s_per_token"]
+        self.slow_s_per_token = state["slow_s_per_token"]
+        self.decisions = dict(state["decisions"])
+        self._credit = float(state["credit"])
+
     def _clamp(self, value: float) -> int:
         return max(self.floor, min(self.ceiling, int(value)))
 
@@ -95,10 +136,10 @@ class AIMDController:
         self.decisions[decision] = self.decisions.get(decision, 0) + 1
         return self.limit
 
-    def _grow(self, in_flight: int, per_answer: bool = False) -> int:
+    def _grow(self, in_flight: int, demand: int | None, per_answer: bool = False) -> int:
         if in_flight > self.limit:
             return self._count("hold_draining")  # a cut has not taken effect yet
-        if in_flight < self.limit:
+        if (in_flight if demand is None else demand) < self.limit:
             return self._count("hold_unused")  # the limit is not what holds this client back
         if per_answer:
             # One answer is 1/limit of a round trip: AIMD's "+increase per round trip" (and slow
@@ -121,28 +162,141 @@ class AIMDController:
         self.last_decrease = now
         return self._count("decrease")
 
-    def on_server_load(self, now: float, load: ServerLoad, in_flight: int) -> int:
-        """One reading of the server's running and waiting requests; `in_flight` is this client's."""
+    def on_server_load(self, now: float, load: ServerLoad, in_flight: int, demand: int | None = None) -> int:
+        """One reading of the server's running and waiting requests; `in_flight` is this client's.
+
+        `demand` is how many requests the clients would have in flight without the limit (default
+        `in_flight`: one client's workers take a freed slot at once). Clients that learn of a new
+        limit a reading late say so with their demand, or every other reading would look unused."""
         if load.waiting > 0:
             self.slow_start = False  # the server is full: from here on, +increase per reading
         if load.waiting > self.waiting_high:
             excess = load.waiting - self.waiting_low
             return self._cut(now, 1.0 - excess / max(1.0, load.running + load.waiting), in_flight)
         if load.waiting <= self.waiting_low:
-            return self._grow(in_flight)
+            return self._grow(in_flight, demand)
         return self._count("hold")
 
     def on_latency(self, now: float, latency_s: float, completion_tokens: int | None, in_flight: int,
-                   timed_out: bool = False) -> int:
+                   timed_out: bool = False, demand: int | None = None) -> int:
         """One finished request, for when the server has no /metrics (the limit follows latency)."""
         if timed_out:
             return self._cut(now, 0.5, in_flight)
         per_token = latency_s / max(1, completion_tokens or 1)
         if self.fast_s_per_token is None or self.slow_s_per_token is None:
             self.fast_s_per_token = self.slow_s_per_token = per_token
-            return self._grow(in_flight, per_answer=True)
+            return self._grow(in_flight, demand, per_answer=True)
         self.fast_s_per_token += self.fast_alpha * (per_token - self.fast_s_per_token)
         self.slow_s_per_token += self.slow_alpha * (per_token - self.slow_s_per_token)
         if self.fast_s_per_token > self.latency_spike * self.slow_s_per_token:
             return self._cut(now, 0.5, in_flight)
-        return self._grow(in_flight, per_answer=True)
+        return self._grow(in_flight, demand, per_answer=True)
+
+
+def fair_shares(total: int, demands: Mapping[str, int]) -> dict[str, int]:
+    """`total` slots split max-min fairly (water-filling) over members asking for `demands`.
+
+    A member asking for no more than an equal share of what is left gets what it asks; the rest is
+    split equally among the others, the units an uneven split leaves over going in member order (so
+    members computing it from the same rows agree). Every member counts as asking for one slot at
+    least and gets one, so only a `total` smaller than the number of members is exceeded.
+    """
+    asks = {member: max(1, demand) for member, demand in demands.items()}
+    shares: dict[str, int] = {}
+    left = total
+    pending = sorted(asks, key=lambda member: (asks[member], member))
+    while pending and asks[pending[0]] <= left // len(pending):
+        member = pending.pop(0)
+        shares[member] = asks[member]
+        left -= asks[member]
+    if pending:
+        equal, extra = divmod(left, len(pending))
+        for rank, member in enumerate(sorted(pending)):
+            shares[member] = max(1, equal + (1 if rank < extra else 0))
+    return shares
+
+
+STALE_POLLS = 5  # a member not seen for this many intervals (and at least STALE_S) is gone: a killed task
+STALE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One finished request, for the latency signal (a server without /metrics)."""
+
+    latency_s: float
+    completion_tokens: int | None
+    timed_out: bool
+
+
+class SharedInflight:
+    """One run's membership of the in-flight control that every run through an endpoint shares (module doc).
+
+    `tick` and `leave` block on the database: call them off the event loop, one at a time.
+    """
+
+    def __init__(self, engine: Engine, endpoint: str, member: str, ceiling: int, poll_s: float) -> None:
+        self.engine = engine
+        self.endpoint = endpoint
+        self.member = member
+        self.ceiling = ceiling
+        self.poll_s = poll_s
+        self.limit = min(ceiling, AIMDController.initial)  # this member's, until its first tick
+        self.flow_limit: int | None = None  # over all members, as of this member's last tick
+        self._joined = False
+
+    def tick(self, load: ServerLoad | None, answers: Sequence[Answer], in_flight: int, demand: int) -> int:
+        """Record this member, feed the flow's controller what it saw, and return this member's limit.
+
+        `load` is this member's /metrics reading (None without one), `answers` what finished since
+        its last tick when it follows latency, `demand` the requests it would have in flight
+        without a limit (its workers that have not run out of requests).
+        """
+        stale_s = max(STALE_S, STALE_POLLS * self.poll_s)
+        with self.engine.begin() as conn:
+            conn.execute(insert(VLMFlow).values(endpoint=self.endpoint).on_conflict_do_nothing())
+            # The flow row's lock serialises the members' ticks: a reading is applied once, and every
+            # tick locks the flow row before any member row, so ticks never deadlock on each other.
+            flow = conn.execute(
+                select(VLMFlow.state, func.extract("epoch", func.clock_timestamp()).label("now"),
+                       func.extract("epoch", func.clock_timestamp() - VLMFlow.read_at).label("age"))
+                .where(VLMFlow.endpoint == self.endpoint).with_for_update()
+            ).one()
+            seen = {"in_flight": in_flight, "demand": demand, "ceiling": self.ceiling, "seen_at": func.clock_timestamp()}
+            conn.execute(insert(VLMFlowMember).values(endpoint=self.endpoint, member=self.member, **seen)
+                         .on_conflict_do_update(index_elements=["endpoint", "member"], set_=seen))
+            conn.execute(delete(VLMFlowMember).where(
+                VLMFlowMember.endpoint == self.endpoint,
+                VLMFlowMember.seen_at < func.clock_timestamp() - dt.timedelta(seconds=stale_s)))
+            members = conn.execute(select(VLMFlowMember.member, VLMFlowMember.in_flight, VLMFlowMember.demand,
+                                          VLMFlowMember.ceiling).where(VLMFlowMember.endpoint == self.endpoint)).all()
+            # The flow's ceiling is its members' ceilings added up; its floor one request each.
+            controller = AIMDController(ceiling=sum(m.ceiling for m in members), floor=len(members))
+            # A run that joins a flow with no other member starts afresh, as a run alone always did: what
+            # the flow learned may be hours old, from a server restarted or resized since.
+            if flow.state is not None and (self._joined or len(members) > 1):
+                controller.restore(flow.state)
+                controller.limit = max(controller.limit, controller.floor)
+            now = float(flow.now)
+            total_in_flight, total_demand = sum(m.in_flight for m in members), sum(m.demand for m in members)
+            # 0.9: one member's ticks are one interval apart plus the reading, and a timer may fire early.
+            read = load is not None and (flow.age is None or float(flow.age) >= 0.9 * self.poll_s)
+            if read and load is not None:
+                controller.on_server_load(now, load, total_in_flight, total_demand)
+            for answer in answers:
+                controller.on_latency(now, answer.latency_s, answer.completion_tokens, total_in_flight,
+                                      timed_out=answer.timed_out, demand=total_demand)
+            conn.execute(update(VLMFlow).where(VLMFlow.endpoint == self.endpoint).values(
+                state=controller.state(), updated_at=func.clock_timestamp(),
+                **({"read_at": func.clock_timestamp()} if read else {})))
+        self._joined = True
+        self.flow_limit = controller.limit
+        share = fair_shares(controller.limit, {m.member: m.demand for m in members})[self.member]
+        self.limit = min(self.ceiling, share)
+        return self.limit
+
+    def leave(self) -> None:
+        """The run is over: its slots go to the other members at their next tick."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(VLMFlowMember).where(VLMFlowMember.endpoint == self.endpoint,
+                                                     VLMFlowMember.member == self.member))

@@ -6,7 +6,9 @@ Generation is where tuwen's money goes, so this client has three jobs:
   only when it is free (building a request reads and base64-encodes an image, so the request
   source is consumed lazily), over one HTTP connection pool sized to match; with
   `inflight_control="aimd"` the number of them sending at once follows the server's running and
-  waiting requests (`tuwen.synthesis.inflight`), `max_in_flight` staying the ceiling;
+  waiting requests (`tuwen.synthesis.inflight`), `max_in_flight` staying the ceiling; given the
+  lineage database's engine, one controller is shared by every run through the same endpoint (every
+  mapped task of every DAG run), each run taking its fair share of its limit;
 - never lose an answer: every finished request, ok or failed for good, is handed to `on_result`
   as soon as it finishes, so the caller can commit it before anything else happens;
 - never pay twice and never hammer a dead server: this is tuwen's only retry layer (the SDK's own
@@ -23,12 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import inspect
 import json
 import logging
+import os
 import random
 import re
+import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +43,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx2
 import openai
+from sqlalchemy.exc import SQLAlchemyError
 
-from tuwen.synthesis.inflight import AIMDController, ServerLoad, parse_vllm_metrics
+from tuwen.synthesis.inflight import AIMDController, Answer, ServerLoad, SharedInflight, parse_vllm_metrics
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from tuwen.config import Settings
 
 log = logging.getLogger(__name__)
@@ -356,6 +365,7 @@ class VLMClient:
         rng_seed: int | None = None,
         inflight_control: str = "fixed",
         metrics_poll_s: float = 1.0,
+        engine: Engine | None = None,
     ) -> None:
         if inflight_control not in ("fixed", "aimd"):
             raise ValueError(f"inflight_control must be 'fixed' or 'aimd', got {inflight_control!r}")
@@ -375,6 +385,7 @@ class VLMClient:
         self.breaker_window_s = breaker_window_s
         self.inflight_control = inflight_control
         self.metrics_poll_s = metrics_poll_s
+        self.engine = engine  # aimd: the controller is shared through this database (None: one per run)
         self._rng = random.Random(rng_seed)
         # The SDK's aiohttp transport (openai.DefaultAioHttpClient, the SDK's documented choice for
         # high concurrency): httpx2's own pool scans its connections on every request, aiohttp's
@@ -402,9 +413,11 @@ class VLMClient:
         self._openai = self._replicas[0].openai
 
     @classmethod
-    def from_settings(cls, settings: Settings, endpoint: tuple[str, str, str] | None = None) -> VLMClient:
+    def from_settings(cls, settings: Settings, endpoint: tuple[str, str, str] | None = None,
+                      engine: Engine | None = None) -> VLMClient:
         """A client for the VLM; `endpoint` (base URL, model, API key) points it elsewhere, e.g. at the
-        judge (`settings.judge_endpoint`), with the same timeouts, retries and in-flight bound."""
+        judge (`settings.judge_endpoint`), with the same timeouts, retries and in-flight bound; with the
+        lineage database's `engine`, aimd in-flight control is shared by every run through the endpoint."""
         base_url, model, api_key = endpoint or (settings.vlm_base_url, settings.vlm_model, settings.vlm_api_key)
         return cls(
             base_url,
@@ -418,6 +431,7 @@ class VLMClient:
             breaker_window_s=max(30.0, 2 * settings.vlm_timeout_s),
             inflight_control=settings.vlm_inflight_control,
             metrics_poll_s=settings.vlm_metrics_poll_s,
+            engine=engine,
         )
 
     async def aclose(self) -> None:
@@ -628,27 +642,50 @@ class _Run:
         self.errors: list[BaseException] = []
         self.delivering: set[asyncio.Task[None]] = set()
         self.exhausted = False
-        # In-flight control: workers beyond the controller's limit wait for a slot (see inflight.py).
-        self.controller = AIMDController(ceiling=client.max_in_flight) if client.inflight_control == "aimd" else None
+        # In-flight control: workers beyond the limit wait for a slot (see inflight.py). Without an engine
+        # the run has a controller of its own; with one it is a member of the endpoint's shared flow.
+        self.controller: AIMDController | None = None
+        self.flow: SharedInflight | None = None
+        self.limit: int | None = None  # None: no control, every worker sends
+        if client.inflight_control == "aimd" and client.engine is not None:
+            endpoint = f"{client.model} @ " + ",".join(sorted(url.rstrip("/") for url in client.base_urls))
+            member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.flow = SharedInflight(client.engine, endpoint, member, client.max_in_flight, client.metrics_poll_s)
+            self.limit = self.flow.limit
+        elif client.inflight_control == "aimd":
+            self.controller = AIMDController(ceiling=client.max_in_flight)
+            self.limit = self.controller.limit
+        self.answers: list[Answer] = []  # a member following latency: finished since its last tick
+        self.workers: list[asyncio.Task[None]] = []
         self.active = 0  # requests sent and not yet answered (retries and their back-off included)
         self.slot_freed = asyncio.Event()
         self.metrics_ok: bool | None = None  # None until the first /metrics read says which signal to use
 
     async def execute(self) -> None:
         started = time.perf_counter()
-        workers = [asyncio.create_task(self._worker(), name=f"vlm-worker-{i}")
-                   for i in range(self.client.max_in_flight)]
+        self.workers = workers = [asyncio.create_task(self._worker(), name=f"vlm-worker-{i}")
+                                  for i in range(self.client.max_in_flight)]
         stop_waiter = asyncio.create_task(self.stop.wait())
-        watcher = asyncio.create_task(self._watch_server()) if self.controller is not None else None
+        # The flow's database calls run on a thread of their own, one at a time: a tick still running
+        # when the watcher is cancelled finishes before the run leaves, rather than re-adding its row after.
+        flow_thread = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-flow")
+                       if self.flow is not None else None)
+        watcher = asyncio.create_task(self._watch_server(flow_thread)) if self.limit is not None else None
         try:
             await self._supervise(workers, stop_waiter)
         finally:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-                self.stats.inflight_limit = self.controller.limit if self.controller else None
+                self.stats.inflight_limit = self.limit
                 if self.metrics_ok is not None:
                     self.stats.inflight_source = "metrics" if self.metrics_ok else "latency"
+            if self.flow is not None and flow_thread is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(flow_thread, self.flow.leave)
+                except SQLAlchemyError as exc:  # its row goes stale and the other members drop it
+                    log.warning("could not leave the shared in-flight flow: %s", exc)
+                flow_thread.shutdown(wait=False)
             for task in workers:
                 task.cancel()
             stop_waiter.cancel()
@@ -739,9 +776,13 @@ class _Run:
             finally:
                 self._release()
             if self.controller is not None and self.metrics_ok is False:
-                self.controller.on_latency(time.monotonic(), result.latency_ms / 1000, result.completion_tokens,
-                                           self.active, timed_out=result.error_type == "timeout")
+                self.limit = self.controller.on_latency(time.monotonic(), result.latency_ms / 1000,
+                                                        result.completion_tokens, self.active,
+                                                        timed_out=result.error_type == "timeout")
                 self.slot_freed.set()
+            elif self.flow is not None and self.metrics_ok is False:
+                self.answers.append(Answer(result.latency_ms / 1000, result.completion_tokens,
+                                           result.error_type == "timeout"))
             # Paid for: the caller gets it even if the run is stopping meanwhile.
             self.delivering.add(task)
             try:
@@ -755,27 +796,28 @@ class _Run:
 
     async def _admit(self) -> None:
         """Wait until the in-flight controller's limit has room (at once without a controller)."""
-        if self.controller is not None:
-            while self.active >= self.controller.limit and not self.stop.is_set():
-                self.slot_freed.clear()
-                await self.slot_freed.wait()
+        while self.limit is not None and self.active >= self.limit and not self.stop.is_set():
+            self.slot_freed.clear()
+            await self.slot_freed.wait()
         self.active += 1
 
     def _release(self) -> None:
         self.active -= 1
         self.slot_freed.set()
 
-    async def _watch_server(self) -> None:
-        """Feed the controller vLLM's running and waiting requests from /metrics every `metrics_poll_s`.
+    async def _watch_server(self, flow_thread: concurrent.futures.Executor | None) -> None:
+        """Every `metrics_poll_s`, feed the controller vLLM's running and waiting requests from /metrics.
 
         Without them (an answer that is not vLLM's metrics, or three failed reads in a row: a busy
-        host can miss one) the workers feed it latency instead, and /metrics is tried again every 10 s.
-        With several replicas each healthy one's /metrics is read and their requests added up: the
-        controller bounds this client's requests over all of them, as the workers do.
+        host can miss one) the workers' answers feed it latency instead, and /metrics is tried again
+        every 10 s. With several replicas each healthy one's /metrics is read and their requests
+        added up: the controller bounds the requests over all of them, as the workers do. A member
+        of a shared flow ticks every interval whatever it read (`SharedInflight.tick`), on
+        `flow_thread`; a tick the database refuses leaves its limit as it was until the next one.
         """
-        assert self.controller is not None
         timeout = aiohttp.ClientTimeout(total=max(2.0, 5 * self.client.metrics_poll_s))
         failures = 0
+        next_read = 0.0  # monotonic time of the next /metrics read
 
         async def read(session: aiohttp.ClientSession, base_url: str) -> tuple[ServerLoad | None, bool]:
             url = base_url.rstrip("/").removesuffix("/v1") + "/metrics"
@@ -790,25 +832,32 @@ class _Run:
 
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                reads = await asyncio.gather(*(read(session, r.replica.base_url) for r in self.routes
-                                               if not r.breaker.is_open))
-                loads = [load for load, _ in reads if load is not None]
-                answered = any(ok for _, ok in reads)
-                load = (ServerLoad(sum(x.running for x in loads), sum(x.waiting for x in loads))
-                        if loads else None)
-                if load is not None:
-                    failures = 0
-                    self.metrics_ok = True
-                    self.controller.on_server_load(time.monotonic(), load, self.active)
-                    self.slot_freed.set()
-                    await asyncio.sleep(self.client.metrics_poll_s)
-                    continue
-                failures += 1
-                if answered or failures >= 3:
-                    self.metrics_ok = False
-                    await asyncio.sleep(10.0)
-                else:
-                    await asyncio.sleep(self.client.metrics_poll_s)
+                load = None
+                if time.monotonic() >= next_read:
+                    reads = await asyncio.gather(*(read(session, r.replica.base_url) for r in self.routes
+                                                   if not r.breaker.is_open))
+                    loads = [load for load, _ in reads if load is not None]
+                    answered = any(ok for _, ok in reads)
+                    load = (ServerLoad(sum(x.running for x in loads), sum(x.waiting for x in loads))
+                            if loads else None)
+                    failures = 0 if load is not None else failures + 1
+                    if load is not None:
+                        self.metrics_ok = True
+                    elif answered or failures >= 3:
+                        self.metrics_ok = False
+                        next_read = time.monotonic() + 10.0
+                if self.flow is not None:
+                    answers, self.answers = self.answers, []
+                    demand = sum(not worker.done() for worker in self.workers)
+                    try:
+                        self.limit = await asyncio.get_running_loop().run_in_executor(
+                            flow_thread, self.flow.tick, load, answers, self.active, demand)
+                    except SQLAlchemyError as exc:
+                        log.warning("shared in-flight control: tick failed, limit stays %s: %s", self.limit, exc)
+                elif self.controller is not None and load is not None:
+                    self.limit = self.controller.on_server_load(time.monotonic(), load, self.active)
+                self.slot_freed.set()
+                await asyncio.sleep(self.client.metrics_poll_s)
 
     async def _deliver(self, result: VLMResult) -> None:
         stats = self.stats

@@ -16,6 +16,20 @@ its image workers, the S3 server, the web server and the database's backends for
 share the same cores); `cpu_reference_ms` times one Pillow decode + encode of a bench image on one core;
 `image_work_ms` times each stage of the image work on one core (best of 5 over 20 bench photos), on the
 planar path colour JPEGs take and on the BGR path every other image takes.
+`cpu_ms_per_image_run` is each process's CPU over the whole run per image, start-up included.
+
+Side by side with img2dataset (issue 19):
+
+    .venv/bin/python -m bench.bench_crawl --img2dataset [--rounds 2] [--img2dataset-output local|s3]
+                                        [--img2dataset-format files|webdataset] [--img2dataset-python PATH]
+
+installs img2dataset (pinned, with s3fs) into a throwaway venv under the bench's temp dir (or uses
+PATH's), then runs it and the crawl one after the other on the same generated photos, served by the
+same web server; each round flips the order. img2dataset gets the accepted photos' URLs (no pages, no
+robots.txt) and does the comparable work at its fastest settings (see img2dataset_options); its
+images/s is images written over its `download()` call, the crawl's is accepted images over Scrapy's
+elapsed time. `--img2dataset-output s3` has it write to an S3 server of the crawl's kind, started for
+it. Prints both sides' runs and `side_by_side`, the medians and the crawl's ratio to img2dataset.
 """
 
 from __future__ import annotations
@@ -139,6 +153,14 @@ def steady_cpu_ms_per_image(progress: list[Progress], total: int) -> dict[str, f
     per_role = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / (n1 - n0) * 1000, 2) for role in cpu1
                 if role != IDLE}
     return {**per_role, "total": round(sum(per_role.values()), 2)}
+
+
+def run_cpu_ms_per_image(progress: list[Progress], ledger: CpuLedger, total: int) -> dict[str, float]:
+    """CPU milliseconds per image of each role over the whole run, start-up included, counted from the
+    first sample (the web server serves every side of a run; its earlier CPU is not this one's)."""
+    first = progress[0][2] if progress else {}
+    return {role: round((seconds - first.get(role, 0.0)) / total * 1000, 2)
+            for role, seconds in ledger.totals().items()} if total else {}
 
 
 def steady_idle_share(progress: list[Progress], total: int) -> float | None:
@@ -300,8 +322,7 @@ def crawl_bench(site: BenchSite, workers: int, concurrency: int, preseed: int = 
             "timeline_s": timeline(progress, accepted, wall_start),
             "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, accepted),
             "idle_share_steady": steady_idle_share(progress, accepted),
-            "cpu_ms_per_image_run": {role: round(seconds / accepted * 1000, 2)
-                                     for role, seconds in ledger.totals().items()},
+            "cpu_ms_per_image_run": run_cpu_ms_per_image(progress, ledger, accepted),
             "peak_rss_mb": round(peak_rss / 2**20), "crawl_cpu_percent_median": statistics.median(cpu_samples[4:] or [0]),
             "workers": workers, "concurrency": concurrency, "log": str(log_path),
             "preseeded_accepted_images": preseed, "preseed_s": round(preseed_s, 1),
@@ -430,7 +451,6 @@ def img2dataset_bench(site: BenchSite, python: Path, processes: int, threads: in
         raise SystemExit(f"img2dataset failed (exit {process.returncode}); see {log_path}")
     answer = json.loads(stdout.strip().splitlines()[-1])
     elapsed, written = float(answer["elapsed_s"]), int(answer["written"])
-    run_cpu = ledger.totals()
     return {
         "version": IMG2DATASET[0], "output_to": output_to, "images": len(accepted_images), "written": written,
         "elapsed_s": round(elapsed, 1), "wall_s_incl_startup": round(wall_s, 1),
@@ -439,7 +459,7 @@ def img2dataset_bench(site: BenchSite, python: Path, processes: int, threads: in
         "timeline_s": timeline(progress, written, wall_start),
         "cpu_ms_per_image_steady": steady_cpu_ms_per_image(progress, written),
         "idle_share_steady": steady_idle_share(progress, written),
-        "cpu_ms_per_image_run": {role: round(seconds / written * 1000, 2) for role, seconds in run_cpu.items()},
+        "cpu_ms_per_image_run": run_cpu_ms_per_image(progress, ledger, written),
         "peak_rss_mb": round(peak_rss / 2**20), "log": str(log_path),
         "options": {k: v for k, v in options.items() if k not in ("url_list", "output_folder")},
     }
@@ -500,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preseed", type=int, default=0,
                         help="accepted images already in the database (e.g. 641868, the seed's scale)")
     parser.add_argument("--img2dataset", action="store_true",
-                        help=f"side by side: {IMG2DATASET} (installed into a throwaway venv) and the crawl on "
+                        help=f"side by side: {IMG2DATASET[0]} (installed into a throwaway venv) and the crawl on "
                              "the same photos and web server, one after the other")
     parser.add_argument("--img2dataset-python", type=Path,
                         help="the python of a venv that has img2dataset already (skips the install)")

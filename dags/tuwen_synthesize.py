@@ -5,7 +5,10 @@ Runs daily and is backfillable: the partition is the crawl date of the images (t
 interval, or `date_from`..`date_to` in a manual run). `plan` assigns each new image exactly one
 task type (conversation / complex reasoning / description, in the configured mix) and lists the
 images that still need a completion; `synthesize` is mapped over batches of them in the pool
-`vlm`, which bounds the requests in flight across all runs and backfills. Each answer is stored
+`vlm`, which bounds the requests in flight across all runs and backfills. Requests flow continuously:
+a batch task whose own images are all sent takes the run's pending work that no other task holds
+(the batches still queued for a slot) instead of idling until its slowest request returns, so
+later tasks may find their batch already done. Each answer is stored
 the moment it arrives under a deterministic request key, so a retry, rerun or backfill pays for
 nothing it already has.
 
@@ -76,7 +79,8 @@ def tuwen_synthesize() -> None:
             params = RunParams.from_params(context["params"], context["run_id"])
             partition = resolve_partition(context)
             settings = Settings.from_env()
-        plan = plan_partition(Resources.from_settings(settings), partition, params)
+        plan = plan_partition(Resources.from_settings(settings), partition, params, context["dag"].dag_id,
+                              context["run_id"])
         print(f"partition {plan.partition}: {plan.images} images, {plan.newly_assigned} newly assigned a task, "
               f"{plan.already_done} already stored, {plan.to_request} to request in {len(plan.batches)} batches")
         return plan.batches

@@ -204,12 +204,16 @@ class Generation(Base):
     map_index: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = _now()
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # A mapped task's lease on a pending row (migration 0012, tuwen.synthesis.claims).
+    claimed_by: Mapped[str | None] = mapped_column(String(300))
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_in("status", GENERATION_STATUSES), name="status"),
         CheckConstraint(_in("task_type", TASK_TYPES), name="task_type"),
         Index("ix_generation_image_id", "image_id"),
         Index("ix_generation_status", "status"),
+        Index("ix_generation_run_pending", "dag_id", "run_id", "id", postgresql_where=text("status = 'pending'")),
         # Covering index for per-model / per-prompt statistics (migration 0005): no wide-row reads.
         Index("ix_generation_stats", "model", "prompt_id", "prompt_version", "status",
               postgresql_include=["attempts", "prompt_tokens", "completion_tokens", "latency_ms"]),

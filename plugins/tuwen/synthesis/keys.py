@@ -140,3 +140,15 @@ def request_spec(settings: Settings, params: RunParams, image_sha256: str, task_
     sampling = sampling_params(settings, task_type)
     key = request_key(image_sha256, task_type, language, prompt, settings.vlm_model, sampling, params.regeneration)
     return RequestSpec(task_type, language, prompt, sampling, key)
+
+
+def generation_row(settings: Settings, spec: RequestSpec, image_id: int, dag_id: str | None = None,
+                   run_id: str | None = None, task_id: str | None = None, map_index: int | None = None
+                   ) -> dict[str, Any]:
+    """The pending `generation` row of a request, as the plan (the run's queue) and a batch create it."""
+    return {
+        "request_key": spec.key, "image_id": image_id, "task_type": spec.task_type, "language": spec.language,
+        "prompt_id": spec.prompt.id, "prompt_version": spec.prompt.version, "prompt_sha256": spec.prompt.sha256,
+        "model": settings.vlm_model, "sampling": spec.sampling, "status": "pending",
+        "dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index,
+    }

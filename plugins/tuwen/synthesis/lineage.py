@@ -17,7 +17,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 from sqlalchemy import ColumnElement, Engine, Row, exists, func, select, text, true, update
@@ -160,6 +160,75 @@ def open_requests(engine: Engine, table: type[Generation] | type[Judgement], row
         }
 
 
+# --- a run's queue of requests (migration 0012) -----------------------------------------------
+
+# Rows per statement when a plan queues a whole partition (a giant one holds 600k images).
+_QUEUE_CHUNK = 2000
+
+# A failed row, or a pending one no live task holds, becomes this run's: a failure of an earlier run
+# is asked again (its finished lease cleared), one of this run stays failed (a per-item failure is not
+# retried within its run). Without a run (tests, benchmarks, scripts) every failure is asked again,
+# as a rerun always did.
+_OWN_REQUESTS = text("""
+UPDATE generation SET dag_id = :dag_id, run_id = :run_id, status = 'pending',
+  claimed_by = CASE WHEN status = 'failed' THEN NULL ELSE claimed_by END,
+  claimed_until = CASE WHEN status = 'failed' THEN NULL ELSE claimed_until END
+WHERE request_key = ANY(:keys)
+  AND (status = 'failed' OR (status = 'pending' AND (claimed_until IS NULL OR claimed_until < now())))
+  AND (CAST(:run_id AS text) IS NULL OR status = 'pending'
+       OR dag_id IS DISTINCT FROM :dag_id OR run_id IS DISTINCT FROM :run_id)""")
+
+
+def queue_requests(engine: Engine, rows: list[dict[str, Any]], dag_id: str | None, run_id: str | None
+                   ) -> dict[str, Row]:
+    """Create the generations of these requests that do not exist yet and make the open ones the run's
+    (see _OWN_REQUESTS); -> {request key: (id, status)} for every row asked for."""
+    found: dict[str, Row] = {}
+    for start in range(0, len(rows), _QUEUE_CHUNK):
+        chunk = rows[start:start + _QUEUE_CHUNK]
+        keys = [r["request_key"] for r in chunk]
+        with engine.begin() as conn:
+            conn.execute(insert(Generation).values(chunk).on_conflict_do_nothing(index_elements=["request_key"]))
+            conn.execute(_OWN_REQUESTS, {"keys": keys, "dag_id": dag_id, "run_id": run_id})
+            found.update((row.request_key, row) for row in conn.execute(
+                select(Generation.id, Generation.request_key, Generation.status)
+                .where(Generation.request_key.in_(keys))))
+    return found
+
+
+def _claim_sql(scope: str, order: str) -> str:
+    # The inner SELECT ... FOR UPDATE SKIP LOCKED is the usual queue claim: two tasks never lease the
+    # same row, and a row another task stored meanwhile is re-read (and dropped) under the lock.
+    # `claimed_by = :me` lets an Airflow retry (same task, same claimer) take its dead try's rows back
+    # at once; `held` keeps this attempt from claiming what it already has in flight.
+    return f"""
+UPDATE generation g SET claimed_by = %(me)s, claimed_until = now() + make_interval(secs => %(lease_s)s)
+FROM image i
+WHERE i.id = g.image_id AND g.id IN (
+  SELECT q.id FROM generation q JOIN image qi ON qi.id = q.image_id
+  WHERE {scope} AND q.status = 'pending'
+    AND (q.claimed_until IS NULL OR q.claimed_until < now() OR q.claimed_by = %(me)s)
+    AND NOT (q.id = ANY(%(held)s))
+    AND qi.status = 'accepted'
+    AND (NOT %(curated_only)s OR EXISTS (
+      SELECT 1 FROM curation c WHERE c.image_id = qi.id AND c.status = 'curated'))
+  ORDER BY q.id {order} LIMIT %(want)s
+  FOR UPDATE OF q SKIP LOCKED)
+RETURNING g.id, g.image_id, g.request_key, i.sha256, i.task_type, i.model_key, i.model_mime"""
+
+
+# A task's own batch (by request key) in the order it was planned; the run's other rows from the far
+# end, so a task taking work over meets the rows' own tasks as late as possible.
+_CLAIM_OWN = _claim_sql("q.request_key = ANY(%(keys)s)", "ASC")
+_CLAIM_RUN = _claim_sql("q.dag_id = %(dag_id)s AND q.run_id = %(run_id)s", "DESC")
+_RENEW_CLAIMS = """
+UPDATE generation SET claimed_until = now() + make_interval(secs => %(lease_s)s)
+WHERE id = ANY(%(ids)s) AND claimed_by = %(me)s AND status = 'pending'"""
+_RELEASE_CLAIMS = """
+UPDATE generation SET claimed_by = NULL, claimed_until = NULL
+WHERE id = ANY(%(ids)s) AND claimed_by = %(me)s AND status = 'pending'"""
+
+
 _STORE_ANSWER = """
 UPDATE generation SET attempts = attempts + %(attempts)s, latency_ms = %(latency_ms)s, dag_id = %(dag_id)s,
   run_id = %(run_id)s, task_id = %(task_id)s, map_index = %(map_index)s, completed_at = now(),
@@ -275,3 +344,63 @@ class AnswerStore(OneConnectionWriter):
                 cur.execute(_COUNT_ATTEMPTS, params)
 
         self._transaction(write)
+
+
+class ClaimedRow(NamedTuple):
+    id: int
+    image_id: int
+    request_key: str
+    sha256: str
+    task_type: str | None
+    model_key: str | None
+    model_mime: str | None
+
+
+class RequestClaims(OneConnectionWriter):
+    """A mapped task's leases on its run's pending generations (migration 0012); one thread only.
+
+    `claimer` names the task the same way across its Airflow tries; `lease_s` is how long a claim
+    holds without `renew` (a killed task's rows wait that long for another task of the run).
+    """
+
+    def __init__(self, engine: Engine, claimer: str, lease_s: float, curated_only: bool) -> None:
+        super().__init__(engine)
+        self.claimer = claimer
+        self.lease_s = lease_s
+        self.curated_only = curated_only
+
+    def _claim(self, sql: str, params: dict[str, Any]) -> list[ClaimedRow]:
+        found: list[ClaimedRow] = []
+
+        def run(cur: Any) -> None:
+            cur.execute(sql, params)
+            found.extend(ClaimedRow(*row) for row in cur.fetchall())
+
+        self._transaction(run)
+        return found
+
+    def claim_own(self, keys: Sequence[str], want: int, held: Iterable[int]) -> list[ClaimedRow]:
+        """Up to `want` pending rows of these request keys that no other live task holds, leased to this task:
+        (id, image_id, request_key, sha256, task_type, model_key, model_mime)."""
+        return self._claim(_CLAIM_OWN, {"keys": list(keys), **self._claim_params(want, held)})
+
+    def claim_run(self, dag_id: str, run_id: str, want: int, held: Iterable[int]) -> list[ClaimedRow]:
+        """Up to `want` of the run's pending rows that no other live task holds (the work of the run's other
+        batches), leased to this task; the same columns as `claim_own`."""
+        return self._claim(_CLAIM_RUN, {"dag_id": dag_id, "run_id": run_id, **self._claim_params(want, held)})
+
+    def _claim_params(self, want: int, held: Iterable[int]) -> dict[str, Any]:
+        return {"me": self.claimer, "lease_s": self.lease_s, "want": want, "held": list(held),
+                "curated_only": self.curated_only}
+
+    def renew(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if ids:
+            self._transaction(lambda cur: cur.execute(_RENEW_CLAIMS, {"ids": ids, "me": self.claimer,
+                                                                      "lease_s": self.lease_s}))
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Give back rows this task holds and did not store (a stopped batch), for any task to take at once."""
+        ids = list(ids)
+        if ids:
+            self._transaction(lambda cur: cur.execute(_RELEASE_CLAIMS, {"ids": ids, "me": self.claimer}))

@@ -53,7 +53,7 @@ from typing import Any
 from tuwen.domain import TASK_TYPES, Partition
 from tuwen.resources import Resources
 from tuwen.synthesis import lineage
-from tuwen.synthesis.keys import RunParams, request_spec
+from tuwen.synthesis.keys import RunParams, generation_row, request_spec
 
 MAX_MAPPED_BATCHES = 1024  # Airflow caps a mapped list at 1024 by default
 
@@ -156,8 +156,14 @@ def split_batches(todo: Sequence[Any], batch_size: int, partition_label: str, ke
     return [{key: list(todo[i::n_batches]), "partition": partition_label} for i in range(n_batches)]
 
 
-def plan_partition(resources: Resources, partition: Partition, params: RunParams) -> Plan:
-    """Assign tasks, then list the images that still need a completion, split into mapped batches."""
+def plan_partition(resources: Resources, partition: Partition, params: RunParams, dag_id: str | None = None,
+                   run_id: str | None = None) -> Plan:
+    """Assign tasks, then list the images that still need a completion, split into mapped batches.
+
+    In an Airflow run (`dag_id`, `run_id`) the run's queue is written too: a pending generation row for
+    each of those images, owned by the run, from which every mapped task takes work as its request
+    slots free up (tuwen.synthesis.runner: no idle slots at batch ends).
+    """
     settings = resources.settings
     # Only curated images (tuwen.curate) are dealt tasks and asked about; with curation off, every accepted one.
     newly_assigned = lineage.assign_tasks(
@@ -165,13 +171,17 @@ def plan_partition(resources: Resources, partition: Partition, params: RunParams
         curated_only=settings.curate_enabled)
     rows, images = lineage.partition_images(resources.engine, partition, params.task_types,
                                             curated_only=settings.curate_enabled)
-    keys = {row.id: request_spec(settings, params, row.sha256, row.task_type).key for row in rows}
-    done = lineage.stored_keys(resources.engine, keys.values())
-    todo = [image_id for image_id, key in keys.items() if key not in done]
+    specs = {row.id: request_spec(settings, params, row.sha256, row.task_type) for row in rows}
+    done = lineage.stored_keys(resources.engine, (spec.key for spec in specs.values()))
+    todo = [image_id for image_id, spec in specs.items() if spec.key not in done]
     if params.limit is not None:
         # Images with Chinese text first (issue 18: the seed is "mostly Chinese text"); a stable sort keeps
         # hash order within each group, so a limited run takes the same images every time.
         with_text = {row.id for row in rows if row.has_zh_text}
         todo = sorted(todo, key=lambda image_id: image_id not in with_text)[: params.limit]
-    return Plan(partition.label, images, newly_assigned, len(todo), len(keys) - len(todo),
+    if dag_id is not None and run_id is not None:
+        lineage.queue_requests(resources.engine, [
+            generation_row(settings, specs[image_id], image_id, dag_id, run_id, task_id="plan")
+            for image_id in todo], dag_id, run_id)
+    return Plan(partition.label, images, newly_assigned, len(todo), len(specs) - len(todo),
                 split_batches(todo, settings.batch_size, partition.label))

@@ -20,16 +20,23 @@ import concurrent.futures
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from tuwen.db.models import Generation
 from tuwen.progress import Progress
 from tuwen.resources import Resources
 from tuwen.storage import ObjectMissingError
 from tuwen.synthesis import lineage
-from tuwen.synthesis.keys import RequestSpec, RunParams, request_key, request_spec, sample_id, sampling_params
+from tuwen.synthesis.keys import (
+    RequestSpec,
+    RunParams,
+    generation_row,
+    request_key,
+    request_spec,
+    sample_id,
+    sampling_params,
+)
 from tuwen.synthesis.parsing import ParseResult, parse_answer
 from tuwen.synthesis.planning import Plan, plan_partition
 from tuwen.synthesis.prompts import description_instruction
@@ -57,8 +64,11 @@ class AirflowIds:
 
 @dataclass
 class BatchResult:
-    requested: int = 0
+    requested: int = 0  # sent by this task (or found without an image object)
     skipped_done: int = 0
+    taken_over: int = 0  # of `requested`: rows of the run's other batches (continuous flow)
+    taken_by_others: int = 0  # rows of this batch that another task of the run sent
+    stale_plan: int = 0  # rows planned under other settings than this task's: left pending
     succeeded: int = 0
     unparseable: int = 0
     failed: int = 0
@@ -94,31 +104,130 @@ class _Job:
         return self.spec.key
 
 
-def _prepare_jobs(resources: Resources, image_ids: Sequence[int], params: RunParams, ids: AirflowIds,
-                  result: BatchResult) -> list[_Job]:
-    """Create (or find) the generation rows of the batch; return the ones that still need a call."""
+def _queue_own(resources: Resources, image_ids: Sequence[int], params: RunParams, ids: AirflowIds,
+               result: BatchResult) -> list[str]:
+    """Create (or find, and make this run's) the generation rows of the batch; return the request keys
+    that still need a call (the rest are stored: counted as skipped)."""
     settings = resources.settings
     images = lineage.batch_images(resources.engine, image_ids, curated_only=settings.curate_enabled)
     specs = []
     for img in images:
         if not img.task_type:
             raise SynthesisError(f"image {img.sha256} has no task type; plan the partition first")
-        specs.append((img, request_spec(settings, params, img.sha256, img.task_type)))
-    existing = lineage.open_requests(resources.engine, Generation, [
-        {"request_key": spec.key, "image_id": img.id, "task_type": spec.task_type, "language": spec.language,
-         "prompt_id": spec.prompt.id, "prompt_version": spec.prompt.version, "prompt_sha256": spec.prompt.sha256,
-         "model": settings.vlm_model, "sampling": spec.sampling, "status": "pending",
-         "dag_id": ids.dag_id, "run_id": ids.run_id, "task_id": ids.task_id, "map_index": ids.map_index}
-        for img, spec in specs
-    ])
-    jobs = []
-    for img, spec in specs:
-        row = existing[spec.key]
-        if row.status in lineage.DONE_STATUSES:
+        specs.append(request_spec(settings, params, img.sha256, img.task_type))
+    existing = lineage.queue_requests(resources.engine, [
+        generation_row(settings, spec, img.id, ids.dag_id, ids.run_id, ids.task_id, ids.map_index)
+        for img, spec in zip(images, specs, strict=True)], ids.dag_id, ids.run_id)
+    keys = []
+    for spec in specs:
+        if existing[spec.key].status in lineage.DONE_STATUSES:
             result.skipped_done += 1
-            continue
-        jobs.append(_Job(spec, row.id, img.id, img.sha256, img.model_key or "", img.model_mime or "image/jpeg"))
-    return jobs
+        else:
+            keys.append(spec.key)
+    return keys
+
+
+# Rows a task claims at a time: the read-ahead window's worth, so claims follow the free request slots.
+_CLAIM_CHUNK = 16
+# A claim's lease, renewed every _RENEW_S while the task lives: a task killed outright holds its rows
+# this long (its own Airflow retry takes them back at once).
+LEASE_S = 300.0
+_RENEW_S = 60.0
+
+
+class _ClaimedJobs:
+    """The jobs of a batch task, claimed as its request slots free up (issue 19: no idle slots at batch ends).
+
+    First the task's own batch, then — in an Airflow run — any pending row of its run that no live task
+    holds: the batches queued behind it for a pool slot. A task therefore ends when its run has no
+    work left to start, not when its own slowest request returns, and the tasks started later find
+    their rows done and end at once. Claims are leases (`lineage.RequestClaims`), so two tasks never
+    send the same request, and a row stored is never claimed again.
+    """
+
+    def __init__(self, resources: Resources, params: RunParams, ids: AirflowIds, own_keys: list[str],
+                 result: BatchResult) -> None:
+        self.resources = resources
+        self.params = params
+        self.ids = ids
+        self.own_keys = own_keys
+        self.result = result
+        # Not an Airflow task (a script, a test, a benchmark): one claimer for all of them, so a rerun after a
+        # killed process takes its rows back at once, as reruns always did; they do not exclude each other.
+        claimer = f"{ids.dag_id}/{ids.run_id}/{ids.task_id}/{ids.map_index}" if ids.run_id is not None else "local"
+        self.claims = lineage.RequestClaims(resources.engine, claimer, LEASE_S, resources.settings.curate_enabled)
+        # The claims' connection is used from this one thread (leases are not shared with the writer's).
+        self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-claims")
+        self.held: set[int] = set()  # generation ids claimed by this attempt and not yet stored
+        self.jobs: dict[str, _Job] = {}
+        self.last_renewed = time.monotonic()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    def _job(self, row: lineage.ClaimedRow) -> _Job | None:
+        if not row.task_type:  # a plan assigns the task before it queues the row
+            raise SynthesisError(f"image {row.sha256} has no task type; plan the partition first")
+        spec = request_spec(self.resources.settings, self.params, row.sha256, row.task_type)
+        if spec.key != row.request_key:
+            # Planned under other settings (prompt, model, sampling changed since): not this task's request.
+            return None
+        job = _Job(spec, row.id, row.image_id, row.sha256, row.model_key or "", row.model_mime or "image/jpeg")
+        self.jobs[job.key] = job
+        self.held.add(job.generation_id)
+        return job
+
+    def stored(self, job: _Job) -> None:
+        """The job's outcome is committed (writer's thread): its row is done, no longer held. Only after the
+        commit: a row dropped from `held` while still pending could be claimed again by this very task."""
+        del self.jobs[job.key]
+        self.held.discard(job.generation_id)
+
+    async def __aiter__(self) -> AsyncIterator[_Job]:
+        phases: list[tuple[str, Callable[[int], list[lineage.ClaimedRow]]]] = [
+            ("own", lambda want: self.claims.claim_own(self.own_keys, want, self.held))]
+        if self.ids.dag_id is not None and self.ids.run_id is not None:
+            dag_id, run_id = self.ids.dag_id, self.ids.run_id
+            phases.append(("run", lambda want: self.claims.claim_run(dag_id, run_id, want, self.held)))
+        own_sent = 0
+        for phase, claim in phases:
+            if phase == "own" and not self.own_keys:
+                continue
+            while True:
+                rows = await self._call(claim, _CLAIM_CHUNK)
+                if not rows:
+                    break
+                stale = []
+                for row in rows:
+                    job = self._job(row)
+                    if job is None:
+                        stale.append(row.id)
+                        continue
+                    self.result.requested += 1
+                    if phase == "run":
+                        self.result.taken_over += 1
+                    else:
+                        own_sent += 1
+                    yield job
+                if stale:
+                    self.result.stale_plan += len(stale)
+                    await self._call(self.claims.release, stale)
+        # Own rows not stored before and not sent here: another task of the run took them over.
+        self.result.taken_by_others = len(self.own_keys) - own_sent
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of what this task holds every _RENEW_S, while it runs."""
+        while True:
+            await asyncio.sleep(_RENEW_S)
+            await self._call(self.claims.renew, list(self.held))
+
+    async def close(self) -> None:
+        """Give back what was claimed and not stored (a stopped batch), then drop the connection."""
+        try:
+            await self._call(self.claims.release, list(self.held))
+        finally:
+            await self._call(self.claims.close)
+            self.thread.shutdown(wait=True)
 
 
 def _parse(job: _Job, text: str) -> ParseResult:
@@ -133,24 +242,26 @@ def _parse(job: _Job, text: str) -> ParseResult:
 class _ResultWriter:
     """Turns each finished request into its rows and stores them, on the batch's one DB thread."""
 
-    def __init__(self, resources: Resources, jobs: dict[str, _Job], ids: AirflowIds, result: BatchResult) -> None:
+    def __init__(self, resources: Resources, source: _ClaimedJobs, ids: AirflowIds, result: BatchResult) -> None:
         self.store = lineage.AnswerStore(resources.engine)
-        self.jobs = jobs
+        self.source = source
         self.ids = ids
         self.result = result
         where = f"map {ids.map_index}" if ids.map_index is not None else "batch"
-        self.progress = Progress(f"synthesis {where}", total=len(jobs), log=log, unit="completions")
+        # The total is the task's own batch; work taken over from the run's other batches adds to it.
+        self.progress = Progress(f"synthesis {where}", total=len(source.own_keys), log=log, unit="completions")
 
     def _run_ids(self) -> dict[str, Any]:
         return {"dag_id": self.ids.dag_id, "run_id": self.ids.run_id, "task_id": self.ids.task_id,
                 "map_index": self.ids.map_index}
 
     def write(self, res: VLMResult) -> None:
+        job = self.source.jobs[res.key]
         if res.ok:
-            self._store_answer(self.jobs[res.key], res)
+            self._store_answer(job, res)
         else:
-            self._store_failure(self.jobs[res.key], res.error_type or "unknown", res.error, res.attempts,
-                                res.latency_ms)
+            self._store_failure(job, res.error_type or "unknown", res.error, res.attempts, res.latency_ms)
+        self.source.stored(job)
         # Counted after the commit: the line reports answers that are safely stored.
         self.progress.advance(completion_tokens=res.completion_tokens or 0,
                               **({f"error_{res.error_type or 'unknown'}": 1} if not res.ok else {}))
@@ -158,6 +269,7 @@ class _ResultWriter:
     def image_missing(self, job: _Job, message: str) -> None:
         """The image's object is gone from the store: recorded on its generation, nothing sent."""
         self._store_failure(job, IMAGE_MISSING, message, attempts=0, latency_ms=None)
+        self.source.stored(job)
         self.progress.advance(**{f"error_{IMAGE_MISSING}": 1})
 
     def _store_failure(self, job: _Job, error_type: str, error: str | None, attempts: int,
@@ -212,6 +324,7 @@ class ImageJob(Protocol):
 
 
 J = TypeVar("J", bound="ImageJob")
+T = TypeVar("T")
 
 
 def image_url(resources: Resources, job: ImageJob) -> str:
@@ -240,8 +353,17 @@ def _request(job: _Job, image_url: str) -> VLMRequest:
     )
 
 
+async def _as_async(items: Iterable[J] | AsyncIterable[J]) -> AsyncIterator[J]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
 async def send_with_images(
-    resources: Resources, jobs: Sequence[J], request_of: Callable[[J, str], VLMRequest],
+    resources: Resources, jobs: Iterable[J] | AsyncIterable[J], request_of: Callable[[J, str], VLMRequest],
     on_result: Callable[[VLMResult], None], on_missing: Callable[[J, str], None],
     client: VLMClient | None = None, endpoint: tuple[str, str, str] | None = None,
 ) -> None:
@@ -261,10 +383,10 @@ async def send_with_images(
         # round trip in front of every request: a read-ahead window keeps the io_pool's reads in
         # parallel (and bounds the encoded images held in memory to the window).
         window: deque[tuple[J, asyncio.Future[str]]] = deque()
-        upcoming = iter(jobs)
+        upcoming = _as_async(jobs)
         try:
             while True:
-                while len(window) < _READ_AHEAD and (job := next(upcoming, None)) is not None:
+                while len(window) < _READ_AHEAD and (job := await anext(upcoming, None)) is not None:
                     window.append((job, loop.run_in_executor(io_pool, image_url, resources, job)))
                 if not window:
                     return
@@ -283,7 +405,7 @@ async def send_with_images(
         await loop.run_in_executor(db_pool, on_result, res)
 
     own_client = client is None
-    client = client or VLMClient.from_settings(resources.settings, endpoint)
+    client = client or VLMClient.from_settings(resources.settings, endpoint, engine=resources.engine)
     try:
         await client.run(requests(), deliver)
     finally:
@@ -295,24 +417,36 @@ async def send_with_images(
 
 def run_batch(resources: Resources, image_ids: Sequence[int], params: RunParams, ids: AirflowIds | None = None
               ) -> BatchResult:
-    """Request and store completions for a batch of images; done keys are skipped, nothing is paid twice."""
+    """Request and store completions for a batch of images, then (in an Airflow run) for the run's
+    pending rows no other task holds; done keys are skipped, nothing is paid twice."""
     ids = ids or AirflowIds()
     result = BatchResult()
     started = time.perf_counter()
-    jobs = _prepare_jobs(resources, image_ids, params, ids, result)
-    result.requested = len(jobs)
-    if jobs:
-        writer = _ResultWriter(resources, {j.key: j for j in jobs}, ids, result)
+    own_keys = _queue_own(resources, image_ids, params, ids, result)
+    source = _ClaimedJobs(resources, params, ids, own_keys, result)
+    writer = _ResultWriter(resources, source, ids, result)
+
+    async def send() -> None:
+        leases = asyncio.create_task(source.keep_leases())
         try:
-            asyncio.run(send_with_images(resources, jobs, _request, writer.write, writer.image_missing))
+            await send_with_images(resources, source, _request, writer.write, writer.image_missing)
         finally:
-            writer.progress.finish()
-            writer.close()
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+            await source.close()
+
+    try:
+        asyncio.run(send())
+    finally:
+        writer.progress.finish()
+        writer.close()
     result.elapsed_s = time.perf_counter() - started
     log.info(
-        "batch done: %d requested, %d skipped (already stored), %d ok, %d unparseable %s, %d failed %s, "
+        "batch done: %d requested (%d of them taken over from the run's other batches, %d of its own taken by "
+        "other tasks), %d skipped (already stored), %d ok, %d unparseable %s, %d failed %s, "
         "%d completion tokens in %.1fs (%.0f tokens/s)",
-        result.requested, result.skipped_done, result.succeeded, result.unparseable,
+        result.requested, result.taken_over, result.taken_by_others, result.skipped_done, result.succeeded,
+        result.unparseable,
         result.unparseable_by_reason or "", result.failed, result.failed_by_type or "", result.completion_tokens,
         result.elapsed_s, result.completion_tokens / result.elapsed_s if result.elapsed_s else 0.0,
     )

@@ -1,0 +1,181 @@
+"""Continuous flow (issue 19): a run's batch tasks take over each other's pending work, never the same request twice.
+
+Real PostgreSQL, the S3 server and the stand-in VLM server over HTTP; the mapped tasks of one Airflow
+run are called as Airflow calls them (the plan with the run's ids, then `run_batch` per batch with
+the task's ids), in threads or in a process killed outright.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from sqlalchemy import create_engine, text
+
+from bench.common import seed_images
+from tuwen.config import Settings
+from tuwen.domain import Partition
+from tuwen.local.standin_vlm import StandinProcess
+from tuwen.resources import Resources
+from tuwen.synthesis.keys import RunParams
+from tuwen.synthesis.planning import plan_partition
+from tuwen.synthesis.runner import AirflowIds, run_batch
+
+DAY = dt.date(2026, 11, 12)
+PARTITION = Partition(DAY, DAY + dt.timedelta(days=1))
+DAG, RUN = "tuwen_synthesize", "backfill__2026-11-12T00:00:00+00:00"
+
+
+def _rows(settings: Settings, sql: str, **params: object) -> list:
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+    finally:
+        engine.dispose()
+
+
+def _ready(settings: Settings, n: int, **overrides: object) -> Resources:
+    resources = Resources.from_settings(dataclasses.replace(settings, **overrides))
+    resources.store.ensure_bucket()
+    seed_images(resources.settings, n, DAY, width=224, height=168)
+    return resources
+
+
+def _task(index: int, run_id: str = RUN) -> AirflowIds:
+    return AirflowIds(DAG, run_id, "synthesize", index)
+
+
+def test_the_first_task_takes_over_the_batches_still_queued_and_they_find_their_work_done(settings: Settings) -> None:
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 30, vlm_base_url=vlm.base_url, batch_size=10)
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 3
+        # The plan queued every image as a pending row of the run, nothing claimed, nothing sent.
+        queued = _rows(resources.settings, "SELECT status, dag_id, run_id, claimed_by FROM generation")
+        assert len(queued) == 30 and {tuple(r) for r in queued} == {("pending", DAG, RUN, None)}
+        assert vlm.stats()["requests"] == 0
+
+        # Batch 0's task runs while batches 1 and 2 still wait for a pool slot: it sends all 30.
+        first = run_batch(resources, plan.batches[0]["image_ids"], RunParams(), _task(0))
+        assert (first.requested, first.taken_over, first.taken_by_others) == (30, 20, 0)
+        assert first.succeeded == 30 and vlm.stats()["requests"] == 30
+        # The later tasks find their batches stored by it, send nothing and say so.
+        for index in (1, 2):
+            later = run_batch(resources, plan.batches[index]["image_ids"], RunParams(), _task(index))
+            assert (later.requested, later.skipped_done, later.taken_over) == (0, 10, 0)
+        assert vlm.stats()["requests"] == 30
+        rows = _rows(resources.settings, "SELECT g.image_id, g.status, g.task_id, g.map_index, s.id AS sample "
+                                         "FROM generation g LEFT JOIN sample s ON s.generation_id = g.id")
+        assert len(rows) == 30 and len({r.image_id for r in rows}) == 30
+        assert all(r.status == "succeeded" and r.sample for r in rows)
+        # Lineage says who sent each request: batch 0's task, for the rows of all three batches.
+        assert {(r.task_id, r.map_index) for r in rows} == {("synthesize", 0)}
+
+
+def test_concurrent_tasks_of_a_run_share_its_work_and_send_each_request_once(settings: Settings) -> None:
+    with StandinProcess(latency="lognormal:0.05,0.5", fault_seed=5) as vlm:
+        resources = _ready(settings, 80, vlm_base_url=vlm.base_url, batch_size=10, vlm_max_in_flight=4)
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 8
+        # Three pool slots: the eight mapped tasks run three at a time, in map order.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda i: run_batch(resources, plan.batches[i]["image_ids"], RunParams(),
+                                                         _task(i)), range(8)))
+        stats = vlm.stats()
+        assert stats["requests"] == 80
+        assert set(Counter(stats["by_image"].values()).keys()) == {1}  # no image asked twice
+        assert sum(r.requested for r in results) == 80 and sum(r.succeeded for r in results) == 80
+        # Work moved between tasks: some took over rows of queued batches, whose tasks then sent less.
+        assert sum(r.taken_over for r in results) > 0
+        # Every row one task took over is a row its own task found stored at its start or lost to it later.
+        assert sum(r.taken_over for r in results) == sum(r.skipped_done + r.taken_by_others for r in results)
+        assert results[-1].requested < 10
+        rows = _rows(resources.settings, "SELECT status, count(*) AS n FROM generation GROUP BY status")
+        assert {(r.status, r.n) for r in rows} == {("succeeded", 80)}
+        assert _rows(resources.settings, "SELECT count(*) FROM sample")[0][0] == 80
+
+
+def test_another_run_does_not_take_a_runs_work_and_a_rerun_re_owns_what_failed(settings: Settings) -> None:
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 12, vlm_base_url=vlm.base_url, batch_size=6)
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 2
+        # A task of another run with an empty batch finds nothing of this run to take.
+        other = run_batch(resources, [], RunParams(), _task(0, run_id="manual__other"))
+        assert other.requested == 0 and vlm.stats()["requests"] == 0
+        # One image's object is gone: its request fails for that item, and is not retried within the run.
+        gone = _rows(resources.settings, "SELECT id, model_key FROM image ORDER BY id LIMIT 1")[0]
+        kept = resources.store.get_bytes(gone.model_key)
+        resources.store.remove(gone.model_key)
+        results = [run_batch(resources, b["image_ids"], RunParams(), _task(i)) for i, b in enumerate(plan.batches)]
+        assert sum(r.failed for r in results) == 1 and sum(r.succeeded for r in results) == 11
+        again = run_batch(resources, plan.batches[0]["image_ids"], RunParams(), _task(0))  # a retry of task 0
+        assert again.requested == 0
+        # The next run makes the failed row its own again and asks once more, now that the image is back.
+        resources.store.put_bytes(gone.model_key, kept, "image/jpeg")
+        replan = plan_partition(resources, PARTITION, RunParams(), DAG, "scheduled__next")
+        assert replan.to_request == 1
+        rerun = run_batch(resources, replan.batches[0]["image_ids"], RunParams(), _task(0, "scheduled__next"))
+        assert (rerun.requested, rerun.succeeded) == (1, 1)
+        assert vlm.stats()["requests"] == 12
+        row = _rows(resources.settings, "SELECT status, run_id, claimed_by FROM generation WHERE image_id = :i",
+                    i=gone.id)[0]
+        assert (row.status, row.run_id) == ("succeeded", "scheduled__next")
+
+
+KILLED_TASK = """
+import dataclasses, sys
+from tuwen.config import Settings
+from tuwen.resources import Resources
+from tuwen.synthesis.keys import RunParams
+from tuwen.synthesis.runner import AirflowIds, run_batch
+settings = dataclasses.replace(Settings.from_env(), vlm_max_in_flight=4)
+ids = [int(x) for x in sys.argv[1].split(",")]
+run_batch(Resources.from_settings(settings), ids, RunParams(), AirflowIds(*sys.argv[2:5], int(sys.argv[5])))
+"""
+
+
+def test_a_killed_tasks_leases_hold_until_its_retry_takes_them_back(settings: Settings) -> None:
+    with StandinProcess(latency="fixed:0.4") as vlm:
+        resources = _ready(settings, 40, vlm_base_url=vlm.base_url, batch_size=20)
+        settings = resources.settings
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 2
+        env = {**os.environ, "TUWEN_DATABASE_URL": settings.database_url, "TUWEN_S3_ENDPOINT": settings.s3_endpoint,
+               "TUWEN_S3_BUCKET": settings.s3_bucket, "TUWEN_VLM_BASE_URL": vlm.base_url,
+               "TUWEN_VLM_MODEL": vlm.model, "TUWEN_VLM_INFLIGHT_CONTROL": "fixed"}
+        batch0 = ",".join(map(str, plan.batches[0]["image_ids"]))
+        worker = subprocess.Popen([sys.executable, "-c", KILLED_TASK, batch0, DAG, RUN, "synthesize", "0"], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _rows(settings, "SELECT count(*) FROM generation WHERE status = 'succeeded'")[0][0] >= 6:
+                break
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        leased = {r.id for r in _rows(settings, "SELECT id FROM generation WHERE status = 'pending' "
+                                                "AND claimed_until > now()")}
+        assert leased  # requests in flight (and read ahead) when it died
+        asked_at_kill = vlm.stats()["requests"]
+
+        # Batch 1's task takes its own rows and the run's unleased rest, never the dead task's leases.
+        other = run_batch(resources, plan.batches[1]["image_ids"], RunParams(), _task(1))
+        assert other.failed == 0
+        pending = {r.id for r in _rows(settings, "SELECT id FROM generation WHERE status = 'pending'")}
+        assert pending == leased
+        # Airflow's retry of task 0 (the same claimer) takes them back at once and finishes the run.
+        retry = run_batch(resources, plan.batches[0]["image_ids"], RunParams(), _task(0))
+        assert retry.requested == len(leased)
+        rows = _rows(settings, "SELECT status, count(*) AS n FROM generation GROUP BY status")
+        assert {(r.status, r.n) for r in rows} == {("succeeded", 40)}
+        # Paid for once each, except what was in flight when the task died (never stored, so asked again).
+        assert vlm.stats()["requests"] == asked_at_kill + other.requested + retry.requested
+        assert _rows(settings, "SELECT count(*) FROM sample")[0][0] == 40

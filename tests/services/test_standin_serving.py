@@ -272,6 +272,8 @@ def test_aimd_over_two_replicas_reads_both_and_keeps_both_queues_short() -> None
         summaries = [first.serving(), second.serving()]
     assert stats.ok == 80 and stats.inflight_source == "metrics"
     assert all(r.ok > 0 and r.breaker == "closed" for r in stats.replicas)
-    # The limit grows past one replica's batch, since two carry the work, and neither queues much.
+    # The limit grows past one replica's batch, since two carry the work, and neither queues much: the
+    # fixed limit (4 x MAX over two replicas of MAX sequences) would keep MAX requests waiting at each;
+    # AIMD aims at 2 to 6 waiting in all (a busy machine's late readings can push a replica's mean near 2).
     assert stats.inflight_limit is not None and stats.inflight_limit > MAX
-    assert all(s["mean_waiting"] < 2 for s in summaries), summaries
+    assert all(s["mean_waiting"] < 0.75 * MAX for s in summaries), summaries

@@ -195,6 +195,7 @@ class StepLog:
     rows: list[tuple[float, float, int, int]] = field(default_factory=list)
     finished: int = 0
     last_finish: float | None = None
+    last_arrival: float | None = None
     first_full: float | None = None
     limit: int = 2_000_000  # ~1 day of 50 ms steps; beyond it rows are dropped, the summary says so
     dropped: int = 0
@@ -208,7 +209,8 @@ class StepLog:
             self.dropped += 1
 
     def summary(self, max_num_seqs: int) -> dict[str, Any]:
-        """Occupancy from the first full step until the last sequence finished (time-weighted)."""
+        """Occupancy from the first full step until the last sequence finished (time-weighted), and until the
+        last request arrived (`*_until_last_arrival`: the drain after it has nothing left to admit)."""
         out: dict[str, Any] = {"steps": len(self.rows), "dropped_rows": self.dropped, "finished": self.finished,
                                "first_full_s": None, "window_s": 0.0, "mean_running": None,
                                "occupancy": None, "mean_waiting": None, "max_waiting": 0}
@@ -222,6 +224,21 @@ class StepLog:
         if self.first_full is None or self.last_finish is None or self.last_finish <= self.first_full:
             return out
         start, end = self.first_full, self.last_finish
+        window = self._window(start, end)
+        if window is None:
+            return out
+        seconds, running_s, waiting_s, max_waiting = window
+        out.update(first_full_s=start - t0, window_s=end - start, mean_running=running_s / seconds,
+                   occupancy=running_s / seconds / max_num_seqs, mean_waiting=waiting_s / seconds,
+                   max_waiting_in_window=max_waiting)
+        if self.last_arrival is not None and (arrivals := self._window(start, self.last_arrival)) is not None:
+            seconds, running_s, _, _ = arrivals
+            out.update(last_arrival_s=self.last_arrival - t0, occupancy_until_last_arrival=running_s / seconds
+                       / max_num_seqs)
+        return out
+
+    def _window(self, start: float, end: float) -> tuple[float, float, float, int] | None:
+        """(seconds, running x seconds, waiting x seconds, max waiting) of the steps within [start, end]."""
         seconds = running_s = waiting_s = 0.0
         max_waiting = 0
         for row_start, row_s, running, waiting in self.rows:
@@ -232,12 +249,7 @@ class StepLog:
             running_s += running * (hi - lo)
             waiting_s += waiting * (hi - lo)
             max_waiting = max(max_waiting, waiting)
-        if seconds <= 0:
-            return out
-        out.update(first_full_s=start - t0, window_s=end - start, mean_running=running_s / seconds,
-                   occupancy=running_s / seconds / max_num_seqs, mean_waiting=waiting_s / seconds,
-                   max_waiting_in_window=max_waiting)
-        return out
+        return (seconds, running_s, waiting_s, max_waiting) if seconds > 0 else None
 
 
 class ServingModel:
@@ -327,6 +339,7 @@ class ServingModel:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = loop.create_task(self._scheduler(), name="standin-serving-scheduler")
         seq = Sequence(prompt_tokens, max(1, target), time.monotonic(), loop.create_future())
+        self.log.last_arrival = seq.arrived
         self.waiting.append(seq)
         self._wake.set()
         try:

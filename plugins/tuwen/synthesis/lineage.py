@@ -196,7 +196,7 @@ def queue_requests(engine: Engine, rows: list[dict[str, Any]], dag_id: str | Non
     return found
 
 
-def _claim_sql(scope: str, order: str) -> str:
+def _claim_sql(scope: str) -> str:
     # The inner SELECT ... FOR UPDATE SKIP LOCKED is the usual queue claim: two tasks never lease the
     # same row, and a row another task stored meanwhile is re-read (and dropped) under the lock.
     # `claimed_by = :me` lets an Airflow retry (same task, same claimer) take its dead try's rows back
@@ -212,15 +212,15 @@ WHERE i.id = g.image_id AND g.id IN (
     AND qi.status = 'accepted'
     AND (NOT %(curated_only)s OR EXISTS (
       SELECT 1 FROM curation c WHERE c.image_id = qi.id AND c.status = 'curated'))
-  ORDER BY q.id {order} LIMIT %(want)s
+  ORDER BY q.id LIMIT %(want)s
   FOR UPDATE OF q SKIP LOCKED)
 RETURNING g.id, g.image_id, g.request_key, i.sha256, i.task_type, i.model_key, i.model_mime"""
 
 
-# A task's own batch (by request key) in the order it was planned; the run's other rows from the far
-# end, so a task taking work over meets the rows' own tasks as late as possible.
-_CLAIM_OWN = _claim_sql("q.request_key = ANY(%(keys)s)", "ASC")
-_CLAIM_RUN = _claim_sql("q.dag_id = %(dag_id)s AND q.run_id = %(run_id)s", "DESC")
+# In the order the plan queued them (longest answers first, tuwen.synthesis.planning): a task's own batch
+# (by request key), then the run's other rows.
+_CLAIM_OWN = _claim_sql("q.request_key = ANY(%(keys)s)")
+_CLAIM_RUN = _claim_sql("q.dag_id = %(dag_id)s AND q.run_id = %(run_id)s")
 _RENEW_CLAIMS = """
 UPDATE generation SET claimed_until = now() + make_interval(secs => %(lease_s)s)
 WHERE id = ANY(%(ids)s) AND claimed_by = %(me)s AND status = 'pending'"""

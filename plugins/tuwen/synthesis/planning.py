@@ -179,6 +179,9 @@ def plan_partition(resources: Resources, partition: Partition, params: RunParams
         # hash order within each group, so a limited run takes the same images every time.
         with_text = {row.id for row in rows if row.has_zh_text}
         todo = sorted(todo, key=lambda image_id: image_id not in with_text)[: params.limit]
+    # Longest answers first (by max_tokens: conversations), in hash order within a task: the run's queue and
+    # every batch then end with short answers, so the last requests of a run hold the server for less.
+    todo.sort(key=lambda image_id: -specs[image_id].sampling["max_tokens"])
     if dag_id is not None and run_id is not None:
         lineage.queue_requests(resources.engine, [
             generation_row(settings, specs[image_id], image_id, dag_id, run_id, task_id="plan")

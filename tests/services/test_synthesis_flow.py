@@ -61,6 +61,10 @@ def test_the_first_task_takes_over_the_batches_still_queued_and_they_find_their_
         # The plan queued every image as a pending row of the run, nothing claimed, nothing sent.
         queued = _rows(resources.settings, "SELECT status, dag_id, run_id, claimed_by FROM generation")
         assert len(queued) == 30 and {tuple(r) for r in queued} == {("pending", DAG, RUN, None)}
+        # Queued longest answers first (the largest max_tokens: conversations), so the run ends on short ones.
+        order = [r.max_tokens for r in _rows(resources.settings, "SELECT (sampling->>'max_tokens')::int AS max_tokens "
+                                                                 "FROM generation ORDER BY id")]
+        assert order == sorted(order, reverse=True) and order[0] > order[-1]
         assert vlm.stats()["requests"] == 0
 
         # Batch 0's task runs while batches 1 and 2 still wait for a pool slot: it sends all 30.

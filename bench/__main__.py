@@ -16,8 +16,9 @@ from bench.common import machine
 # name -> module, or modules run one after another (each in a process of its own)
 BENCHMARKS: dict[str, str | tuple[str, ...]] = {
     "crawl": "bench.bench_crawl",  # issue: crawler — images/s into S3 + PostgreSQL, OCR images/s/core
-    # issue: synthesis — Little's-law fraction, client CPU ms/sample; then the serving model's occupancy (issue 19)
-    "synthesis": ("bench.bench_synthesis", "bench.bench_synthesis_serving"),
+    # issue: synthesis — Little's-law fraction, client CPU ms/sample; then the serving model's occupancy with the
+    # pool emulated, and through Airflow itself (issue 19)
+    "synthesis": ("bench.bench_synthesis", "bench.bench_synthesis_serving", "bench.bench_synthesis_airflow"),
     "qc": "bench.bench_qc",  # issue: quality gate — 641,868 samples, time and peak memory
     "export": "bench.bench_export",  # issue: releases — 641,868 samples, time, memory, slowest query
     "ocr": "bench.bench_ocr",  # issue 18 — OCR images/s per core and recall, old and new parameters side by side

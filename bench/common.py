@@ -12,6 +12,7 @@ import platform
 import re
 import resource
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -217,3 +218,55 @@ def set_ocr_text(settings: Settings, ocr_by_image: dict[int, str | None]) -> Non
             ocr_text=bindparam("ocr"), ocr_char_count=bindparam("chars"), has_zh_text=bindparam("zh")),
             [{"image_id": i, "ocr": t, "chars": len(t) if t is not None else None,
               "zh": bool(t and cjk_count(t)) if t is not None else None} for i, t in ocr_by_image.items()])
+
+
+# --- a synthesis run's mapped tasks, as Airflow's pool runs them ------------------------------------
+
+_task_resources: Any = None
+
+
+def _mapped_task(settings: Settings, image_ids: Sequence[int], ids: Any, retries: int) -> dict[str, Any]:
+    """One mapped `synthesize` task in a pool worker process (as a Celery worker runs it), with the
+    task's Airflow retries after an outage; returns its BatchResult and the CPU seconds it used."""
+    global _task_resources
+    from tuwen.resources import Resources
+    from tuwen.synthesis.keys import RunParams
+    from tuwen.synthesis.runner import run_batch
+    from tuwen.synthesis.vlm_client import CircuitOpenError
+
+    if _task_resources is None:
+        _task_resources = Resources.from_settings(settings)
+    cpu0 = time.process_time()
+    for attempt in range(1 + retries):
+        try:
+            result = run_batch(_task_resources, image_ids, RunParams(), ids)
+        except CircuitOpenError:
+            if attempt == retries:
+                raise
+            continue  # Airflow retries the task; the rerun sends only the keys not yet stored
+        return {**result.as_dict(), "task_attempts": attempt + 1, "cpu_s": time.process_time() - cpu0}
+    raise AssertionError("unreachable")
+
+
+def _warm(_: int) -> None:
+    import tuwen.synthesis.runner  # noqa: F401  (the import a worker pays once, before the clock starts)
+
+    time.sleep(0.5)
+
+
+def run_mapped_tasks(settings: Settings, queue: Sequence[tuple[Any, Sequence[int]]], pool_slots: int,
+                     retries: int = 2) -> tuple[list[dict[str, Any]], float]:
+    """Run a backfill's mapped batch tasks, `queue` = [(AirflowIds, image ids)] in the order Airflow maps
+    them, `pool_slots` at a time, each in a fresh interpreter (spawned and warmed before the clock
+    starts); -> (each task's result, wall seconds from the first task to the last)."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(pool_slots, mp_context=context) as pool:
+        list(pool.map(_warm, range(pool_slots)))
+        started = time.perf_counter()
+        futures = [pool.submit(_mapped_task, settings, image_ids, ids, retries) for ids, image_ids in queue]
+        results = [future.result() for future in futures]
+        wall = time.perf_counter() - started
+    return results, wall

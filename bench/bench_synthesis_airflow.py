@@ -1,0 +1,182 @@
+"""A three-day backfill through Airflow against the stand-in's serving model: is the emulated GPU kept busy?
+
+Issue 19's must-show, end to end: Airflow itself (scheduler, dag-processor, api-server, LocalExecutor;
+`tuwen.local.airflow_stack`) runs `tuwen_synthesize` over three crawl dates as a backfill from the
+REST API (what the UI's Backfill dialog posts: reprocess "none", max active runs 2), every mapped
+batch task of every run in the pool `vlm` (4 slots), against the stand-in with `--serving h100-32b`
+(an EMULATION of vLLM's continuous batching scaled to a 32B VLM on one H100, max_num_seqs 64; see
+tuwen.local.standin_vlm.serving) with its durations divided by 20. Two configurations, each on a
+fresh stack and database with the same 3 x 600 images:
+
+- fixed limits: `TUWEN_VLM_INFLIGHT_CONTROL=fixed`, 32 requests in flight per task (4 x 32 = 128 for
+  64 sequences, the defaults before issue 19);
+- the defaults: one AIMD controller shared by every task through PostgreSQL, 32 each the ceiling.
+
+Both run with continuous flow (the DAG's only way now). Reported from the server's own step log: the
+mean running sequences / max_num_seqs from the first step the batch is full until the last request
+arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
+the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
+
+    .venv/bin/python -m bench.bench_synthesis_airflow [fixed|aimd ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from bench.common import bench_settings, machine, record_result, seed_images
+from tuwen.db.session import get_engine
+from tuwen.local.airflow_stack import AirflowRunError, AirflowStack
+from tuwen.local.services import drop_database, ensure_database, free_port
+
+PRESET = "h100-32b"
+TIME_SCALE = 20.0
+IMAGES_PER_DAY = 600
+DAYS = [dt.date(2026, 11, 17) + dt.timedelta(days=i) for i in range(3)]
+SYNTH = "tuwen_synthesize"
+POOL_SLOTS = 4
+MAX_IN_FLIGHT = 32
+TIMEOUT_S = 600.0  # per request at the preset's speed; scaled like the server (bench_synthesis_serving's doc)
+CONFIGS = {"fixed": "fixed limits: 4 pool slots x 32 in flight", "aimd": "defaults: shared aimd, 4 pool slots x ceiling 32"}
+
+
+def _metrics(root: str) -> dict[str, float]:
+    import httpx
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{root}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if not sample.labels.keys() - {"model_name"}:
+                out[sample.name] = sample.value
+    return out
+
+
+def _wait_backfill(api: Any, backfill_id: int, timeout_s: float = 1200) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        backfill = api.get(f"/backfills/{backfill_id}")
+        if backfill["completed_at"]:
+            return backfill
+        time.sleep(2)
+    raise AirflowRunError(f"backfill {backfill_id} not completed after {timeout_s:.0f}s")
+
+
+def run_config(control: str) -> dict[str, Any]:
+    from tuwen.local.standin_vlm import StandinProcess
+
+    label = CONFIGS[control]
+    with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \
+            StandinProcess(serving=PRESET, serving_time_scale=TIME_SCALE) as vlm:
+        run_dir = Path(tmp)
+        settings = dataclasses.replace(
+            settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model, vlm_timeout_s=TIMEOUT_S / TIME_SCALE,
+            vlm_max_in_flight=MAX_IN_FLIGHT, vlm_inflight_control=control, vlm_metrics_poll_s=1.0 / TIME_SCALE,
+            judge_enabled=False, ocr_enabled=False, release_dir=run_dir / "releases")
+        for i, day in enumerate(DAYS):
+            seed_images(settings, IMAGES_PER_DAY, day, rng_seed=100 + i)
+        metadata = settings.database_url.rsplit("/", 1)[0] + f"/airflow_bench_{uuid.uuid4().hex[:8]}"
+        ensure_database(metadata)
+        stack = AirflowStack(metadata_url=metadata, home=run_dir / "airflow", run_dir=run_dir, user="bench",
+                             password=secrets.token_hex(12), api_port=free_port(), executor="local",
+                             pool_slots=POOL_SLOTS, parallelism=POOL_SLOTS + 4, settings=settings,
+                             extra_env={"TUWEN_RETRY_DELAY_S": "2"})
+        try:
+            started = time.monotonic()
+            for line in stack.up():
+                print(line, flush=True)
+            api = stack.client()
+            deadline = time.monotonic() + 180
+            while api.get("/dags", tags="tuwen")["total_entries"] < 3:
+                if time.monotonic() > deadline:
+                    raise AirflowRunError("the dag-processor did not serialize the tuwen DAGs within 180s")
+                time.sleep(2)
+            api.patch(f"/dags/{SYNTH}", {"is_paused": False})
+            print(f"Airflow ready in {time.monotonic() - started:.0f}s", flush=True)
+            vlm.reset_stats()
+            vlm.reset_serving()
+            before = _metrics(vlm.root_url)
+            began = time.monotonic()
+            backfill = api.post("/backfills", {
+                "dag_id": SYNTH, "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T23:59:59Z",
+                "run_backwards": False, "dag_run_conf": {}, "reprocess_behavior": "none", "max_active_runs": 2})
+            _wait_backfill(api, backfill["id"])
+            wall = time.monotonic() - began
+            runs = [r for r in api.get(f"/dags/{SYNTH}/dagRuns", run_type="backfill", limit=100)["dag_runs"]]
+            tis = [ti for r in runs for ti in api.get(f"/dags/{SYNTH}/dagRuns/{r['dag_run_id']}/taskInstances",
+                                                       task_id="synthesize", limit=1000)["task_instances"]]
+        finally:
+            for line in stack.down():
+                print(line, flush=True)
+            drop_database(metadata)
+        after = _metrics(vlm.root_url)
+        serving = vlm.serving()
+        stats = vlm.stats()
+        with get_engine(settings.database_url).connect() as conn:
+            statuses = dict(conn.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).all())
+            samples = conn.execute(text("SELECT count(*) FROM sample")).scalar_one()
+    queued = after["vllm:request_queue_time_seconds_count"] - before["vllm:request_queue_time_seconds_count"]
+    queue_s = after["vllm:request_queue_time_seconds_sum"] - before["vllm:request_queue_time_seconds_sum"]
+    row = {
+        "label": label, "wall_s": wall, "runs": {r["state"] for r in runs}, "n_runs": len(runs),
+        "task_instances": len(tis), "task_tries": sum(ti.get("try_number") or 1 for ti in tis),
+        "statuses": statuses, "samples": samples, "requests": stats["requests"],
+        "occupancy_until_last_arrival": serving.get("occupancy_until_last_arrival"),
+        "occupancy": serving.get("occupancy"), "mean_waiting": serving.get("mean_waiting"),
+        "max_waiting": serving.get("max_waiting"), "mean_queue_s": queue_s / queued if queued else 0.0,
+        "client_hangups": stats["errors"].get("cancelled", 0), "first_full_s": serving.get("first_full_s"),
+        "last_arrival_s": serving.get("last_arrival_s"), "span_s": serving.get("span_s"),
+    }
+    print(f"{label}: {row['n_runs']} runs {row['runs']}, {row['task_instances']} mapped tasks ({row['task_tries']} "
+          f"tries); generations {statuses}, {samples} samples, {row['requests']} requests at the server; occupancy "
+          f"{row['occupancy_until_last_arrival'] or 0:.3f} from the first full step ({row['first_full_s'] or 0:.1f}s) "
+          f"until the last request arrived ({row['last_arrival_s'] or 0:.1f}s), {row['occupancy'] or 0:.3f} until the "
+          f"last finish ({row['span_s'] or 0:.1f}s); waiting mean {row['mean_waiting'] or 0:.1f} max "
+          f"{row['max_waiting']}; mean queue time {row['mean_queue_s']:.2f}s (x {TIME_SCALE:g} on an H100); client "
+          f"timeouts {row['client_hangups']}; backfill wall {wall:.0f}s", flush=True)
+    return row
+
+
+INTRO = f"""`python -m bench.bench_synthesis_airflow` (bench/bench_synthesis_airflow.py): a three-day backfill
+({len(DAYS)} x {IMAGES_PER_DAY} images) posted to Airflow's REST API (reprocess none, max active runs 2),
+LocalExecutor, pool `vlm` of {POOL_SLOTS} slots, batches of 64, against the stand-in's emulation of a 32B VLM on
+one H100 (max_num_seqs 64, durations / {TIME_SCALE:g}; the per-request timeout {TIMEOUT_S:g} s scaled alike).
+Occupancy = the server's time-weighted mean running sequences / 64 from its first full step until the last
+request arrived (the issue's window; after it the batch drains with nothing left to admit), and until the last
+sequence finished. Target: >= 0.95 with no timeouts and a short waiting queue. Each configuration on a fresh
+Airflow and database."""
+
+
+def main(controls: list[str]) -> list[dict[str, Any]]:
+    print(f"== synthesis through Airflow against the serving model ({machine()}, "
+          f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC) ==", flush=True)
+    rows = [run_config(control) for control in controls]
+    load = os.getloadavg()[0]
+    record_result(
+        "Synthesis through Airflow: a three-day backfill against the serving model",
+        f"- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.bench_synthesis_airflow`, {machine()}, "
+        f"load avg {load:.1f} at the end:\n" + "\n".join(
+            f"  - {r['label']}: runs {sorted(r['runs'])}, {r['task_instances']} mapped tasks, {r['samples']} "
+            f"samples, {r['requests']} requests; occupancy **{r['occupancy_until_last_arrival'] or 0:.3f}** until "
+            f"the last request arrived, {r['occupancy'] or 0:.3f} until the last finish; waiting mean "
+            f"{r['mean_waiting'] or 0:.1f}, max {r['max_waiting']}; mean queue time {r['mean_queue_s']:.2f} s "
+            f"(x {TIME_SCALE:g}); timeouts {r['client_hangups']}; backfill {r['wall_s']:.0f} s" for r in rows),
+        intro=INTRO)
+    return rows
+
+
+if __name__ == "__main__":
+    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or list(CONFIGS)
+    main(chosen)
+    sys.exit(0)

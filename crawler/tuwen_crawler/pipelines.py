@@ -85,6 +85,9 @@ class LineagePipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
+        # Scrapy leaves its loggers at NOTSET and filters in its handler, so every response and item
+        # built a DEBUG record ("Crawled", "Scraped from") only for the handler to drop it.
+        logging.getLogger("scrapy").setLevel(crawler.settings.get("LOG_LEVEL"))
         pipeline = cls(crawler)
         crawler.signals.connect(pipeline.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(pipeline.spider_error, signal=signals.spider_error)
@@ -271,6 +274,7 @@ class LineagePipeline:
         if check_store and self.store.exists(mkey):
             stats.inc_value("tuwen/s3/skipped_existing")
             return
-        self.store.put_bytes(okey, original, content_type=decision.original_mime)
-        self.store.put_bytes(mkey, decision.model.data, content_type=decision.model.mime)
+        # Both hashes come from the image worker: the upload signs them without hashing the bytes again.
+        self.store.put_bytes(okey, original, content_type=decision.original_mime, sha256=decision.sha256)
+        self.store.put_bytes(mkey, decision.model.data, content_type=decision.model.mime, sha256=decision.model.sha256)
         stats.inc_value("tuwen/s3/uploaded", 2)

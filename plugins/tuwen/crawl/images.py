@@ -129,6 +129,8 @@ class ModelCopy:
     height: int
     mime: str
     ext: str
+    # The hex SHA-256 of `data`, taken where the copy is made (an image worker): the upload signs it.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -507,7 +509,7 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
     if isinstance(pixels, YCbCrPlanes):
         if not graphic:
             data = _encode_planes(*resize_planes(pixels, width, height))
-            return ModelCopy(data, width, height, "image/jpeg", "jpg")
+            return ModelCopy(data, width, height, "image/jpeg", "jpg", hashlib.sha256(data).hexdigest())
         pixels = planes_to_bgr(pixels)
     resized = resize_pixels(pixels, width, height)
     if graphic:
@@ -518,7 +520,8 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
         mime, ext = "image/jpeg", "jpg"
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {width}x{height} {ext}")
-    return ModelCopy(encoded.tobytes(), width, height, mime, ext)
+    data = encoded.tobytes()
+    return ModelCopy(data, width, height, mime, ext, hashlib.sha256(data).hexdigest())
 
 
 def inspect_and_normalize(data: bytes, content_type: str | None = None,

@@ -387,7 +387,12 @@ class Settings(_Declared):
         DEFAULT_MAX_PIXELS, "Pixel budget of the model-ready copy (Qwen2.5-VL: 1280 tokens x 28 x 28 px).")
     min_pixels: PixelBudget = setting(
         DEFAULT_MIN_PIXELS, "Least pixels of the model-ready copy (4 x 28 x 28 px); at most TUWEN_MAX_PIXELS.")
-    batch_size: PositiveInt = setting(64, "Images per mapped synthesis batch task.")
+    batch_size: PositiveInt = setting(
+        64, "Images per mapped synthesis batch task (its own share of the run; it then takes the run's queued "
+        "work) and per judge batch.")
+    synthesis_tasks: PositiveInt = setting(
+        4, "Mapped synthesize tasks per run, at most: each sends while its run has queued requests, so more "
+        "tasks than the pool vlm's slots (VLM_POOL_SLOTS) would only wait for a slot to find their work done.")
     sites_file: Path = setting(REPO_ROOT / "config" / "sites.local.yaml", "Crawl targets for the spiders.")
     release_dir: Path = setting(REPO_ROOT / "releases", "Local directory where releases are assembled.")
     prompts_dir: Path = setting(REPO_ROOT / "prompts", "Versioned prompt files.")

@@ -86,7 +86,8 @@ def test_the_first_task_takes_over_the_batches_still_queued_and_they_find_their_
 
 def test_concurrent_tasks_of_a_run_share_its_work_and_send_each_request_once(settings: Settings) -> None:
     with StandinProcess(latency="lognormal:0.05,0.5", fault_seed=5) as vlm:
-        resources = _ready(settings, 80, vlm_base_url=vlm.base_url, batch_size=10, vlm_max_in_flight=4)
+        resources = _ready(settings, 80, vlm_base_url=vlm.base_url, batch_size=10, vlm_max_in_flight=4,
+                           synthesis_tasks=8)
         plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
         assert len(plan.batches) == 8
         # Three pool slots: the eight mapped tasks run three at a time, in map order.
@@ -105,6 +106,15 @@ def test_concurrent_tasks_of_a_run_share_its_work_and_send_each_request_once(set
         rows = _rows(resources.settings, "SELECT status, count(*) AS n FROM generation GROUP BY status")
         assert {(r.status, r.n) for r in rows} == {("succeeded", 80)}
         assert _rows(resources.settings, "SELECT count(*) FROM sample")[0][0] == 80
+
+
+def test_a_queued_run_maps_no_more_tasks_than_can_send_at_once(settings: Settings) -> None:
+    resources = _ready(settings, 50, batch_size=10, synthesis_tasks=3)
+    # Without a run (no queue, no taking over) every batch is a task of its own, as before.
+    assert len(plan_partition(resources, PARTITION, RunParams()).batches) == 5
+    plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+    assert len(plan.batches) == 3 and sorted(i for b in plan.batches for i in b["image_ids"]) == sorted(
+        r.id for r in _rows(resources.settings, "SELECT id FROM image"))
 
 
 def test_another_run_does_not_take_a_runs_work_and_a_rerun_re_owns_what_failed(settings: Settings) -> None:

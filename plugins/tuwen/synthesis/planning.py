@@ -146,13 +146,13 @@ class Plan:
     batches: list[dict[str, Any]] = field(default_factory=list)
 
 
-def split_batches(todo: Sequence[Any], batch_size: int, partition_label: str, key: str = "image_ids"
-                  ) -> list[dict[str, Any]]:
-    """Round-robin the items (images; the judge's samples) over at most MAX_MAPPED_BATCHES batches of
-    about batch_size, each batch {key: items, "partition": label}."""
+def split_batches(todo: Sequence[Any], batch_size: int, partition_label: str, key: str = "image_ids",
+                  max_batches: int = MAX_MAPPED_BATCHES) -> list[dict[str, Any]]:
+    """Round-robin the items (images; the judge's samples) over at most `max_batches` (and
+    MAX_MAPPED_BATCHES) batches of about batch_size, each batch {key: items, "partition": label}."""
     if not todo:
         return []
-    n_batches = min(MAX_MAPPED_BATCHES, math.ceil(len(todo) / batch_size))
+    n_batches = min(MAX_MAPPED_BATCHES, max_batches, math.ceil(len(todo) / batch_size))
     return [{key: list(todo[i::n_batches]), "partition": partition_label} for i in range(n_batches)]
 
 
@@ -182,9 +182,13 @@ def plan_partition(resources: Resources, partition: Partition, params: RunParams
     # Longest answers first (by max_tokens: conversations), in hash order within a task: the run's queue and
     # every batch then end with short answers, so the last requests of a run hold the server for less.
     todo.sort(key=lambda image_id: -specs[image_id].sampling["max_tokens"])
+    max_batches = MAX_MAPPED_BATCHES
     if dag_id is not None and run_id is not None:
         lineage.queue_requests(resources.engine, [
             generation_row(settings, specs[image_id], image_id, dag_id, run_id, task_id="plan")
             for image_id in todo], dag_id, run_id)
+        # A queued run needs only as many tasks as can send at once: each goes on with the queue, and a task
+        # beyond the pool's slots would start (seconds of Airflow overhead on a held slot) to find its work done.
+        max_batches = settings.synthesis_tasks
     return Plan(partition.label, images, newly_assigned, len(todo), len(specs) - len(todo),
-                split_batches(todo, settings.batch_size, partition.label))
+                split_batches(todo, settings.batch_size, partition.label, max_batches=max_batches))

@@ -20,7 +20,7 @@ planar path colour JPEGs take and on the BGR path every other image takes.
 
 Side by side with img2dataset (issue 19):
 
-    .venv/bin/python -m bench.bench_crawl --img2dataset [--rounds 2] [--img2dataset-output local|s3]
+    .venv/bin/python -m bench.bench_crawl --img2dataset [--rounds 2] [--img2dataset-output s3|local]
                                         [--img2dataset-format files|webdataset] [--img2dataset-python PATH]
 
 installs img2dataset (pinned, with s3fs) into a throwaway venv under the bench's temp dir (or uses
@@ -28,8 +28,10 @@ PATH's), then runs it and the crawl one after the other on the same generated ph
 same web server; each round flips the order. img2dataset gets the accepted photos' URLs (no pages, no
 robots.txt) and does the comparable work at its fastest settings (see img2dataset_options); its
 images/s is images written over its `download()` call, the crawl's is accepted images over Scrapy's
-elapsed time. `--img2dataset-output s3` has it write to an S3 server of the crawl's kind, started for
-it. Prints both sides' runs and `side_by_side`, the medians and the crawl's ratio to img2dataset.
+elapsed time. By default img2dataset writes to an S3 server of the crawl's kind, started for it (image
+and JSON, two objects per image, as the crawl's raw/ and model/): the same server, the fair comparison;
+`--img2dataset-output local` has it write local files instead. Prints both sides' runs and
+`side_by_side`, the medians and the crawl's ratio to img2dataset.
 """
 
 from __future__ import annotations
@@ -527,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="side-by-side rounds (the order flips each round)")
     parser.add_argument("--img2dataset-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--img2dataset-threads", type=int, default=16, help="download threads per process")
-    parser.add_argument("--img2dataset-output", choices=("local", "s3"), default="local",
-                        help="local files, or an S3 server of the crawl's kind (started for it)")
+    parser.add_argument("--img2dataset-output", choices=("local", "s3"), default="s3",
+                        help="an S3 server of the crawl's kind, started for it (the default: the same server "
+                             "as the crawl's), or local files")
     parser.add_argument("--img2dataset-format", choices=("files", "webdataset"), default="files")
     args = parser.parse_args([] if argv is None else argv)  # `python -m bench crawl` passes none
     with tempfile.TemporaryDirectory(prefix="tuwen-bench-") as tmp:

@@ -55,7 +55,9 @@ class Progress:
 
     def advance(self, n: int = 1, **counters: int) -> None:
         self.done += n
-        self.counters.update({k: v for k, v in counters.items() if v})
+        for name, value in counters.items():
+            if value:
+                self.counters[name] += value
         now = self.clock()
         if now - self.last_line >= self.every_s:
             self.last_line = now

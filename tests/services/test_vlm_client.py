@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import random
 import re
@@ -20,6 +21,7 @@ import aiohttp
 import httpx2
 import openai
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from tuwen.config import Settings
@@ -36,6 +38,7 @@ from tuwen.synthesis.vlm_client import (
     classify_error,
     data_url,
     parse_retry_after,
+    request_json,
 )
 
 TINY_PNG = base64.b64decode(
@@ -81,6 +84,46 @@ def test_build_messages_puts_the_image_before_the_instruction() -> None:
             ],
         }
     ]
+
+
+def plain_json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("url", "prompt"),
+    [
+        (data_url(os.urandom(30_000), "image/jpeg"), "请详细描述这张图片。"),  # copied into the body
+        ("data:image/jpeg;base64,AAAA", "描述"),  # too short to bother
+        ("https://minio:9000/tuwen/model/ab/abc.jpg?X-Amz-Signature=" + "f" * 5000, "描述"),
+        (data_url(os.urandom(30_000), "image/jpeg") + "\x01", "描述"),  # a control character: escaped
+        (data_url(os.urandom(30_000), "image/jpeg") + '"', "描述"),
+        (data_url(os.urandom(30_000), "image/jpeg") + "\\", "描述"),
+        (data_url(os.urandom(30_000), "image/jpeg") + "图", "描述"),
+        (data_url(os.urandom(30_000), "image/jpeg"), "tuwen-image-url-0"),  # a prompt that is the mark
+        (data_url(os.urandom(30_000), "image/jpeg"), '"tuwen-image-url-0"'),
+    ],
+)
+def test_the_request_body_is_the_json_encoders_byte_for_byte(url: str, prompt: str) -> None:
+    payload = {"model": "m", "messages": build_messages(prompt, url), "max_tokens": 64, "temperature": 0.7,
+               "top_p": 0.9, "seed": 1234, "mm_processor_kwargs": {"max_pixels": 1003520, "min_pixels": 3136}}
+    assert request_json(payload) == plain_json(payload)
+
+
+def test_a_body_with_several_images_and_turns_is_the_json_encoders_byte_for_byte() -> None:
+    images = [data_url(os.urandom(20_000 + i), "image/png") for i in range(3)]
+    messages = [
+        {"role": "system", "content": "你是助手"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": images[0], "detail": "high"}},
+                                     {"type": "image_url", "image_url": {"url": images[1]}},
+                                     {"type": "text", "text": "比较"}]},
+        {"role": "assistant", "content": "好的"},
+        {"role": "user", "content": [{"type": "text", "text": images[2]},  # a long text part: encoded as text
+                                     {"type": "image_url", "image_url": {"url": images[2]}}]},
+    ]
+    payload = {"model": "m", "messages": messages, "max_tokens": 8}
+    assert request_json(payload) == plain_json(payload)
+    assert request_json({"model": "m"}) == plain_json({"model": "m"})
 
 
 # --- backoff -------------------------------------------------------------------------------------
@@ -295,6 +338,55 @@ def test_from_settings_takes_the_endpoint_and_limits_from_settings() -> None:
         assert client._openai.max_retries == 0  # the SDK must not add a second retry layer
     finally:
         asyncio.run(client.aclose())
+
+
+# --- the SDK's request, reused ----------------------------------------------------------------------
+
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "好"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def test_requests_after_the_first_answer_go_out_as_the_sdk_sent_the_first() -> None:
+    """From the first answer on, the SDK's request is reused: same headers in the same order, same body."""
+    seen: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((list(request.raw_headers), await request.read()))
+        if len(seen) == 3:
+            return web.json_response({"error": {"message": "no such image"}}, status=400)
+        return web.json_response(ANSWER)
+
+    async def scenario() -> list[VLMResult]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = unused_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = VLMClient(f"http://127.0.0.1:{port}/v1", "sk-test", "m", timeout_s=10.0, max_retries=0,
+                           max_in_flight=1)
+        results: list[VLMResult] = []
+        try:
+            await client.run([make_request("same") for _ in range(4)], results.append)
+            assert client._replicas[0].post_template is not None
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+        return results
+
+    results = asyncio.run(scenario())
+
+    assert [(r.ok, r.error_type) for r in results] == [(True, None), (True, None), (False, "bad_request"), (True, None)]
+    assert results[2].error == "HTTP 400: Error code: 400 - no such image"
+    assert len(seen) == 4
+    headers, body = seen[0]
+    named = [(name.lower(), value) for name, value in headers]
+    assert named[0][0] == b"host" and (b"authorization", b"Bearer sk-test") in named
+    assert body == plain_json({"model": "m", "messages": make_request("same").messages, "max_tokens": 64,
+                               "temperature": 0.7, "top_p": 0.9, "seed": 1234,
+                               "mm_processor_kwargs": {"max_pixels": 1003520, "min_pixels": 3136}})
+    assert all(later == seen[0] for later in seen[1:])
 
 
 # --- an endpoint that is down --------------------------------------------------------------------
@@ -588,6 +680,37 @@ def test_an_error_in_on_result_stops_the_run(vlm: StandinProcess) -> None:
 
     assert len(delivered) == 5
     assert vlm.stats()["requests"] < 20
+
+
+def test_failures_after_the_first_answer_are_classified_as_through_the_sdk(vlm: StandinProcess) -> None:
+    """A client that has answered (and so reuses the SDK's request) reports each failure exactly as a
+    fresh client, whose requests the SDK builds, does."""
+
+    async def outcomes(warm: bool) -> dict[str, tuple[str | None, str | None]]:
+        found: dict[str, tuple[str | None, str | None]] = {}
+        client = client_for(vlm, timeout_s=0.5, max_retries=0, max_in_flight=1)
+        try:
+            if warm:
+                vlm.set_faults()
+                answered: list[VLMResult] = []
+                await client.run([photo_request(0)], answered.append)
+                assert answered[0].ok and client._replicas[0].post_template is not None
+            for kind in ("500", "503", "429", "timeout", "reset"):
+                vlm.set_faults(fault_rates={kind: 1.0}, hang_s=3.0, retry_after_s=0)
+                results: list[VLMResult] = []
+                await client.run([photo_request(1)], results.append)
+                found[kind] = (results[0].error_type, results[0].error)
+        finally:
+            vlm.set_faults()
+            await client.aclose()
+        return found
+
+    cold = asyncio.run(outcomes(warm=False))
+    warm = asyncio.run(outcomes(warm=True))
+
+    assert warm == cold
+    assert {kind: error_type for kind, (error_type, _) in warm.items()} == {
+        "500": "server_error", "503": "server_error", "429": "rate_limited", "timeout": "timeout", "reset": "connection"}
 
 
 def test_the_breaker_trips_when_every_connection_is_reset(vlm: StandinProcess) -> None:

@@ -5,19 +5,19 @@ Issue 19's must-show, end to end: Airflow itself (scheduler, dag-processor, api-
 REST API (what the UI's Backfill dialog posts: reprocess "none", max active runs 2), every mapped
 batch task of every run in the pool `vlm` (4 slots), against the stand-in with `--serving h100-32b`
 (an EMULATION of vLLM's continuous batching scaled to a 32B VLM on one H100, max_num_seqs 64; see
-tuwen.local.standin_vlm.serving) with its durations divided by 20. Two configurations, each on a
-fresh stack and database with the same 3 x 600 images:
-
-- fixed limits: `TUWEN_VLM_INFLIGHT_CONTROL=fixed`, 32 requests in flight per task (4 x 32 = 128 for
-  64 sequences, the defaults before issue 19);
-- the defaults: one AIMD controller shared by every task through PostgreSQL, 32 each the ceiling.
+tuwen.local.standin_vlm.serving) with its durations divided by 20. Each configuration (CONFIGS) on a
+fresh stack and database with the same 3 x 600 images: fixed limits (`TUWEN_VLM_INFLIGHT_CONTROL=fixed`,
+32 requests in flight per task: 4 x 32 = 128 for 64 sequences, the defaults before issue 19); one AIMD
+controller shared by every task through PostgreSQL with 32 each as the ceiling; and the same with two
+tasks per run, so the backfill's two active runs share the pool and the next run already sends while
+one drains.
 
 Both run with continuous flow (the DAG's only way now). Reported from the server's own step log: the
 mean running sequences / max_num_seqs from the first step the batch is full until the last request
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [fixed|aimd ...]
+    .venv/bin/python -m bench.bench_synthesis_airflow [fixed|aimd|aimd-overlap ...]
 """
 
 from __future__ import annotations
@@ -47,9 +47,25 @@ IMAGES_PER_DAY = 600
 DAYS = [dt.date(2026, 11, 17) + dt.timedelta(days=i) for i in range(3)]
 SYNTH = "tuwen_synthesize"
 POOL_SLOTS = 4
-MAX_IN_FLIGHT = 32
 TIMEOUT_S = 600.0  # per request at the preset's speed; scaled like the server (bench_synthesis_serving's doc)
-CONFIGS = {"fixed": "fixed limits: 4 pool slots x 32 in flight", "aimd": "defaults: shared aimd, 4 pool slots x ceiling 32"}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    label: str
+    control: str  # TUWEN_VLM_INFLIGHT_CONTROL
+    max_in_flight: int  # TUWEN_VLM_MAX_IN_FLIGHT: per task, the limit (fixed) or the ceiling (aimd)
+    tasks_per_run: int  # TUWEN_SYNTHESIS_TASKS
+
+
+CONFIGS = {
+    "fixed": Config("fixed limits: 4 tasks per run x 32 in flight", "fixed", 32, 4),
+    "aimd": Config("shared aimd: 4 tasks per run x ceiling 32", "aimd", 32, 4),
+    # Two runs at once (the backfill's max active runs) each with half the pool's slots: the next run's tasks
+    # already send while a run drains, and the shared limit moves to them.
+    "aimd-overlap": Config("shared aimd: 2 tasks per run x ceiling 64 (two runs share the pool)", "aimd", 64, 2),
+}
 
 
 def _metrics(root: str) -> dict[str, float]:
@@ -73,16 +89,17 @@ def _wait_backfill(api: Any, backfill_id: int, timeout_s: float = 1200) -> dict[
     raise AirflowRunError(f"backfill {backfill_id} not completed after {timeout_s:.0f}s")
 
 
-def run_config(control: str) -> dict[str, Any]:
+def run_config(config: Config) -> dict[str, Any]:
     from tuwen.local.standin_vlm import StandinProcess
 
-    label = CONFIGS[control]
+    label = config.label
     with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \
             StandinProcess(serving=PRESET, serving_time_scale=TIME_SCALE) as vlm:
         run_dir = Path(tmp)
         settings = dataclasses.replace(
             settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model, vlm_timeout_s=TIMEOUT_S / TIME_SCALE,
-            vlm_max_in_flight=MAX_IN_FLIGHT, vlm_inflight_control=control, vlm_metrics_poll_s=1.0 / TIME_SCALE,
+            vlm_max_in_flight=config.max_in_flight, vlm_inflight_control=config.control,
+            vlm_metrics_poll_s=1.0 / TIME_SCALE, synthesis_tasks=config.tasks_per_run,
             judge_enabled=False, ocr_enabled=False, release_dir=run_dir / "releases")
         for i, day in enumerate(DAYS):
             seed_images(settings, IMAGES_PER_DAY, day, rng_seed=100 + i)
@@ -158,10 +175,10 @@ sequence finished. Target: >= 0.95 with no timeouts and a short waiting queue. E
 Airflow and database."""
 
 
-def main(controls: list[str]) -> list[dict[str, Any]]:
+def main(names: list[str]) -> list[dict[str, Any]]:
     print(f"== synthesis through Airflow against the serving model ({machine()}, "
           f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC) ==", flush=True)
-    rows = [run_config(control) for control in controls]
+    rows = [run_config(CONFIGS[name]) for name in names]
     load = os.getloadavg()[0]
     record_result(
         "Synthesis through Airflow: a three-day backfill against the serving model",

@@ -274,7 +274,6 @@ class LineagePipeline:
         if check_store and self.store.exists(mkey):
             stats.inc_value("tuwen/s3/skipped_existing")
             return
-        # Both hashes come from the image worker: the upload signs them without hashing the bytes again.
-        self.store.put_bytes(okey, original, content_type=decision.original_mime, sha256=decision.sha256)
-        self.store.put_bytes(mkey, decision.model.data, content_type=decision.model.mime, sha256=decision.model.sha256)
+        self.store.put_bytes(okey, original, content_type=decision.original_mime)
+        self.store.put_bytes(mkey, decision.model.data, content_type=decision.model.mime)
         stats.inc_value("tuwen/s3/uploaded", 2)

@@ -10,11 +10,8 @@ Layout in the bucket:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import re
+import io
 from pathlib import Path
-from urllib.parse import quote
 
 import urllib3
 from minio import Minio
@@ -32,8 +29,6 @@ class ObjectMissingError(StorageError):
 
 
 _MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
-_SIGNED_HEADERS = "host;x-amz-content-sha256;x-amz-date"
-_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 
 
 def raw_key(sha256: str, ext: str) -> str:
@@ -64,14 +59,6 @@ class ObjectStore:
             region=settings.s3_region,
             http_client=http,
         )
-        # put_bytes signs its requests itself (see there) and sends them on this pool.
-        self._put_pool = http.connection_from_url(f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}")
-        default_port = ":443" if settings.s3_secure else ":80"
-        self._host = settings.s3_endpoint.removesuffix(default_port)
-        self._access_key = settings.s3_access_key
-        self._secret_key = settings.s3_secret_key
-        self._region = settings.s3_region
-        self._signing_keys: dict[str, bytes] = {}
 
     def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
         return StorageError(f"object store {self.endpoint} bucket {self.bucket!r}: {action} {key!r} failed: {exc}")
@@ -97,45 +84,11 @@ class ObjectStore:
         except urllib3.exceptions.HTTPError as exc:
             raise self._fail("stat", key, exc) from exc
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream", *,
-                  sha256: str | None = None) -> None:
-        """PUT one object in one request, signed here (AWS Signature V4, path-style, the payload's SHA-256
-        signed as minio does over plain HTTP) on the client's connection pool and retry policy.
-
-        `sha256` is the hex SHA-256 of `data` when the caller has it already (the crawler hashes every
-        image anyway); otherwise it is computed here. minio's put_object hashed every payload again and
-        spent about as much CPU again on its request building (docs/BENCHMARKS.md, Crawl)."""
-        payload = sha256 or hashlib.sha256(data).hexdigest()
-        path = f"/{self.bucket}/{quote(key, safe='/-_.~')}"
-        amz_date = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        scope = f"{amz_date[:8]}/{self._region}/s3/aws4_request"
-        canonical = (f"PUT\n{path}\n\nhost:{self._host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n"
-                     f"{_SIGNED_HEADERS}\n{payload}")
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
-        headers = {
-            "Host": self._host, "Content-Type": content_type, "x-amz-content-sha256": payload, "x-amz-date": amz_date,
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, "
-                             f"SignedHeaders={_SIGNED_HEADERS}, Signature={signature}",
-        }
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
-            response = self._put_pool.urlopen("PUT", path, body=data, headers=headers)
-        except urllib3.exceptions.HTTPError as exc:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except (S3Error, urllib3.exceptions.HTTPError) as exc:
             raise self._fail("put", key, exc) from exc
-        if response.status != 200:
-            code = _ERROR_CODE.search(response.data)
-            raise self._fail("put", key, RuntimeError(
-                f"HTTP {response.status}" + (f" {code.group(1).decode(errors='replace')}" if code else "")))
-
-    def _signing_key(self, day: str) -> bytes:
-        """SigV4's key for one day (four HMACs), kept for the next requests."""
-        key = self._signing_keys.get(day)
-        if key is None:
-            key = f"AWS4{self._secret_key}".encode()
-            for part in (day, self._region, "s3", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._signing_keys = {day: key}
-        return key
 
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
         try:

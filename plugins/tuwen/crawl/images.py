@@ -129,8 +129,6 @@ class ModelCopy:
     height: int
     mime: str
     ext: str
-    # The hex SHA-256 of `data`, taken where the copy is made (an image worker): the upload signs it.
-    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -509,7 +507,7 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
     if isinstance(pixels, YCbCrPlanes):
         if not graphic:
             data = _encode_planes(*resize_planes(pixels, width, height))
-            return ModelCopy(data, width, height, "image/jpeg", "jpg", hashlib.sha256(data).hexdigest())
+            return ModelCopy(data, width, height, "image/jpeg", "jpg")
         pixels = planes_to_bgr(pixels)
     resized = resize_pixels(pixels, width, height)
     if graphic:
@@ -520,8 +518,7 @@ def make_model_copy(pixels: np.ndarray | YCbCrPlanes, limits: ImageLimits) -> Mo
         mime, ext = "image/jpeg", "jpg"
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {width}x{height} {ext}")
-    data = encoded.tobytes()
-    return ModelCopy(data, width, height, mime, ext, hashlib.sha256(data).hexdigest())
+    return ModelCopy(encoded.tobytes(), width, height, mime, ext)
 
 
 def inspect_and_normalize(data: bytes, content_type: str | None = None,

@@ -184,7 +184,8 @@ def main(only: Sequence[str] = (), n_images: int = N_IMAGES) -> list[dict]:
         # Fixed limits: the Little's-law ideal is defined by a known number in flight.
         settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model,
                                        vlm_max_in_flight=IN_FLIGHT // POOL_SLOTS, vlm_timeout_s=60.0,
-                                       vlm_inflight_control="fixed", batch_size=BATCH_SIZE)
+                                       vlm_inflight_control="fixed", batch_size=BATCH_SIZE,
+                                       synthesis_tasks=POOL_SLOTS)
         t0 = time.perf_counter()
         seed_images(settings, n_images, DAY.start)
         print(f"seeded {n_images} images into S3 + PostgreSQL in {time.perf_counter() - t0:.1f}s", flush=True)

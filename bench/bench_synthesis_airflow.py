@@ -6,18 +6,18 @@ REST API (what the UI's Backfill dialog posts: reprocess "none", max active runs
 batch task of every run in the pool `vlm` (4 slots), against the stand-in with `--serving h100-32b`
 (an EMULATION of vLLM's continuous batching scaled to a 32B VLM on one H100, max_num_seqs 64; see
 tuwen.local.standin_vlm.serving) with its durations divided by 20. Each configuration (CONFIGS) on a
-fresh stack and database with the same 3 x 600 images: fixed limits (`TUWEN_VLM_INFLIGHT_CONTROL=fixed`,
-32 requests in flight per task: 4 x 32 = 128 for 64 sequences, the defaults before issue 19); one AIMD
-controller shared by every task through PostgreSQL with 32 each as the ceiling; and the same with two
-tasks per run, so the backfill's two active runs share the pool and the next run already sends while
-one drains.
+fresh stack and database with the same 3 x 600 images: the fixed limits of before issue 19
+(`TUWEN_VLM_INFLIGHT_CONTROL=fixed`, 32 requests in flight per task, a task per batch of 64: 4 x 32 =
+128 for 64 sequences) and today's defaults (one AIMD controller shared by every task through
+PostgreSQL, 64 per task as its ceiling, 2 tasks per run, so the backfill's two active runs share the
+pool and the next run already sends while one drains).
 
 Both run with continuous flow (the DAG's only way now). Reported from the server's own step log: the
 mean running sequences / max_num_seqs from the first step the batch is full until the last request
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [fixed|aimd|aimd-overlap ...]
+    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|aimd-4x32 ...]   (default: before defaults)
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ class Config:
 
 
 CONFIGS = {
-    "fixed": Config("fixed limits: 4 tasks per run x 32 in flight", "fixed", 32, 4),
-    "aimd": Config("shared aimd: 4 tasks per run x ceiling 32", "aimd", 32, 4),
-    # Two runs at once (the backfill's max active runs) each with half the pool's slots: the next run's tasks
-    # already send while a run drains, and the shared limit moves to them.
-    "aimd-overlap": Config("shared aimd: 2 tasks per run x ceiling 64 (two runs share the pool)", "aimd", 64, 2),
+    # The limits before issue 19: fixed, 32 per task, a task per batch of 64 (10 a day) in 4 pool slots.
+    "before": Config("fixed limits of before: 32 in flight per task, a task per batch", "fixed", 32, 1024),
+    # The defaults: one shared AIMD controller, 64 per task its ceiling, 2 tasks per run, so the backfill's
+    # two active runs share the 4 slots and the next run already sends while one drains.
+    "defaults": Config("defaults: shared aimd, 2 tasks per run x ceiling 64", "aimd", 64, 2),
+    "aimd-4x32": Config("shared aimd: 4 tasks per run x ceiling 32", "aimd", 32, 4),
 }
 
 
@@ -194,6 +195,6 @@ def main(names: list[str]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or list(CONFIGS)
+    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or ["before", "defaults"]
     main(chosen)
     sys.exit(0)

@@ -61,6 +61,7 @@ class Config:
     max_in_flight: int  # per batch task (TUWEN_VLM_MAX_IN_FLIGHT): the limit, or aimd's ceiling
     adaptive: bool = False  # in-flight control from the server's state (tuwen.synthesis.inflight)
     flow: bool = False  # continuous flow: tasks take over their run's queued work (tuwen.synthesis.runner)
+    tasks_per_run: int = 0  # TUWEN_SYNTHESIS_TASKS with flow; 0: the pool's slots
 
 
 # The code before issue 19 (VLM_POOL_SLOTS 4 x TUWEN_VLM_MAX_IN_FLIGHT 32 = 128 in flight for a
@@ -72,7 +73,9 @@ CONFIGS = [
     Config("before: fixed 4 pool slots x 32 in flight, batch by batch", 4, 32),
     Config("before: fixed 2 pool slots x 32 in flight (= max_num_seqs), batch by batch", 2, 32),
     Config("fixed 4 pool slots x 32 in flight, continuous flow", 4, 32, flow=True),
-    Config("defaults: shared aimd, 4 pool slots x ceiling 32, continuous flow", 4, 32, adaptive=True, flow=True),
+    Config("shared aimd, 4 pool slots x ceiling 32, continuous flow", 4, 32, adaptive=True, flow=True),
+    Config("defaults: shared aimd, 4 pool slots, 2 tasks per run x ceiling 64, continuous flow", 4, 64, adaptive=True,
+           flow=True, tasks_per_run=2),
 ]
 
 
@@ -96,6 +99,8 @@ def run_config(settings: Settings, vlm: Any, config: Config) -> dict[str, Any]:
     task_settings = dataclasses.replace(
         settings, vlm_max_in_flight=config.max_in_flight,
         vlm_inflight_control="aimd" if config.adaptive else "fixed", vlm_metrics_poll_s=1.0 / TIME_SCALE)
+    resources = Resources.from_settings(dataclasses.replace(
+        settings, synthesis_tasks=config.tasks_per_run or config.pool_slots))
     queue = []  # every mapped batch of every day, in the order the backfill's runs map them
     for day in DAYS:
         run_id = f"backfill__{day.isoformat()}"

@@ -364,7 +364,8 @@ class Settings(_Declared):
                                 secret=True)
     vlm_timeout_s: Seconds = setting(120.0, "Per-request timeout in seconds.")
     vlm_max_retries: NonNegativeInt = setting(4, "Retries per request (the only retry layer around the VLM).")
-    vlm_max_in_flight: PositiveInt = setting(32, "Concurrent requests per task at most (aimd's ceiling); see VLM_POOL_SLOTS.")
+    vlm_max_in_flight: PositiveInt = setting(
+        64, "Concurrent requests per task at most (aimd's ceiling; fixed: the number); see VLM_POOL_SLOTS.")
     vlm_inflight_control: Literal["fixed", "aimd"] = setting(
         "aimd", "aimd: as many requests as keep vLLM's running batch full and its queue short (read from its "
         "/metrics, else latency), one limit shared fairly by every task through the lineage database, "
@@ -391,8 +392,9 @@ class Settings(_Declared):
         64, "Images per mapped synthesis batch task (its own share of the run; it then takes the run's queued "
         "work) and per judge batch.")
     synthesis_tasks: PositiveInt = setting(
-        4, "Mapped synthesize tasks per run, at most: each sends while its run has queued requests, so more "
-        "tasks than the pool vlm's slots (VLM_POOL_SLOTS) would only wait for a slot to find their work done.")
+        2, "Mapped synthesize tasks per run, at most: each sends while its run has queued requests. The pool vlm's "
+        "slots (VLM_POOL_SLOTS) / the runs that may send at once (a backfill's 2 beside the daily run), so the next "
+        "run already sends while one drains; more tasks only wait for a slot to find their work done.")
     sites_file: Path = setting(REPO_ROOT / "config" / "sites.local.yaml", "Crawl targets for the spiders.")
     release_dir: Path = setting(REPO_ROOT / "releases", "Local directory where releases are assembled.")
     prompts_dir: Path = setting(REPO_ROOT / "prompts", "Versioned prompt files.")

@@ -55,7 +55,7 @@ def _task(index: int, run_id: str = RUN) -> AirflowIds:
 
 def test_the_first_task_takes_over_the_batches_still_queued_and_they_find_their_work_done(settings: Settings) -> None:
     with StandinProcess() as vlm:
-        resources = _ready(settings, 30, vlm_base_url=vlm.base_url, batch_size=10)
+        resources = _ready(settings, 30, vlm_base_url=vlm.base_url, batch_size=10, synthesis_tasks=3)
         plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
         assert len(plan.batches) == 3
         # The plan queued every image as a pending row of the run, nothing claimed, nothing sent.

@@ -201,6 +201,17 @@ def queue_requests(engine: Engine, rows: list[dict[str, Any]], dag_id: str | Non
     return found
 
 
+def request_states(engine: Engine, keys: Iterable[str]) -> dict[str, Any]:
+    """{request key: (id, status, dag_id, run_id)} of the generations among these keys that exist."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    with engine.connect() as conn:
+        return {row.request_key: row for row in conn.execute(
+            select(Generation.id, Generation.request_key, Generation.status, Generation.dag_id, Generation.run_id)
+            .where(Generation.request_key.in_(keys)))}
+
+
 def _claim_sql(scope: str) -> str:
     # The inner SELECT ... FOR UPDATE SKIP LOCKED is the usual queue claim: two tasks never lease the
     # same row, and a row another task stored meanwhile is re-read (and dropped) under the lock.

@@ -115,9 +115,15 @@ def _queue_own(resources: Resources, image_ids: Sequence[int], params: RunParams
         if not img.task_type:
             raise SynthesisError(f"image {img.sha256} has no task type; plan the partition first")
         specs.append(request_spec(settings, params, img.sha256, img.task_type))
-    existing = lineage.queue_requests(resources.engine, [
-        generation_row(settings, spec, img.id, ids.dag_id, ids.run_id, ids.task_id, ids.map_index)
-        for img, spec in zip(images, specs, strict=True)], ids.dag_id, ids.run_id)
+    rows = {spec.key: generation_row(settings, spec, img.id, ids.dag_id, ids.run_id, ids.task_id, ids.map_index)
+            for img, spec in zip(images, specs, strict=True)}
+    existing = lineage.request_states(resources.engine, rows)
+    # What the plan queued for this very run is ready; the rest is created or made this run's.
+    to_queue = [row for key, row in rows.items() if key not in existing or (
+        existing[key].status not in lineage.DONE_STATUSES
+        and (ids.run_id is None or (existing[key].dag_id, existing[key].run_id) != (ids.dag_id, ids.run_id)))]
+    if to_queue:
+        existing.update(lineage.queue_requests(resources.engine, to_queue, ids.dag_id, ids.run_id))
     keys = []
     for spec in specs:
         if existing[spec.key].status in lineage.DONE_STATUSES:

@@ -57,6 +57,7 @@ class Config:
     control: str  # TUWEN_VLM_INFLIGHT_CONTROL
     max_in_flight: int  # TUWEN_VLM_MAX_IN_FLIGHT: per task, the limit (fixed) or the ceiling (aimd)
     tasks_per_run: int  # TUWEN_SYNTHESIS_TASKS
+    max_active_runs: int = 2  # the backfill's (the UI dialog's "Max active runs")
 
 
 CONFIGS = {
@@ -66,6 +67,9 @@ CONFIGS = {
     # two active runs share the 4 slots and the next run already sends while one drains.
     "defaults": Config("defaults: shared aimd, 2 tasks per run x ceiling 64", "aimd", 64, 2),
     "aimd-4x32": Config("shared aimd: 4 tasks per run x ceiling 32", "aimd", 32, 4),
+    # Runs of one size started together end together, and the next starts only when a whole run has ended:
+    # a third active run waits for pool slots instead, and its tasks take the first free one.
+    "defaults-3-runs": Config("defaults, backfill max active runs 3", "aimd", 64, 2, max_active_runs=3),
 }
 
 
@@ -128,7 +132,8 @@ def run_config(config: Config) -> dict[str, Any]:
             began = time.monotonic()
             backfill = api.post("/backfills", {
                 "dag_id": SYNTH, "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T23:59:59Z",
-                "run_backwards": False, "dag_run_conf": {}, "reprocess_behavior": "none", "max_active_runs": 2})
+                "run_backwards": False, "dag_run_conf": {}, "reprocess_behavior": "none",
+                "max_active_runs": config.max_active_runs})
             _wait_backfill(api, backfill["id"])
             wall = time.monotonic() - began
             runs = [r for r in api.get(f"/dags/{SYNTH}/dagRuns", run_type="backfill", limit=100)["dag_runs"]]

@@ -17,7 +17,7 @@ mean running sequences / max_num_seqs from the first step the batch is full unti
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|aimd-4x32 ...]   (default: before defaults)
+    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|defaults-3-runs|aimd-4x32 ...]   (default: the first three)
 """
 
 from __future__ import annotations
@@ -200,6 +200,6 @@ def main(names: list[str]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or ["before", "defaults"]
+    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or ["before", "defaults", "defaults-3-runs"]
     main(chosen)
     sys.exit(0)

@@ -151,6 +151,8 @@ def live_airflow(postgres: str, s3_endpoint: str, tmp_path_factory: pytest.TempP
             s3_bucket=f"tuwen-ops-{uuid.uuid4().hex[:8]}", s3_secret_key=SECRETS["s3_secret_key"],
             vlm_base_url=f"http://127.0.0.1:{standin_port}/v1", vlm_model=STANDIN_MODEL,
             vlm_api_key=SECRETS["vlm_api_key"], vlm_max_in_flight=2, vlm_timeout_s=20, batch_size=BATCH_SIZE,
+            # Every batch its own mapped task (up to 8): the Celery test needs more tasks than one worker's slots.
+            synthesis_tasks=8,
             release_dir=run_dir / "releases", ocr_enabled=False,
             # The fixture website, for the tests that run tuwen_crawl (the curation test).
             sites_file=write_sites_file(run_dir / "sites.yaml", fixture_site[0]),

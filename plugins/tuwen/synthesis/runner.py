@@ -133,7 +133,8 @@ def _queue_own(resources: Resources, image_ids: Sequence[int], params: RunParams
     return keys
 
 
-# Rows a task claims at a time: the read-ahead window's worth, so claims follow the free request slots.
+# Rows a task claims at a time, at most: the read-ahead window's worth, so claims follow the free request
+# slots (and never more than the task's requests in flight, or a task with few slots would hoard its run).
 _CLAIM_CHUNK = 16
 # A claim's lease, renewed every _RENEW_S while the task lives: a task killed outright holds its rows
 # this long (its own Airflow retry takes them back at once).
@@ -200,7 +201,7 @@ class _ClaimedJobs:
             if phase == "own" and not self.own_keys:
                 continue
             while True:
-                rows = await self._call(claim, _CLAIM_CHUNK)
+                rows = await self._call(claim, min(_CLAIM_CHUNK, self.resources.settings.vlm_max_in_flight))
                 if not rows:
                     break
                 stale = []
@@ -392,7 +393,7 @@ async def send_with_images(
         upcoming = _as_async(jobs)
         try:
             while True:
-                while len(window) < _READ_AHEAD and (job := await anext(upcoming, None)) is not None:
+                while len(window) < read_ahead and (job := await anext(upcoming, None)) is not None:
                     window.append((job, loop.run_in_executor(io_pool, image_url, resources, job)))
                 if not window:
                     return
@@ -412,6 +413,9 @@ async def send_with_images(
 
     own_client = client is None
     client = client or VLMClient.from_settings(resources.settings, endpoint, engine=resources.engine)
+    # Jobs held ahead of the sends: no more than the client can have in flight (a claimed job waiting here
+    # is work no other task of the run can take).
+    read_ahead = max(1, min(_READ_AHEAD, client.max_in_flight))
     try:
         await client.run(requests(), deliver)
     finally:

@@ -33,10 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from bench.common import bench_settings, machine, record_result, seed_images
+from bench.common import bench_settings, machine, record_result, seed_images, server_metrics
 from tuwen.db.session import get_engine
 from tuwen.local.airflow_stack import AirflowRunError, AirflowStack
 from tuwen.local.services import drop_database, ensure_database, free_port
@@ -71,17 +70,6 @@ CONFIGS = {
     # a third active run waits for pool slots instead, and its tasks take the first free one.
     "defaults-3-runs": Config("defaults, backfill max active runs 3", "aimd", 64, 2, max_active_runs=3),
 }
-
-
-def _metrics(root: str) -> dict[str, float]:
-    import httpx
-
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{root}/metrics", timeout=10).text):
-        for sample in family.samples:
-            if not sample.labels.keys() - {"model_name"}:
-                out[sample.name] = sample.value
-    return out
 
 
 def _wait_backfill(api: Any, backfill_id: int, timeout_s: float = 1200) -> dict[str, Any]:
@@ -128,7 +116,7 @@ def run_config(config: Config) -> dict[str, Any]:
             print(f"Airflow ready in {time.monotonic() - started:.0f}s", flush=True)
             vlm.reset_stats()
             vlm.reset_serving()
-            before = _metrics(vlm.root_url)
+            before = server_metrics(vlm.root_url)
             began = time.monotonic()
             backfill = api.post("/backfills", {
                 "dag_id": SYNTH, "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T23:59:59Z",
@@ -143,7 +131,7 @@ def run_config(config: Config) -> dict[str, Any]:
             for line in stack.down():
                 print(line, flush=True)
             drop_database(metadata)
-        after = _metrics(vlm.root_url)
+        after = server_metrics(vlm.root_url)
         serving = vlm.serving()
         stats = vlm.stats()
         with get_engine(settings.database_url).connect() as conn:

@@ -34,10 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from bench.common import bench_settings, machine, run_mapped_tasks, seed_images
+from bench.common import bench_settings, machine, run_mapped_tasks, seed_images, server_metrics
 from tuwen.config import Settings
 from tuwen.domain import Partition
 from tuwen.resources import Resources
@@ -79,17 +78,6 @@ CONFIGS = [
 ]
 
 
-def _metrics(root: str) -> dict[str, float]:
-    import httpx
-
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{root}/metrics", timeout=10).text):
-        for sample in family.samples:
-            if not sample.labels.keys() - {"model_name"}:
-                out[sample.name] = sample.value
-    return out
-
-
 def run_config(settings: Settings, vlm: Any, config: Config) -> dict[str, Any]:
 
     root = vlm.root_url
@@ -110,7 +98,7 @@ def run_config(settings: Settings, vlm: Any, config: Config) -> dict[str, Any]:
                   for i, batch in enumerate(plan.batches)]
     vlm.reset_stats()
     vlm.reset_serving()
-    before = _metrics(root)
+    before = server_metrics(root)
     results, wall = run_mapped_tasks(task_settings, queue, config.pool_slots, retries=TASK_RETRIES)
     totals: dict[str, Any] = {"succeeded": 0, "unparseable": 0, "failed": 0, "failed_by_type": {}, "task_retries": 0,
                               "taken_over": 0}
@@ -120,7 +108,7 @@ def run_config(settings: Settings, vlm: Any, config: Config) -> dict[str, Any]:
         totals["task_retries"] += result["task_attempts"] - 1
         for kind, n in result["failed_by_type"].items():
             totals["failed_by_type"][kind] = totals["failed_by_type"].get(kind, 0) + n
-    after = _metrics(root)
+    after = server_metrics(root)
     serving = vlm.serving()
     if serving.get("occupancy") is None:
         print(f"no occupancy window: {serving}", flush=True)

@@ -270,3 +270,16 @@ def run_mapped_tasks(settings: Settings, queue: Sequence[tuple[Any, Sequence[int
         results = [future.result() for future in futures]
         wall = time.perf_counter() - started
     return results, wall
+
+
+def server_metrics(root: str) -> dict[str, float]:
+    """A vLLM-style server's unlabelled Prometheus samples (the model_name label aside), by name."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{root}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if not sample.labels.keys() - {"model_name"}:
+                out[sample.name] = sample.value
+    return out

@@ -32,11 +32,13 @@ CRAWL_BOUND_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def hostile_site(tmp_path_factory: pytest.TempPathFactory, run_dir: Path) -> Iterator[tuple[str, Path]]:
+def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     site_dir = tmp_path_factory.mktemp("hostile-site")
     generate_site(site_dir, profile="hostile")
     port = free_port()
-    service = fixture_site_service(site_dir, port, run_dir)
+    # A run dir of its own: the service's pid file is named after it ("fixture-site"), and sharing the
+    # session's run dir overwrote the standard fixture site's, whose server then outlived the session.
+    service = fixture_site_service(site_dir, port, tmp_path_factory.mktemp("hostile-run"))
     service.start()
     try:
         yield f"http://127.0.0.1:{port}", site_dir

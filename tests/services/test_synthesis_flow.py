@@ -117,6 +117,23 @@ def test_a_queued_run_maps_no_more_tasks_than_can_send_at_once(settings: Setting
         r.id for r in _rows(resources.settings, "SELECT id FROM image"))
 
 
+def test_rows_planned_under_other_settings_are_left_alone_and_the_task_ends(settings: Settings) -> None:
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 8, vlm_base_url=vlm.base_url, batch_size=4)
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 2
+        # The sampling changed between the plan and the task: the queued keys are not the task's requests.
+        changed = Resources.from_settings(dataclasses.replace(resources.settings, temperature=0.3))
+        started = time.monotonic()
+        result = run_batch(changed, plan.batches[0]["image_ids"], RunParams(), _task(0))
+        assert time.monotonic() - started < 60
+        # Its own 4 images are asked under its settings; all 8 rows the plan queued are someone else's keys.
+        assert (result.requested, result.taken_over, result.stale_plan) == (4, 0, 8)
+        assert vlm.stats()["requests"] == 4
+        left = _rows(resources.settings, "SELECT status, claimed_by FROM generation WHERE task_id = 'plan'")
+        assert sorted(tuple(r) for r in left) == [("pending", None)] * 8  # given back, none claimed
+
+
 def test_another_run_does_not_take_a_runs_work_and_a_rerun_re_owns_what_failed(settings: Settings) -> None:
     with StandinProcess() as vlm:
         resources = _ready(settings, 12, vlm_base_url=vlm.base_url, batch_size=6)

@@ -166,8 +166,10 @@ class _ClaimedJobs:
         # The claims' connection is used from this one thread (leases are not shared with the writer's).
         self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-claims")
         self.held: set[int] = set()  # generation ids claimed by this attempt and not yet stored
+        # Rows planned under other settings: not this task's to send, kept out of its later claims (a row
+        # given back at once would be claimed again by the next call) and given back at the end.
+        self.stale: set[int] = set()
         self.jobs: dict[str, _Job] = {}
-        self.last_renewed = time.monotonic()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
@@ -192,10 +194,10 @@ class _ClaimedJobs:
 
     async def __aiter__(self) -> AsyncIterator[_Job]:
         phases: list[tuple[str, Callable[[int], list[lineage.ClaimedRow]]]] = [
-            ("own", lambda want: self.claims.claim_own(self.own_keys, want, self.held))]
+            ("own", lambda want: self.claims.claim_own(self.own_keys, want, self.held | self.stale))]
         if self.ids.dag_id is not None and self.ids.run_id is not None:
             dag_id, run_id = self.ids.dag_id, self.ids.run_id
-            phases.append(("run", lambda want: self.claims.claim_run(dag_id, run_id, want, self.held)))
+            phases.append(("run", lambda want: self.claims.claim_run(dag_id, run_id, want, self.held | self.stale)))
         own_sent = 0
         for phase, claim in phases:
             if phase == "own" and not self.own_keys:
@@ -204,11 +206,11 @@ class _ClaimedJobs:
                 rows = await self._call(claim, min(_CLAIM_CHUNK, self.resources.settings.vlm_max_in_flight))
                 if not rows:
                     break
-                stale = []
                 for row in rows:
                     job = self._job(row)
                     if job is None:
-                        stale.append(row.id)
+                        self.stale.add(row.id)
+                        self.result.stale_plan += 1
                         continue
                     self.result.requested += 1
                     if phase == "run":
@@ -216,9 +218,6 @@ class _ClaimedJobs:
                     else:
                         own_sent += 1
                     yield job
-                if stale:
-                    self.result.stale_plan += len(stale)
-                    await self._call(self.claims.release, stale)
         # Own rows not stored before and not sent here: another task of the run took them over.
         self.result.taken_by_others = len(self.own_keys) - own_sent
 
@@ -229,9 +228,9 @@ class _ClaimedJobs:
             await self._call(self.claims.renew, list(self.held))
 
     async def close(self) -> None:
-        """Give back what was claimed and not stored (a stopped batch), then drop the connection."""
+        """Give back what was claimed and not stored (a stopped batch, stale rows), then drop the connection."""
         try:
-            await self._call(self.claims.release, list(self.held))
+            await self._call(self.claims.release, list(self.held | self.stale))
         finally:
             await self._call(self.claims.close)
             self.thread.shutdown(wait=True)

@@ -18,6 +18,9 @@ $(STAMP): requirements.txt requirements-overrides.txt pyproject.toml
 	@$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
 	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt --override requirements-overrides.txt
 	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@# Bytecode for every installed module: uv writes none, and without it each new process (an Airflow
+	@# task, a Scrapy crawl, a test's server) compiles what it imports again: ~1.5 s more per start.
+	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages >/dev/null
 	@touch $(STAMP)
 	@echo "venv ready: $(VENV)"
 

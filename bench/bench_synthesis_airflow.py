@@ -17,7 +17,7 @@ mean running sequences / max_num_seqs from the first step the batch is full unti
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|defaults-3-runs|aimd-4x32 ...]   (default: the first three)
+    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|defaults-3-runs|defaults-3-runs-pool-6|aimd-4x32 ...]   (default: all but aimd-4x32)
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Config:
     max_in_flight: int  # TUWEN_VLM_MAX_IN_FLIGHT: per task, the limit (fixed) or the ceiling (aimd)
     tasks_per_run: int  # TUWEN_SYNTHESIS_TASKS
     max_active_runs: int = 2  # the backfill's (the UI dialog's "Max active runs")
+    pool_slots: int = POOL_SLOTS  # the pool `vlm`
 
 
 CONFIGS = {
@@ -69,6 +70,10 @@ CONFIGS = {
     # Runs of one size started together end together, and the next starts only when a whole run has ended:
     # a third active run waits for pool slots instead, and its tasks take the first free one.
     "defaults-3-runs": Config("defaults, backfill max active runs 3", "aimd", 64, 2, max_active_runs=3),
+    # The sizing guide's pool: tasks per run x the runs that send at once, so every active run sends from its
+    # start and no run's tasks wait for another run to end; the shared controller keeps the total at the batch.
+    "defaults-3-runs-pool-6": Config("defaults, backfill max active runs 3, pool 6 slots (2 tasks x 3 runs)",
+                                     "aimd", 64, 2, max_active_runs=3, pool_slots=6),
 }
 
 
@@ -100,7 +105,7 @@ def run_config(config: Config) -> dict[str, Any]:
         ensure_database(metadata)
         stack = AirflowStack(metadata_url=metadata, home=run_dir / "airflow", run_dir=run_dir, user="bench",
                              password=secrets.token_hex(12), api_port=free_port(), executor="local",
-                             pool_slots=POOL_SLOTS, parallelism=POOL_SLOTS + 4, settings=settings,
+                             pool_slots=config.pool_slots, parallelism=config.pool_slots + 4, settings=settings,
                              extra_env={"TUWEN_RETRY_DELAY_S": "2"})
         try:
             started = time.monotonic()
@@ -188,6 +193,9 @@ def main(names: list[str]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    chosen = [c for c in sys.argv[1:] if c in CONFIGS] or ["before", "defaults", "defaults-3-runs"]
+    unknown = [c for c in sys.argv[1:] if c not in CONFIGS]
+    if unknown:
+        sys.exit(f"unknown configuration(s) {unknown}; choose from {sorted(CONFIGS)}")
+    chosen = sys.argv[1:] or ["before", "defaults", "defaults-3-runs", "defaults-3-runs-pool-6"]
     main(chosen)
     sys.exit(0)

@@ -393,8 +393,9 @@ class Settings(_Declared):
         "work) and per judge batch.")
     synthesis_tasks: PositiveInt = setting(
         2, "Mapped synthesize tasks per run, at most: each sends while its run has queued requests. The pool vlm's "
-        "slots (VLM_POOL_SLOTS) / the runs that may send at once (a backfill's 2 beside the daily run), so the next "
-        "run already sends while one drains; more tasks only wait for a slot to find their work done.")
+        "slots (VLM_POOL_SLOTS) / the runs that may send at once (a backfill's 3 beside the daily run), so every "
+        "active run sends and none waits for another to drain; more tasks only wait for a slot to find their work "
+        "done.")
     sites_file: Path = setting(REPO_ROOT / "config" / "sites.local.yaml", "Crawl targets for the spiders.")
     release_dir: Path = setting(REPO_ROOT / "releases", "Local directory where releases are assembled.")
     prompts_dir: Path = setting(REPO_ROOT / "prompts", "Versioned prompt files.")
@@ -501,7 +502,8 @@ class StackSettings(_Declared):
     retry_delay_s: NonNegativeInt = setting(
         60, "Seconds between retries of a tuwen_synthesize batch (the fault tests shorten it).")
     vlm_pool_slots: PositiveInt = setting(
-        4, "Slots of the Airflow pool `vlm` `make up` creates (docker compose's airflow-init reads it too).",
+        8, "Slots of the Airflow pool `vlm` `make up` creates (docker compose's airflow-init reads it too): "
+        "TUWEN_SYNTHESIS_TASKS x (a backfill's max active runs 3 + the daily run), so every active run sends.",
         env="VLM_POOL_SLOTS")
 
 

@@ -663,7 +663,40 @@ def test_requests_are_pulled_only_when_a_slot_frees(vlm: StandinProcess) -> None
     run_client(client_for(vlm, max_in_flight=max_in_flight), requests(), count)
 
     assert (pulled, delivered) == (40, 40)
-    assert most_in_hand == max_in_flight
+    # In hand: the requests in flight, plus results handed over and not yet delivered (a loop turn here).
+    assert max_in_flight <= most_in_hand <= 2 * max_in_flight
+
+
+def test_a_slow_delivery_does_not_hold_the_request_slot_and_waits_are_bounded(vlm: StandinProcess) -> None:
+    """Answers that arrive together queue for the caller's one database thread; the next requests go out
+    meanwhile, and no more than max_in_flight results wait for delivery."""
+    vlm.set_faults(latency="fixed:0.05")
+    max_in_flight = 4
+    pulled = 0
+    delivered = 0
+    most_in_hand = 0
+    lock = asyncio.Lock()  # one writer, like the stage's database thread
+
+    async def requests() -> AsyncIterator[VLMRequest]:
+        nonlocal pulled
+        for i in range(24):
+            pulled += 1
+            yield photo_request(i)
+
+    async def store(_result: VLMResult) -> None:
+        nonlocal delivered, most_in_hand
+        async with lock:
+            most_in_hand = max(most_in_hand, pulled - delivered)
+            await asyncio.sleep(0.05)  # a commit slower than the server's answers come
+            delivered += 1
+
+    stats = run_client(client_for(vlm, max_in_flight=max_in_flight), requests(), store)
+
+    assert (pulled, delivered, stats.ok) == (24, 24, 24)
+    # The next wave was sent while the first one waited for its commits (a worker that delivered itself
+    # would hold at most max_in_flight), and the waiting results never exceeded max_in_flight.
+    assert max_in_flight < most_in_hand <= 2 * max_in_flight
+    assert vlm.stats()["max_in_flight"] <= max_in_flight
 
 
 def test_an_error_in_on_result_stops_the_run(vlm: StandinProcess) -> None:

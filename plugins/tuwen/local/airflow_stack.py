@@ -236,8 +236,8 @@ class AirflowStack:
     workers: int = 2
     worker_concurrency: int = 2
     redis_port: int = 6379
-    pool_slots: int = 4
-    parallelism: int = 8
+    pool_slots: int = 8
+    parallelism: int = 16  # the pool vlm's 8 and room for the runs' other tasks
     settings: Any = None  # tuwen Settings handed to tasks as TUWEN_*; None: tasks inherit os.environ
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 180.0
@@ -459,7 +459,7 @@ class StackOptions:
     worker_concurrency: int = 4
     port: int = 8080
     redis_port: int = 6379
-    pool_slots: int = 4
+    pool_slots: int = 8
     user: str = DEFAULT_AIRFLOW_USER
     password: str = field(default="", repr=False)  # empty: generated once into the run folder
 

@@ -130,6 +130,19 @@ def stored_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
         ))
 
 
+def refresh_statistics(engine: Engine) -> None:
+    """ANALYZE the tables a run's tasks read, once its plan has written the run's rows.
+
+    A crawl, its curation and the plan write thousands of rows minutes before the tasks query them, and
+    autovacuum re-analyzes only after a while: with the old statistics (an empty curation table, say)
+    PostgreSQL planned a batch's image query as a nested loop over every curated row per image, 0.8 s
+    instead of 8 ms for 750 images (docs/BENCHMARKS.md). ANALYZE reads a sample (at most 30,000 rows per
+    table), so it stays well under a second at the seed's size.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE image, curation, generation"))
+
+
 # --- a batch -----------------------------------------------------------------------------------
 
 

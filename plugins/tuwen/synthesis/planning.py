@@ -190,5 +190,6 @@ def plan_partition(resources: Resources, partition: Partition, params: RunParams
         # A queued run needs only as many tasks as can send at once: each goes on with the queue, and a task
         # beyond the pool's slots would start (seconds of Airflow overhead on a held slot) to find its work done.
         max_batches = settings.synthesis_tasks
+    lineage.refresh_statistics(resources.engine)
     return Plan(partition.label, images, newly_assigned, len(todo), len(specs) - len(todo),
                 split_batches(todo, settings.batch_size, partition.label, max_batches=max_batches))

@@ -739,9 +739,13 @@ class _Route:
 class _Run:
     """One `VLMClient.run`: `max_in_flight` workers pulling from one source until it ends or the run stops.
 
-    A worker pulls a request, completes it (with retries) and delivers the result before pulling
-    the next. The run stops when the breaker opens, when `on_result` or the source raises, or when
-    the source is exhausted; stopping cancels requests in flight, never a delivery under way.
+    A worker pulls a request, completes it (with retries), hands the result to a delivery task and
+    pulls the next. Answers that arrive together (a server finishing a batch) wait for the caller's
+    one database thread, and a worker that waited with them would leave its request slot idle for the
+    whole queue of commits; at most `max_in_flight` results wait for delivery, beyond that the workers
+    wait for them. The run stops when the breaker opens, when `on_result` or the source raises, or when
+    the source is exhausted; stopping cancels requests in flight, never a delivery: every result paid
+    for is delivered before `run` returns.
     """
 
     def __init__(
@@ -763,7 +767,8 @@ class _Run:
         self.pull_lock = asyncio.Lock()  # an async generator cannot be advanced by two tasks at once
         self.stop = asyncio.Event()
         self.errors: list[BaseException] = []
-        self.delivering: set[asyncio.Task[None]] = set()
+        self.deliveries: set[asyncio.Task[None]] = set()  # results handed to on_result, not yet delivered
+        self.delivered = asyncio.Event()
         self.exhausted = False
         # In-flight control: workers beyond the limit wait for a slot (see inflight.py). Without an engine
         # the run has a controller of its own; with one it is a member of the endpoint's shared flow.
@@ -813,6 +818,8 @@ class _Run:
                 task.cancel()
             stop_waiter.cancel()
             await asyncio.gather(*workers, stop_waiter, return_exceptions=True)
+            while self.deliveries:  # paid for: delivered even when the run stops or is cancelled
+                await asyncio.gather(*self.deliveries, return_exceptions=True)
             await self.source.aclose()
             self.stats.elapsed_s = time.perf_counter() - started
             self.stats.circuit_open = self.all_down
@@ -850,7 +857,7 @@ class _Run:
                         route.replica.base_url, route.breaker.last_error)
 
     async def _supervise(self, workers: list[asyncio.Task[None]], stop_waiter: asyncio.Task[Any]) -> None:
-        """Wait for the workers to finish, or for the stop signal; then cancel all but deliveries."""
+        """Wait for the workers to finish, or for the stop signal (then cancel them); then for the deliveries."""
         pending: set[asyncio.Task[Any]] = set(workers)
         while pending and not self.stop.is_set():
             done, pending = await asyncio.wait(pending | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -860,11 +867,12 @@ class _Run:
                     self.errors.append(exc)  # the request source raised (or a bug here)
                     self.stop.set()
         if self.stop.is_set():
-            # In-flight HTTP calls, backoff sleeps and pulls are abandoned; deliveries finish.
+            # In-flight HTTP calls, backoff sleeps and pulls are abandoned; deliveries (their own tasks) finish.
             for task in workers:
-                if task not in self.delivering:
-                    task.cancel()
+                task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        while self.deliveries:
+            await asyncio.gather(*self.deliveries, return_exceptions=True)
 
     async def _pull(self) -> VLMRequest | None:
         """The next request, or None when the source is exhausted or the run is stopping."""
@@ -880,9 +888,8 @@ class _Run:
         return request
 
     async def _worker(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
         while not self.stop.is_set():
+            await self._delivery_room()
             await self._admit()
             try:
                 request = await self._pull()
@@ -906,16 +913,28 @@ class _Run:
             elif self.flow is not None and self.metrics_ok is False:
                 self.answers.append(Answer(result.latency_ms / 1000, result.completion_tokens,
                                            result.error_type == "timeout"))
-            # Paid for: the caller gets it even if the run is stopping meanwhile.
-            self.delivering.add(task)
-            try:
-                await self._deliver(result)
-            except Exception as exc:
-                self.errors.append(exc)
-                self.stop.set()
-                return
-            finally:
-                self.delivering.discard(task)
+            # Paid for: handed over with no await since the answer came, so a cancel cannot drop it.
+            delivery = asyncio.create_task(self._deliver_or_stop(result))
+            self.deliveries.add(delivery)
+            delivery.add_done_callback(self._delivery_done)
+
+    async def _deliver_or_stop(self, result: VLMResult) -> None:
+        try:
+            await self._deliver(result)
+        except Exception as exc:
+            self.errors.append(exc)
+            self.stop.set()
+
+    def _delivery_done(self, delivery: asyncio.Task[None]) -> None:
+        self.deliveries.discard(delivery)
+        self.delivered.set()
+
+    async def _delivery_room(self) -> None:
+        """Wait while `max_in_flight` results wait for delivery: a caller slower than the server slows the run
+        instead of holding ever more answers in memory."""
+        while len(self.deliveries) >= self.client.max_in_flight and not self.stop.is_set():
+            self.delivered.clear()
+            await self.delivered.wait()
 
     async def _admit(self) -> None:
         """Wait until the in-flight controller's limit has room (at once without a controller)."""

@@ -2,22 +2,22 @@
 
 Issue 19's must-show, end to end: Airflow itself (scheduler, dag-processor, api-server, LocalExecutor;
 `tuwen.local.airflow_stack`) runs `tuwen_synthesize` over three crawl dates as a backfill from the
-REST API (what the UI's Backfill dialog posts: reprocess "none", max active runs 2), every mapped
-batch task of every run in the pool `vlm` (4 slots), against the stand-in with `--serving h100-32b`
+REST API (what the UI's Backfill dialog posts: reprocess "none", the configuration's max active runs),
+every mapped batch task of every run in the pool `vlm` (the configuration's slots), against the stand-in with `--serving h100-32b`
 (an EMULATION of vLLM's continuous batching scaled to a 32B VLM on one H100, max_num_seqs 64; see
 tuwen.local.standin_vlm.serving) with its durations divided by 20. Each configuration (CONFIGS) on a
 fresh stack and database with the same 3 x 600 images: the fixed limits of before issue 19
-(`TUWEN_VLM_INFLIGHT_CONTROL=fixed`, 32 requests in flight per task, a task per batch of 64: 4 x 32 =
-128 for 64 sequences) and today's defaults (one AIMD controller shared by every task through
-PostgreSQL, 64 per task as its ceiling, 2 tasks per run, so the backfill's two active runs share the
-pool and the next run already sends while one drains).
+(`TUWEN_VLM_INFLIGHT_CONTROL=fixed`, 32 requests in flight per task, a task per batch of 64, pool 4:
+4 x 32 = 128 for 64 sequences; max active runs 2) and today's defaults (one AIMD controller shared by
+every task through PostgreSQL, 64 per task as its ceiling, 2 tasks per run, pool 8, max active runs 3:
+every active run sends from its start, and the controller holds the total at the batch).
 
 Both run with continuous flow (the DAG's only way now). Reported from the server's own step log: the
 mean running sequences / max_num_seqs from the first step the batch is full until the last request
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|defaults-3-runs|defaults-3-runs-pool-6|aimd-4x32 ...]   (default: all but aimd-4x32)
+    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|pool-4|pool-4-runs-2 ...]   (default: before defaults)
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ TIME_SCALE = 20.0
 IMAGES_PER_DAY = 600
 DAYS = [dt.date(2026, 11, 17) + dt.timedelta(days=i) for i in range(3)]
 SYNTH = "tuwen_synthesize"
-POOL_SLOTS = 4
+POOL_SLOTS = 8  # VLM_POOL_SLOTS's default
 TIMEOUT_S = 600.0  # per request at the preset's speed; scaled like the server (bench_synthesis_serving's doc)
 
 
@@ -56,24 +56,24 @@ class Config:
     control: str  # TUWEN_VLM_INFLIGHT_CONTROL
     max_in_flight: int  # TUWEN_VLM_MAX_IN_FLIGHT: per task, the limit (fixed) or the ceiling (aimd)
     tasks_per_run: int  # TUWEN_SYNTHESIS_TASKS
-    max_active_runs: int = 2  # the backfill's (the UI dialog's "Max active runs")
-    pool_slots: int = POOL_SLOTS  # the pool `vlm`
+    max_active_runs: int = 3  # the backfill's (the UI dialog's "Max active runs")
+    pool_slots: int = POOL_SLOTS  # the pool `vlm` (VLM_POOL_SLOTS)
 
 
 CONFIGS = {
-    # The limits before issue 19: fixed, 32 per task, a task per batch of 64 (10 a day) in 4 pool slots.
-    "before": Config("fixed limits of before: 32 in flight per task, a task per batch", "fixed", 32, 1024),
-    # The defaults: one shared AIMD controller, 64 per task its ceiling, 2 tasks per run, so the backfill's
-    # two active runs share the 4 slots and the next run already sends while one drains.
-    "defaults": Config("defaults: shared aimd, 2 tasks per run x ceiling 64", "aimd", 64, 2),
-    "aimd-4x32": Config("shared aimd: 4 tasks per run x ceiling 32", "aimd", 32, 4),
-    # Runs of one size started together end together, and the next starts only when a whole run has ended:
-    # a third active run waits for pool slots instead, and its tasks take the first free one.
-    "defaults-3-runs": Config("defaults, backfill max active runs 3", "aimd", 64, 2, max_active_runs=3),
-    # The sizing guide's pool: tasks per run x the runs that send at once, so every active run sends from its
-    # start and no run's tasks wait for another run to end; the shared controller keeps the total at the batch.
-    "defaults-3-runs-pool-6": Config("defaults, backfill max active runs 3, pool 6 slots (2 tasks x 3 runs)",
-                                     "aimd", 64, 2, max_active_runs=3, pool_slots=6),
+    # The limits before issue 19: fixed, 32 per task, a task per batch of 64 (10 a day), 4 pool slots, the
+    # backfill's max active runs 2.
+    "before": Config("fixed limits of before: 32 in flight per task, a task per batch, pool 4, max active runs 2",
+                     "fixed", 32, 1024, max_active_runs=2, pool_slots=4),
+    # The defaults: one shared AIMD controller, 64 per task its ceiling, 2 tasks per run, a pool of 8 (2 tasks x
+    # the backfill's 3 active runs + the daily run), so every active run sends from its start and none waits
+    # for another to drain; the controller holds the total at the batch however many tasks send.
+    "defaults": Config("defaults: shared aimd, 2 tasks per run x ceiling 64, pool 8, max active runs 3",
+                       "aimd", 64, 2),
+    # Session 9's sizing: a pool of 4, so the third run's tasks wait for a slot that frees only when a run drains.
+    "pool-4": Config("defaults but pool 4 (the third active run waits for a slot)", "aimd", 64, 2, pool_slots=4),
+    "pool-4-runs-2": Config("defaults but pool 4, max active runs 2", "aimd", 64, 2, max_active_runs=2,
+                            pool_slots=4),
 }
 
 
@@ -165,8 +165,8 @@ def run_config(config: Config) -> dict[str, Any]:
 
 
 INTRO = f"""`python -m bench.bench_synthesis_airflow` (bench/bench_synthesis_airflow.py): a three-day backfill
-({len(DAYS)} x {IMAGES_PER_DAY} images) posted to Airflow's REST API (reprocess none, max active runs 2),
-LocalExecutor, pool `vlm` of {POOL_SLOTS} slots, batches of 64, against the stand-in's emulation of a 32B VLM on
+({len(DAYS)} x {IMAGES_PER_DAY} images) posted to Airflow's REST API (reprocess none; max active runs and
+the pool `vlm`'s slots as each row says), LocalExecutor, batches of 64, against the stand-in's emulation of a 32B VLM on
 one H100 (max_num_seqs 64, durations / {TIME_SCALE:g}; the per-request timeout {TIMEOUT_S:g} s scaled alike).
 Occupancy = the server's time-weighted mean running sequences / 64 from its first full step until the last
 request arrived (the issue's window; after it the batch drains with nothing left to admit), and until the last
@@ -196,6 +196,6 @@ if __name__ == "__main__":
     unknown = [c for c in sys.argv[1:] if c not in CONFIGS]
     if unknown:
         sys.exit(f"unknown configuration(s) {unknown}; choose from {sorted(CONFIGS)}")
-    chosen = sys.argv[1:] or ["before", "defaults", "defaults-3-runs", "defaults-3-runs-pool-6"]
+    chosen = sys.argv[1:] or ["before", "defaults"]
     main(chosen)
     sys.exit(0)

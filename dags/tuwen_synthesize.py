@@ -15,9 +15,10 @@ nothing it already has.
 **Backfill** (UI: the DAG's "Trigger" menu → Backfill, or `POST /api/v2/backfills`): pick the crawl
 dates, "Reprocess behavior" *None* for dates never run, *Failed* after an outage, *Completed* after
 a prompt or model change (stored answers are still reused unless `force_regenerate` is set in the
-run conf), and a small "Max active runs" (3: one more than the pool `vlm` holds runs of tasks, so the GPU
-never waits for the next run to start): backfill runs are counted apart from the daily run,
-which keeps going, and every batch task of every run shares the pool `vlm`.
+run conf), and a small "Max active runs" (3: the default pool `vlm` of 8 slots holds the tasks of 3 runs
+and of the daily run, so every active run sends and the GPU never waits for the next run to start):
+backfill runs are counted apart from the daily run, which keeps going, and every batch task of every
+run shares the pool `vlm`.
 
 **Params**: `language` (zh, en or mix with `en_share`), `task_types`, `prompt_version` (empty:
 latest), `limit` (at most this many new completions), `force_regenerate` (pay again on purpose: the new

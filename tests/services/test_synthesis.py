@@ -21,7 +21,7 @@ from tuwen.local.standin_vlm import StandinProcess
 from tuwen.resources import Resources
 from tuwen.synthesis.keys import RunParams
 from tuwen.synthesis.planning import plan_partition
-from tuwen.synthesis.prompts import get_prompt
+from tuwen.synthesis.prompts import forget_prompts, get_prompt
 from tuwen.synthesis.runner import run_batch
 from tuwen.synthesis.vlm_client import CircuitOpenError
 
@@ -96,7 +96,7 @@ def test_a_new_prompt_version_or_language_is_a_new_request(settings: Settings, t
         for task in ("conversation", "complex_reasoning", "detail"):
             text_v1 = (prompts / f"{task}.zh.v1.txt").read_text(encoding="utf-8")
             (prompts / f"{task}.zh.v2.txt").write_text(text_v1 + "\n请用简体中文回答。", encoding="utf-8")
-        get_prompt.__globals__["_cached_prompts"].cache_clear()
+        forget_prompts()
         _run_all(resources)  # latest = v2: every image asked again, once
         _run_all(resources, RunParams(prompt_version=1))  # v1 answers are stored: nothing sent
         assert vlm.stats()["requests"] == 12

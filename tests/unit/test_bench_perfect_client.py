@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.bench_synthesis import HEAVY_TAIL, perfect_client_fraction
+from bench.bench_synthesis import HEAVY_TAIL, perfect_client_fraction, zero_overhead_makespan
 
 
 def test_fixed_latency_ends_with_its_last_partial_wave() -> None:
@@ -20,3 +20,11 @@ def test_a_heavy_tail_costs_a_short_run_more_than_a_long_one() -> None:
     assert short_p10 <= short <= short_p90
     # The slowest of the last 128 requests (p99 10 s) ends the run: a fixed cost that a longer run spreads.
     assert 0.5 < short < 0.8 < long < 1.0
+
+
+def test_the_next_request_goes_out_the_instant_a_slot_frees() -> None:
+    assert zero_overhead_makespan([1.0, 1.0, 1.0, 1.0], 2) == 2.0
+    # One slow request holds one slot while the other slot sends the rest back to back.
+    assert zero_overhead_makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0
+    assert zero_overhead_makespan([3.0, 1.0, 1.0, 1.0, 1.0], 2) == 4.0
+    assert zero_overhead_makespan([0.5], 4) == 0.5

@@ -149,7 +149,8 @@ def _run(settings, standin_root: str, latency: str, label: str, flow: bool) -> d
           f"max in flight at server {row['max_in_flight_seen']}; the last answer came {tail_s:.1f}s after the last "
           f"request was sent (slowest request {max_latency_s:.1f}s); mean latency seen {observed_s:.3f}s, request "
           f"slots busy {row['slots_busy']:.3f} of the time; with these requests' latencies a client with no "
-          f"overhead reaches {row['perfect_same_draws']:.3f}; over other draws a client with no overhead reaches "
+          f"overhead reaches {row['perfect_same_draws']:.3f} (this client: "
+          f"{row['fraction_of_ideal'] / row['perfect_same_draws']:.2f} of it); over other draws a client with no overhead reaches "
           f"{row['perfect_client'][0]:.3f} (p10-p90 {row['perfect_client'][1]:.3f}-{row['perfect_client'][2]:.3f})",
           flush=True)
     return row
@@ -261,7 +262,8 @@ def main(only: Sequence[str] = (), n_images: int = N_IMAGES) -> list[dict]:
                 f"{r['fraction_until_last_send']:.3f} of the ideal); mean latency the client saw "
                 f"{r['observed_latency_s']:.3f} s (the stand-in's {MEAN_LATENCY_S_LABEL[r['latency']]}), its request "
                 f"slots busy {r['slots_busy']:.3f} of the time; with these requests' latencies, in the order they "
-                f"were sent, a client with no overhead reaches **{r['perfect_same_draws']:.3f}**, "
+                f"were sent, a client with no overhead reaches **{r['perfect_same_draws']:.3f}** (this "
+                f"client: {r['fraction_of_ideal'] / r['perfect_same_draws']:.2f} of it), "
                 f"over other draws of the latency "
                 f"{r['perfect_client'][0]:.3f} (mean of 200 draws, p10-p90 {r['perfect_client'][1]:.3f}-"
                 f"{r['perfect_client'][2]:.3f})" for r in rows),

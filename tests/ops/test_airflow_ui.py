@@ -104,7 +104,7 @@ def test_api_refuses_anonymous_and_wrong_password_has_the_pool_and_dag_docs(up_s
     assert default.status_code == 401
     api = _api(up_stack)
     try:
-        assert api.get("/pools/vlm")["slots"] == 4
+        assert api.get("/pools/vlm")["slots"] == 8  # VLM_POOL_SLOTS's default: 2 tasks x (3 backfill runs + daily)
         assert api.get("/pools/curate")["slots"] == 4
         _wait_for_dags(api)
         for dag_id in DAGS:  # the docs the UI shows under "Dag Docs": what the DAG is for and its params

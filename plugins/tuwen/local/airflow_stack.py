@@ -238,6 +238,7 @@ class AirflowStack:
     redis_port: int = 6379
     pool_slots: int = 8
     parallelism: int = 16  # the pool vlm's 8 and room for the runs' other tasks
+    curate_pool_slots: int = 4  # CPU-bound curation tasks (docker compose: CURATE_POOL_SLOTS, default 4)
     settings: Any = None  # tuwen Settings handed to tasks as TUWEN_*; None: tasks inherit os.environ
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 180.0
@@ -372,10 +373,11 @@ class AirflowStack:
                     api = self.client()
                     try:
                         api.set_pool(VLM_POOL, self.pool_slots, "tuwen: VLM batch tasks across all runs")
-                        api.set_pool(CURATE_POOL, self.pool_slots, "tuwen: curation tasks across all runs")
+                        api.set_pool(CURATE_POOL, self.curate_pool_slots, "tuwen: curation tasks across all runs")
                     finally:
                         api.close()
-                    messages.append(f"airflow pools {VLM_POOL}, {CURATE_POOL}: {self.pool_slots} slots each")
+                    messages.append(f"airflow pools {VLM_POOL}: {self.pool_slots} slots, {CURATE_POOL}: "
+                                    f"{self.curate_pool_slots} slots")
         except BaseException:
             self.down()
             raise

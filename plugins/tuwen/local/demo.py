@@ -45,16 +45,17 @@ def summarize(settings: Settings, release: str | None = None) -> PipelineSummary
         sources = dict(s.execute(select(ImageSource.outcome, func.count()).group_by(ImageSource.outcome)).all())
         reasons: dict[str, int] = {reason: n for reason, n in s.execute(
             select(ImageSource.reason, func.count()).where(ImageSource.reason.is_not(None))
-            .group_by(ImageSource.reason)).tuples() if reason is not None}
+            .group_by(ImageSource.reason)) if reason is not None}
         samples = dict(s.execute(select(Sample.task_type, func.count()).group_by(Sample.task_type)).all())
-        generations: dict[str, int] = dict(s.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).tuples().all())
+        generations: dict[str, int] = {status: n for status, n in s.execute(
+            text("SELECT status, count(*) FROM generation GROUP BY status"))}
         judgements: dict[str, int] = {status: n for status, n in s.execute(
             text("SELECT status, count(*) FROM judgement GROUP BY status"))}
         judged, contradicted = s.execute(text(
             "SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE n_contradicted > 0) "
             "FROM judgement WHERE status = 'succeeded'")).one()
         curation = {status: n for status, n in s.execute(
-            text("SELECT status, count(*) FROM curation GROUP BY status")).tuples()}
+            text("SELECT status, count(*) FROM curation GROUP BY status"))}
         curation_reasons = {reason: n for reason, n in s.execute(text(
             "SELECT r, count(*) FROM curation, jsonb_array_elements_text(reasons) AS r GROUP BY r ORDER BY r"))}
         zh_share = s.execute(text("""SELECT avg(CASE WHEN i.has_zh_text THEN 1.0 ELSE 0.0 END) FROM curation c

@@ -17,7 +17,7 @@ mean running sequences / max_num_seqs from the first step the batch is full unti
 arrived (the issue's window) and until the last sequence finished, the waiting queue's mean and max,
 the mean queue time, the client's timeouts (hang-ups the server saw) and failures, and every run's state.
 
-    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|pool-4|pool-4-runs-2 ...]   (default: before defaults)
+    .venv/bin/python -m bench.bench_synthesis_airflow [before|defaults|defaults-with-daily|pool-4|pool-4-runs-2 ...]   (default: before defaults)
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ PRESET = "h100-32b"
 TIME_SCALE = 20.0
 IMAGES_PER_DAY = 600
 DAYS = [dt.date(2026, 11, 17) + dt.timedelta(days=i) for i in range(3)]
+DAILY_DAY = DAYS[-1] + dt.timedelta(days=1)
 SYNTH = "tuwen_synthesize"
 POOL_SLOTS = 8  # VLM_POOL_SLOTS's default
 TIMEOUT_S = 600.0  # per request at the preset's speed; scaled like the server (bench_synthesis_serving's doc)
@@ -58,6 +59,7 @@ class Config:
     tasks_per_run: int  # TUWEN_SYNTHESIS_TASKS
     max_active_runs: int = 3  # the backfill's (the UI dialog's "Max active runs")
     pool_slots: int = POOL_SLOTS  # the pool `vlm` (VLM_POOL_SLOTS)
+    daily: bool = False  # a manual run of a fourth day triggered while the backfill sends (the daily run's place)
 
 
 CONFIGS = {
@@ -72,6 +74,10 @@ CONFIGS = {
                        "aimd", 64, 2),
     # Session 9's sizing: a pool of 4, so the third run's tasks wait for a slot that frees only when a run drains.
     "pool-4": Config("defaults but pool 4 (the third active run waits for a slot)", "aimd", 64, 2, pool_slots=4),
+    # The issue's "a run must not starve the daily one": a fourth day's run triggered once the backfill's runs
+    # fill the server; its 2 tasks take the pool's last 2 slots and the shared controller a fair share.
+    "defaults-with-daily": Config("defaults, and a daily run triggered 10 s into the backfill", "aimd", 64, 2,
+                                  daily=True),
     "pool-4-runs-2": Config("defaults but pool 4, max active runs 2", "aimd", 64, 2, max_active_runs=2,
                             pool_slots=4),
 }
@@ -101,6 +107,8 @@ def run_config(config: Config) -> dict[str, Any]:
             judge_enabled=False, ocr_enabled=False, release_dir=run_dir / "releases")
         for i, day in enumerate(DAYS):
             seed_images(settings, IMAGES_PER_DAY, day, rng_seed=100 + i)
+        if config.daily:
+            seed_images(settings, IMAGES_PER_DAY, DAILY_DAY, rng_seed=200)
         metadata = settings.database_url.rsplit("/", 1)[0] + f"/airflow_bench_{uuid.uuid4().hex[:8]}"
         ensure_database(metadata)
         stack = AirflowStack(metadata_url=metadata, home=run_dir / "airflow", run_dir=run_dir, user="bench",
@@ -127,7 +135,17 @@ def run_config(config: Config) -> dict[str, Any]:
                 "dag_id": SYNTH, "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T23:59:59Z",
                 "run_backwards": False, "dag_run_conf": {}, "reprocess_behavior": "none",
                 "max_active_runs": config.max_active_runs})
+            daily_run = None
+            if config.daily:
+                time.sleep(10)
+                daily_run = api.post(f"/dags/{SYNTH}/dagRuns", {"logical_date": None, "conf": {
+                    "date_from": str(DAILY_DAY), "date_to": str(DAILY_DAY)}})["dag_run_id"]
             _wait_backfill(api, backfill["id"])
+            while daily_run is not None and api.get(f"/dags/{SYNTH}/dagRuns/{daily_run}")["state"] not in (
+                    "success", "failed"):
+                if time.monotonic() - began > 1200:
+                    raise AirflowRunError(f"the daily run {daily_run} did not end within 1200 s")
+                time.sleep(2)
             wall = time.monotonic() - began
             runs = [r for r in api.get(f"/dags/{SYNTH}/dagRuns", run_type="backfill", limit=100)["dag_runs"]]
             tis = [ti for r in runs for ti in api.get(f"/dags/{SYNTH}/dagRuns/{r['dag_run_id']}/taskInstances",
@@ -142,6 +160,19 @@ def run_config(config: Config) -> dict[str, Any]:
         with get_engine(settings.database_url).connect() as conn:
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM generation GROUP BY status")).all())
             samples = conn.execute(text("SELECT count(*) FROM sample")).scalar_one()
+            # Each run's answers and span, to see the daily run's share while the backfill sends.
+            per_run = {r.run_id: (r.n, float(r.first_s), float(r.last_s)) for r in conn.execute(text(
+                "SELECT run_id, count(*) AS n, "
+                "extract(epoch FROM min(completed_at) - (SELECT min(completed_at) FROM generation)) AS first_s, "
+                "extract(epoch FROM max(completed_at) - (SELECT min(completed_at) FROM generation)) AS last_s "
+                "FROM generation WHERE status = 'succeeded' GROUP BY run_id"))}
+            if config.daily:
+                daily_key = next(run_id for run_id in per_run if not run_id.startswith("backfill"))
+                # While the daily run was answered, what share of all answers were its own.
+                during = conn.execute(text(
+                    "SELECT count(*) FROM generation WHERE status = 'succeeded' AND completed_at BETWEEN "
+                    "(SELECT min(completed_at) FROM generation WHERE run_id = :r) AND "
+                    "(SELECT max(completed_at) FROM generation WHERE run_id = :r)"), {"r": daily_key}).scalar_one()
     queued = after["vllm:request_queue_time_seconds_count"] - before["vllm:request_queue_time_seconds_count"]
     queue_s = after["vllm:request_queue_time_seconds_sum"] - before["vllm:request_queue_time_seconds_sum"]
     row = {
@@ -154,6 +185,15 @@ def run_config(config: Config) -> dict[str, Any]:
         "client_hangups": stats["errors"].get("cancelled", 0), "first_full_s": serving.get("first_full_s"),
         "last_arrival_s": serving.get("last_arrival_s"), "span_s": serving.get("span_s"),
     }
+    if config.daily:
+        n, first_s, last_s = per_run[daily_key]
+        row["daily"] = {"answers": n, "first_answer_s": first_s, "last_answer_s": last_s,
+                        "share_while_answered": n / during if during else 0.0,
+                        "runs_answering_then": sum(1 for (_, f, la) in per_run.values()
+                                                   if f <= last_s and la >= first_s)}
+        print(f"daily run: {n} answers from {first_s:.0f}s to {last_s:.0f}s after the first answer, "
+              f"{row['daily']['share_while_answered']:.2f} of all answers meanwhile "
+              f"({row['daily']['runs_answering_then']} runs answering then)", flush=True)
     print(f"{label}: {row['n_runs']} runs {row['runs']}, {row['task_instances']} mapped tasks ({row['task_tries']} "
           f"tries); generations {statuses}, {samples} samples, {row['requests']} requests at the server; occupancy "
           f"{row['occupancy_until_last_arrival'] or 0:.3f} from the first full step ({row['first_full_s'] or 0:.1f}s) "
@@ -187,7 +227,11 @@ def main(names: list[str]) -> list[dict[str, Any]]:
             f"samples, {r['requests']} requests; occupancy **{r['occupancy_until_last_arrival'] or 0:.3f}** until "
             f"the last request arrived, {r['occupancy'] or 0:.3f} until the last finish; waiting mean "
             f"{r['mean_waiting'] or 0:.1f}, max {r['max_waiting']}; mean queue time {r['mean_queue_s']:.2f} s "
-            f"(x {TIME_SCALE:g}); timeouts {r['client_hangups']}; backfill {r['wall_s']:.0f} s" for r in rows),
+            f"(x {TIME_SCALE:g}); timeouts {r['client_hangups']}; backfill {r['wall_s']:.0f} s"
+            + (f"; the daily run: {r['daily']['answers']} answers from {r['daily']['first_answer_s']:.0f} s to "
+               f"{r['daily']['last_answer_s']:.0f} s, **{r['daily']['share_while_answered']:.2f}** of all answers "
+               f"meanwhile ({r['daily']['runs_answering_then']} runs answering then)" if "daily" in r else "")
+            for r in rows),
         intro=INTRO)
     return rows
 

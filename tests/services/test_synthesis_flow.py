@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from bench.common import seed_images
@@ -223,3 +224,23 @@ def test_the_plan_leaves_the_planner_statistics_of_the_rows_it_read_and_wrote(se
     plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
     after = {r.relname: r.reltuples for r in _rows(resources.settings, sql)}
     assert {t: after[t] for t in tables} == {t: 40 for t in tables}
+
+
+def test_a_vacuum_holding_the_tables_does_not_hold_up_the_plan(settings: Settings,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """ANALYZE waits for a VACUUM of the same table (a lock of the same mode, held here by another
+    connection): the plan waits a few seconds at most, then plans with the statistics it has."""
+    resources = _ready(settings, 20, batch_size=10, synthesis_tasks=2)
+    blocker = create_engine(resources.settings.database_url).connect()
+    try:
+        blocker.execute(text("LOCK TABLE generation IN SHARE UPDATE EXCLUSIVE MODE"))  # what VACUUM takes
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="tuwen.synthesis.lineage"):
+            plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        waited = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert sum(len(b["image_ids"]) for b in plan.batches) == 20
+    assert waited < 15
+    assert "planner statistics not refreshed" in caplog.text

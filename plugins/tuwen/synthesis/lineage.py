@@ -14,17 +14,22 @@ answer never stops the batch.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import psycopg2
+import psycopg2.errors
 from sqlalchemy import ColumnElement, Engine, Row, exists, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import OperationalError
 
 from tuwen.db.models import Curation, Generation, Image, Judgement
 from tuwen.domain import Partition
+
+log = logging.getLogger(__name__)
 
 DONE_STATUSES = ("succeeded", "unparseable")  # paid for: never requested again under the same key
 
@@ -137,10 +142,22 @@ def refresh_statistics(engine: Engine) -> None:
     autovacuum re-analyzes only after a while: with the old statistics (an empty curation table, say)
     PostgreSQL planned a batch's image query as a nested loop over every curated row per image, 0.8 s
     instead of 8 ms for 750 images (docs/BENCHMARKS.md). ANALYZE reads a sample (at most 30,000 rows per
-    table), so it stays well under a second at the seed's size.
+    table), so it stays well under a second at the seed's size. It waits for no one: an ANALYZE waits
+    for a running VACUUM of the same table (an anti-wraparound one is not cancelled for it), so after a
+    few seconds the plan goes on with the statistics it has and says so.
     """
-    with engine.begin() as conn:
-        conn.execute(text("ANALYZE image, curation, generation"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL lock_timeout = '{_ANALYZE_LOCK_TIMEOUT_S}s'"))
+            conn.execute(text("ANALYZE image, curation, generation"))
+    except OperationalError as exc:
+        if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
+            raise
+        log.warning("planner statistics not refreshed (a VACUUM holds the tables for over %ds): %s",
+                    _ANALYZE_LOCK_TIMEOUT_S, exc.orig)
+
+
+_ANALYZE_LOCK_TIMEOUT_S = 5
 
 
 # --- a batch -----------------------------------------------------------------------------------

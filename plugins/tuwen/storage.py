@@ -9,11 +9,15 @@ Layout in the bucket:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
+import re
 from pathlib import Path
 
+import aiohttp
 import urllib3
+import yarl
 from minio import Minio
 from minio.error import S3Error
 
@@ -29,6 +33,9 @@ class ObjectMissingError(StorageError):
 
 
 _MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+# What the blocking client retries (its urllib3 Retry): the gateway statuses and a 500.
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_ERROR_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
 
 
 def raw_key(sha256: str, ext: str) -> str:
@@ -133,3 +140,81 @@ class ObjectStore:
     def presigned_get(self, key: str, expires_s: int = 900) -> str:
         # Short-lived by default: presigned URLs are bearer credentials.
         return self.client.presigned_get_object(self.bucket, key, expires=dt.timedelta(seconds=expires_s))
+
+
+class AsyncObjectReader:
+    """Reads objects from an asyncio event loop, over its own aiohttp connections, with GET URLs that the
+    minio client presigns.
+
+    The synthesis hot path reads one image per request. Through minio's blocking client each read is a
+    hand-off to a thread and back, http.client's header parsing, and a thread more contending for the
+    GIL: a quarter of a task's CPU (docs/BENCHMARKS.md, session 11). Here a read is a coroutine on the loop
+    that sends the requests. Its outcomes are `ObjectStore.get_bytes`'s: the bytes, ObjectMissingError for
+    a key that is not there, StorageError for anything else, after the same bounded retries (connection
+    errors and 5xx, backoff 0.5, 1, 2 s). Use it from one event loop and close it there.
+    """
+
+    def __init__(self, store: ObjectStore, *, max_connections: int, retries: int = 3,
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0) -> None:
+        # The blocking client's bounds (connect 5 s, read 60 s), here as one bound on each attempt.
+        self.store = store
+        self.max_connections = max_connections
+        self.retries = retries
+        # A whole-request bound rather than a per-read one: aiohttp reschedules a per-read timer on every chunk.
+        self.timeout = aiohttp.ClientTimeout(total=read_timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _url(self, method: str, key: str) -> yarl.URL:
+        # Presigned for a few minutes: long enough for the retries, short as a bearer credential should be.
+        url = self.store.client.get_presigned_url(method, self.store.bucket, key, expires=dt.timedelta(minutes=5))
+        return yarl.URL(url, encoded=True)  # as signed: re-quoting it would break the signature
+
+    async def _request(self, method: str, key: str) -> tuple[int, bytes]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections), timeout=self.timeout,
+                read_bufsize=1 << 18)  # a model-ready image in a few reads, not a few dozen
+        url = self._url(method, key)
+        for attempt in range(self.retries + 1):
+            try:
+                async with self._session.request(method, url) as response:
+                    body = await response.read()
+                if response.status not in _RETRY_STATUSES or attempt == self.retries:
+                    return response.status, body
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise self.store._fail(method.lower(), key, exc) from exc
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _error(self, action: str, key: str, status: int, body: bytes) -> StorageError:
+        code = _error_code(body)
+        if status == 404 and (code in _MISSING_CODES or (not body and action == "stat")):
+            return ObjectMissingError(f"object store {self.store.endpoint} bucket {self.store.bucket!r}: no object {key!r}")
+        return self.store._fail(action, key, RuntimeError(f"HTTP {status} {code or body[:200]!r}"))
+
+    async def get_bytes(self, key: str) -> bytes:
+        status, body = await self._request("GET", key)
+        if status != 200:
+            raise self._error("get", key, status, body)
+        return body
+
+    async def exists(self, key: str) -> bool:
+        status, body = await self._request("HEAD", key)
+        if status == 200:
+            return True
+        error = self._error("stat", key, status, body)
+        if isinstance(error, ObjectMissingError):
+            return False
+        raise error
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _error_code(body: bytes) -> str | None:
+    """The <Code> of an S3 error document, None when the body is not one."""
+    found = _ERROR_CODE.search(body[:4096])
+    return found.group(1).decode("ascii", "replace") if found else None

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from tuwen.progress import Progress
 from tuwen.resources import Resources
-from tuwen.storage import ObjectMissingError
+from tuwen.storage import AsyncObjectReader, ObjectMissingError
 from tuwen.synthesis import lineage
 from tuwen.synthesis.keys import (
     RequestSpec,
@@ -313,10 +313,8 @@ class _ResultWriter:
         self.store.close()
 
 
-# Images read (and base64-encoded) ahead of the client's pulls, on _IO_THREADS threads.
-_IO_THREADS = 8
-_READ_AHEAD = 2 * _IO_THREADS
-
+# Images read (and base64-encoded) ahead of the client's pulls, at most this many at once.
+_READ_AHEAD = 16
 
 class ImageJob(Protocol):
     """What a request needs to carry an image: any job with these (synthesis's, the judge's)."""
@@ -333,16 +331,16 @@ J = TypeVar("J", bound="ImageJob")
 T = TypeVar("T")
 
 
-def image_url(resources: Resources, job: ImageJob) -> str:
+async def image_url(resources: Resources, reader: AsyncObjectReader, job: ImageJob) -> str:
     """The image as the request carries it (a data URL or a presigned URL); ObjectMissingError if gone."""
     settings, store = resources.settings, resources.store
     if not job.model_key:
         raise ObjectMissingError(f"image {job.image_sha256} has no model-ready copy")
     if settings.vlm_image_mode == "presigned_url":
-        if not store.exists(job.model_key):
+        if not await reader.exists(job.model_key):
             raise ObjectMissingError(f"no object {job.model_key!r} in bucket {store.bucket!r}")
         return store.presigned_get(job.model_key, expires_s=int(settings.vlm_timeout_s * 4))
-    return data_url(store.get_bytes(job.model_key), job.model_mime)
+    return data_url(await reader.get_bytes(job.model_key), job.model_mime)
 
 
 def _request(job: _Job, image_url: str) -> VLMRequest:
@@ -381,19 +379,19 @@ async def send_with_images(
     `VLMClient.run` raises (CircuitOpenError when the endpoint looks down).
     """
     loop = asyncio.get_running_loop()
-    io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="tuwen-s3")
+    reader = AsyncObjectReader(resources.store, max_connections=_READ_AHEAD)
     db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuwen-db")
 
     async def requests() -> AsyncIterator[VLMRequest]:
         # The client pulls one request at a time, so reading images one by one would put a serial S3
-        # round trip in front of every request: a read-ahead window keeps the io_pool's reads in
-        # parallel (and bounds the encoded images held in memory to the window).
-        window: deque[tuple[J, asyncio.Future[str]]] = deque()
+        # round trip in front of every request: a read-ahead window keeps reads in flight (and bounds
+        # the encoded images held in memory to the window).
+        window: deque[tuple[J, asyncio.Task[str]]] = deque()
         upcoming = _as_async(jobs)
         try:
             while True:
                 while len(window) < read_ahead and (job := await anext(upcoming, None)) is not None:
-                    window.append((job, loop.run_in_executor(io_pool, image_url, resources, job)))
+                    window.append((job, asyncio.create_task(image_url(resources, reader, job))))
                 if not window:
                     return
                 job, future = window.popleft()
@@ -405,6 +403,8 @@ async def send_with_images(
                 yield request_of(job, url)
         finally:
             for _, future in window:
+                if future.done() and not future.cancelled():
+                    future.exception()  # read: an error of a read no request will use is not logged as lost
                 future.cancel()
 
     async def deliver(res: VLMResult) -> None:
@@ -420,7 +420,7 @@ async def send_with_images(
     finally:
         if own_client:
             await client.aclose()
-        io_pool.shutdown(wait=False, cancel_futures=True)
+        await reader.aclose()
         db_pool.shutdown(wait=True)
 
 

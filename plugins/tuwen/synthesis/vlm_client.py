@@ -24,7 +24,6 @@ run stops only when every replica's breaker is open.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import inspect
 import json
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx2
 import openai
+import pybase64
 from openai._httpx2 import request_exceptions, status_exceptions, timeout_exceptions
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -163,7 +163,7 @@ class _VerbatimURL(str):
 
 def data_url(image_bytes: bytes, mime: str) -> str:
     """An RFC 2397 data URL, the form vLLM accepts for inline images."""
-    url = f"data:{mime};base64,{base64.b64encode(image_bytes).decode('ascii')}"
+    url = f"data:{mime};base64,{pybase64.b64encode(image_bytes).decode('ascii')}"
     # The base64 alphabet is verbatim JSON, so the MIME type decides.
     return _VerbatimURL(url) if _verbatim_json_string(mime) is not None else url
 

@@ -91,14 +91,15 @@ _TEXT = ("raw_text", "finish_reason", "error_type", "error", "dag_id", "run_id",
 
 
 class JudgementStore(OneConnectionWriter):
-    """Writes one verdict or failure per transaction; used from the batch's writer thread only."""
+    """Writes one verdict or failure per transaction (a verdict in one round trip); used from the batch's writer
+    thread only."""
 
     def store_verdict(self, values: dict[str, Any]) -> bool:
         """A judge answer (status and counts set by the caller); False when it was stored as unstorable."""
         params = {k: storable_text(v) if k in _TEXT else v for k, v in values.items()}
         params["statements"] = storable_json(values.get("statements"))
         try:
-            self._transaction(lambda cur: cur.execute(_STORE_VERDICT, params))
+            self._atomic(_STORE_VERDICT, params)
             return True
         except (psycopg2.DataError, psycopg2.IntegrityError, ValueError) as exc:
             reason = storable_text(f"{type(exc).__name__}: {str(exc)[:500]}")

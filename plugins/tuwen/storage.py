@@ -36,6 +36,7 @@ _MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 # What the blocking client retries (its urllib3 Retry): the gateway statuses and a 500.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _ERROR_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_PRESIGNED_QUERY = re.compile(r"\?X-Amz-[^\s'\"]*")
 
 
 def raw_key(sha256: str, ext: str) -> str:
@@ -183,7 +184,9 @@ class AsyncObjectReader:
                     return response.status, body
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == self.retries:
-                    raise self.store._fail(method.lower(), key, exc) from exc
+                    # A presigned URL is a bearer credential for its minutes: never in a message or a log.
+                    reason = _PRESIGNED_QUERY.sub("?<presigned>", f"{type(exc).__name__}: {exc}")
+                    raise self.store._fail(method.lower(), key, RuntimeError(reason)) from None
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 

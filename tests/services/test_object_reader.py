@@ -65,6 +65,7 @@ def test_an_unreachable_store_fails_after_bounded_retries_naming_the_endpoint(se
     elapsed = time.monotonic() - started
     assert isinstance(error, StorageError) and not isinstance(error, ObjectMissingError)
     assert endpoint in str(error) and "'model/aa/x.jpg'" in str(error)
+    assert "X-Amz-Signature" not in str(error)  # a presigned URL is a credential
     assert 3.0 <= elapsed < 15  # backoff 0.5 + 1 + 2 s between the 4 attempts, not a hang
 
 
@@ -113,3 +114,33 @@ def test_server_errors_are_retried_and_refusals_are_not(settings: Settings, fail
         assert len(seen) == (4 if status >= 500 else 1)
     # Every attempt carries the signature minio computed (a re-quoted URL would not match it).
     assert all("X-Amz-Signature=" in path for path in seen)
+
+
+def test_a_store_that_never_answers_is_bounded_by_the_read_timeout(settings: Settings) -> None:
+    async def main() -> tuple[BaseException | bytes, float, int]:
+        seen: list[str] = []
+
+        async def hang(request: web.Request) -> web.Response:
+            seen.append(request.path_qs)
+            await asyncio.sleep(30)
+            return web.Response(body=b"too late")
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", hang)
+        runner, port = web.AppRunner(app), free_port()
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        store = ObjectStore(dataclasses.replace(settings, s3_endpoint=f"127.0.0.1:{port}"))
+        reader = AsyncObjectReader(store, max_connections=2, retries=1, read_timeout_s=0.5)
+        started = time.monotonic()
+        try:
+            [result] = await asyncio.gather(reader.get_bytes("model/aa/x.jpg"), return_exceptions=True)
+        finally:
+            elapsed = time.monotonic() - started
+            await reader.aclose()
+            await runner.cleanup()
+        return result, elapsed, len(seen)
+
+    result, elapsed, attempts = asyncio.run(main())
+    assert isinstance(result, StorageError) and "TimeoutError" in str(result)
+    assert attempts == 2 and elapsed < 5  # two attempts of 0.5 s and a 0.5 s backoff, not the server's 30 s

@@ -1,4 +1,5 @@
-"""The object store (MinIO in production, any S3 server locally), spoken to with the `minio` client.
+"""The object store (MinIO in production, any S3 server locally), spoken to with the `minio` client (and, for
+the images synthesis reads on its event loop, over aiohttp with URLs that client presigns: AsyncObjectReader).
 
 Layout in the bucket:
   raw/<sha[:2]>/<sha>.<ext>      original bytes, content-addressed by SHA-256

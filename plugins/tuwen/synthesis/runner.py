@@ -316,6 +316,7 @@ class _ResultWriter:
 # Images read (and base64-encoded) ahead of the client's pulls, at most this many at once.
 _READ_AHEAD = 16
 
+
 class ImageJob(Protocol):
     """What a request needs to carry an image: any job with these (synthesis's, the judge's)."""
 

@@ -364,3 +364,31 @@ def test_a_replica_killed_mid_batch_leaves_the_work_to_the_other(settings: Setti
         assert again.requested == 0 and again.skipped_done == 60
         assert survivor.stats()["requests"] == by_replica[survivor.base_url]
         assert _rows(settings, "SELECT count(*) FROM sample")[0][0] == 60
+
+
+def test_an_object_store_outage_stops_the_batch_clearly_with_nothing_paid_and_the_rerun_does_it_all(
+        settings: Settings) -> None:
+    """The store's images are read on the batch's event loop: a store that does not answer stops the batch
+    (after the reader's bounded retries) with the endpoint in the message, before a request is paid for,
+    and leaves every row to do; once the store is back, the rerun stores each image once."""
+    from tuwen.local.services import free_port
+    from tuwen.storage import StorageError
+
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 4, vlm_base_url=vlm.base_url)
+        plan = plan_partition(resources, PARTITION, RunParams())
+        ids = [i for batch in plan.batches for i in batch["image_ids"]]
+        dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+        down = Resources.from_settings(dataclasses.replace(resources.settings, s3_endpoint=dead))
+        started = time.monotonic()
+        with pytest.raises(StorageError) as stopped:
+            run_batch(down, ids, RunParams())
+        assert dead in str(stopped.value) and "model/" in str(stopped.value)
+        assert time.monotonic() - started < 30  # bounded retries, not a hang
+        assert vlm.stats()["ok"] == 0  # nothing was sent, so nothing paid
+        assert Counter(r[0] for r in _rows(resources.settings, "SELECT status FROM generation")) == {"pending": 4}
+
+        rerun = run_batch(resources, ids, RunParams())
+        assert (rerun.succeeded, rerun.failed) == (4, 0)
+        assert vlm.stats()["ok"] == 4
+        assert _rows(resources.settings, "SELECT count(*), count(DISTINCT image_id) FROM sample")[0] == (4, 4)

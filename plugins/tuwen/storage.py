@@ -139,9 +139,9 @@ class ObjectStore:
             self.remove(key)
         return len(keys)
 
-    def presigned_get(self, key: str, expires_s: int = 900) -> str:
+    def presigned_get(self, key: str, expires_s: int = 900, method: str = "GET") -> str:
         # Short-lived by default: presigned URLs are bearer credentials.
-        return self.client.presigned_get_object(self.bucket, key, expires=dt.timedelta(seconds=expires_s))
+        return self.client.get_presigned_url(method, self.bucket, key, expires=dt.timedelta(seconds=expires_s))
 
 
 class AsyncObjectReader:
@@ -168,7 +168,7 @@ class AsyncObjectReader:
 
     def _url(self, method: str, key: str) -> yarl.URL:
         # Presigned for a few minutes: long enough for the retries, short as a bearer credential should be.
-        url = self.store.client.get_presigned_url(method, self.store.bucket, key, expires=dt.timedelta(minutes=5))
+        url = self.store.presigned_get(key, expires_s=300, method=method)
         return yarl.URL(url, encoded=True)  # as signed: re-quoting it would break the signature
 
     async def _request(self, method: str, key: str) -> tuple[int, bytes]:

@@ -8,6 +8,10 @@ By Little's law the ideal is 128 in flight / mean latency; the score is the achi
 the task processes' CPU milliseconds per sample (target <= 3 ms). Each latency runs twice: with
 continuous flow (tasks take over queued batches' work) and batch by batch (the code before issue 19).
 
+`--one-process` (python -m bench.bench_synthesis --one-process [--images 1500]): the client's CPU per sample
+in one task process alone with the services (`one_process`), which the 4-process run cannot separate from
+its processes contending for the same cores; recorded in docs/BENCHMARKS.md.
+
 `--judge` (python -m bench.bench_synthesis --judge): the faithfulness judge's cost at the same
 settings. The 3,000 images are synthesized (fixed 1.0 s latency, 128 in flight), then every sample is
 judged the same way; it reports the judge's extra prompt and completion tokens per sample, its
@@ -271,6 +275,63 @@ def main(only: Sequence[str] = (), n_images: int = N_IMAGES) -> list[dict]:
         return rows
 
 
+def one_process(n_images: int = 1500, rounds: int = 4) -> list[dict]:
+    """The client's CPU per sample in one task process, alone with the services: `run_batch` over `n_images`
+    images in this process, 32 in flight (IN_FLIGHT / POOL_SLOTS), the stand-in at a fixed 1.0 s, `rounds` times
+    (the first is a warm-up: imports, connections, the plan's statistics). What the 4-process run cannot
+    separate from four processes and the services contending for the same 2 cores."""
+    import resource
+
+    from tuwen.local.standin_vlm import StandinProcess
+
+    print(f"== synthesis, one task process ({machine()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC): "
+          f"{n_images} images, {IN_FLIGHT // POOL_SLOTS} in flight, {rounds} rounds ==", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, bench_settings(Path(tmp)) as settings, \
+            StandinProcess(latency="fixed:1.0") as vlm:
+        settings = dataclasses.replace(settings, vlm_base_url=vlm.base_url, vlm_model=vlm.model,
+                                       vlm_max_in_flight=IN_FLIGHT // POOL_SLOTS, vlm_timeout_s=60.0,
+                                       vlm_inflight_control="fixed", batch_size=BATCH_SIZE)
+        seed_images(settings, n_images, DAY.start)
+        resources = Resources.from_settings(settings)
+        for round_ in range(rounds):
+            with resources.engine.begin() as conn:
+                conn.execute(text("TRUNCATE sample, generation RESTART IDENTITY CASCADE"))
+            plan = plan_partition(resources, DAY, RunParams())
+            before, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+            result = run_batch(resources, [i for batch in plan.batches for i in batch["image_ids"]], RunParams())
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            done = max(result.succeeded + result.unparseable, 1)
+            row = {"round": round_, "samples": done, "wall_s": wall, "cpu_ms_per_sample": 1000 * cpu / done,
+                   "user_ms_per_sample": 1000 * (after.ru_utime - before.ru_utime) / done,
+                   "sys_ms_per_sample": 1000 * (after.ru_stime - before.ru_stime) / done,
+                   "context_switches_per_sample": (after.ru_nvcsw - before.ru_nvcsw) / done}
+            rows.append(row)
+            print(f"round {round_}{' (warm-up)' if round_ == 0 else ''}: {done} samples in {wall:.1f}s, client CPU "
+                  f"{row['cpu_ms_per_sample']:.2f} ms/sample (user {row['user_ms_per_sample']:.2f}, system "
+                  f"{row['sys_ms_per_sample']:.2f}), {row['context_switches_per_sample']:.1f} voluntary context "
+                  f"switches per sample", flush=True)
+    measured = rows[1:] or rows
+    record_result(
+        "Synthesis: the client's CPU in one task process",
+        f"- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.bench_synthesis --one-process"
+        f"{f' --images {n_images}' if n_images != 1500 else ''}`, {machine()}, load avg {os.getloadavg()[0]:.1f} "
+        f"at the end: client CPU **" + ", ".join(f"{r['cpu_ms_per_sample']:.2f}" for r in measured)
+        + "** ms/sample after the warm-up (" + "; ".join(
+            f"user {r['user_ms_per_sample']:.2f} + system {r['sys_ms_per_sample']:.2f}, "
+            f"{r['context_switches_per_sample']:.1f} context switches" for r in measured) + ")",
+        intro=ONE_PROCESS_INTRO)
+    return rows
+
+
+ONE_PROCESS_INTRO = f"""`python -m bench.bench_synthesis --one-process`: `run_batch` over 1,500 images in the bench's own process,
+{IN_FLIGHT // POOL_SLOTS} requests in flight (one task's share of the 4-process run), the stand-in at a fixed
+1.0 s, the S3 server and PostgreSQL in their own processes; four rounds, the first a warm-up. The client's CPU
+per sample (`time.process_time()`, every thread of the process) without three other task processes on the
+same 2 cores. Target: <= 3 ms."""
+
+
 LITTLE_INTRO = f"""{N_IMAGES:,} images (`--images N`: N) of one day planned into batches of {BATCH_SIZE} and run by {POOL_SLOTS} task
 processes (the pool's slots) of {IN_FLIGHT // POOL_SLOTS} requests in flight each (fixed limits): {IN_FLIGHT} in
 flight, so Little's law allows {IN_FLIGHT} / mean latency samples/s (128/s at a fixed 1.0 s; 78.5/s under the
@@ -286,13 +347,17 @@ drawn as the stand-in draws them; it is what the run's length and the latency al
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.bench_synthesis", description=__doc__.splitlines()[0])
     parser.add_argument("only", nargs="*", help="run only the configurations whose label contains one of these")
-    parser.add_argument("--images", type=int, default=N_IMAGES, help=f"images in the run (default {N_IMAGES})")
+    parser.add_argument("--images", type=int, help=f"images in the run (default {N_IMAGES})")
+    parser.add_argument("--one-process", action="store_true",
+                        help="the client's CPU per sample in one task process instead (--images default 1500)")
     parser.add_argument("--judge", action="store_true", help="measure the faithfulness judge's extra cost instead")
     parser.add_argument("--contradiction-rate", type=float, default=0.0, metavar="R",
                         help="with --judge: the stand-in's share of answers with an injected false sentence (0-1)")
     args = parser.parse_args()
     if args.judge:
         judge_cost(args.contradiction_rate)
+    elif args.one_process:
+        one_process(args.images or 1500)
     else:
-        main(args.only, args.images)
+        main(args.only, args.images or N_IMAGES)
     sys.exit(0)

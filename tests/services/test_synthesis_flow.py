@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -25,6 +26,7 @@ from tuwen.config import Settings
 from tuwen.domain import Partition
 from tuwen.local.standin_vlm import StandinProcess
 from tuwen.resources import Resources
+from tuwen.synthesis import lineage
 from tuwen.synthesis.keys import RunParams
 from tuwen.synthesis.planning import plan_partition
 from tuwen.synthesis.runner import AirflowIds, run_batch
@@ -161,6 +163,37 @@ def test_another_run_does_not_take_a_runs_work_and_a_rerun_re_owns_what_failed(s
         row = _rows(resources.settings, "SELECT status, run_id, claimed_by FROM generation WHERE image_id = :i",
                     i=gone.id)[0]
         assert (row.status, row.run_id) == ("succeeded", "scheduled__next")
+
+
+def test_a_large_batch_claims_its_rows_a_window_at_a_time_past_rows_another_task_holds(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with StandinProcess() as vlm:
+        resources = _ready(settings, 150, vlm_base_url=vlm.base_url, batch_size=150, vlm_max_in_flight=16)
+        plan = plan_partition(resources, PARTITION, RunParams(), DAG, RUN)
+        assert len(plan.batches) == 1
+        # The first 70 rows in queue order (more than a claim names at once) are leased to a live task.
+        held = {r.id for r in _rows(resources.settings, "SELECT id FROM generation ORDER BY id LIMIT 70")}
+        engine = create_engine(resources.settings.database_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE generation SET claimed_by = 'another/task', "
+                              "claimed_until = now() + interval '5 minutes' WHERE id = ANY(:ids)"), {"ids": list(held)})
+        engine.dispose()
+        named: list[int] = []
+        claim_own = lineage.RequestClaims.claim_own
+
+        def counting(self: lineage.RequestClaims, keys: Sequence[str], want: int, held: Iterable[int]) -> list:
+            named.append(len(keys))
+            return claim_own(self, keys, want, held)
+
+        monkeypatch.setattr(lineage.RequestClaims, "claim_own", counting)
+        result = run_batch(resources, plan.batches[0]["image_ids"], RunParams(), _task(0))
+        # Every row nobody holds is sent as the task's own (none by the run phase), once; the held ones are left.
+        assert (result.requested, result.succeeded, result.taken_over) == (80, 80, 0)
+        assert vlm.stats()["requests"] == 80
+        rows = _rows(resources.settings, "SELECT id, status FROM generation")
+        assert {r.id for r in rows if r.status == "pending"} == held
+        # Each claim named a window of the batch, never all 150 of its keys.
+        assert named and max(named) <= 64 and sum(named) < 150 * len(named) / 2
 
 
 KILLED_TASK = """

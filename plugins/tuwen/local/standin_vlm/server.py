@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import hashlib
@@ -21,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pybase64
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from tuwen.local.standin_vlm.answers import (
@@ -224,7 +224,8 @@ def decode_data_url(url: str) -> bytes:
     if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
         raise RequestError(400, "Image data URLs must look like data:image/<type>;base64,<data>.", "messages")
     try:
-        return base64.b64decode(payload, validate=True)
+        # vLLM decodes a data URL the same way (pybase64, validated): 1.1 ms -> 13 us for a 300 KB image.
+        return pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "Image data URL is not valid base64.", "messages") from None
 

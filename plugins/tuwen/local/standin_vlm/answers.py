@@ -112,6 +112,22 @@ class ImageFeatures:
 STATS_GRID = 24  # colour statistics run on a 24x24 grid: enough to name colours, cheap in pure Python
 
 
+def _region_cells(grid: int) -> dict[str, list[int]]:
+    """The flat indices of each half of a grid x grid image, in raster order (the order ties are broken in)."""
+    half = grid // 2
+    rows = [range(y * grid, (y + 1) * grid) for y in range(grid)]
+    return {
+        "top": [i for row in rows[:half] for i in row],
+        "bottom": [i for row in rows[half:] for i in row],
+        "left": [i for row in rows for i in row[:half]],
+        "right": [i for row in rows for i in row[half:]],
+    }
+
+
+# Built once: the same for every image.
+_REGION_CELLS = _region_cells(STATS_GRID)
+
+
 def analyse_image(data: bytes, sha256: str) -> ImageFeatures:
     """Measure an image; raises ValueError when Pillow cannot decode it."""
     try:
@@ -133,14 +149,6 @@ def analyse_image(data: bytes, sha256: str) -> ImageFeatures:
     total = len(names)
     colours = tuple((name, count / total) for name, count in Counter(names).most_common(4))
 
-    half = STATS_GRID // 2
-    rows = [range(y * STATS_GRID, (y + 1) * STATS_GRID) for y in range(STATS_GRID)]
-    cells = {
-        "top": [i for row in rows[:half] for i in row],
-        "bottom": [i for row in rows[half:] for i in row],
-        "left": [i for row in rows for i in row[:half]],
-        "right": [i for row in rows for i in row[half:]],
-    }
     return ImageFeatures(
         sha256=sha256,
         width=width,
@@ -149,8 +157,8 @@ def analyse_image(data: bytes, sha256: str) -> ImageFeatures:
         colours=colours,
         brightness=sum(luma) / total / 255,
         saturation=sum(s for _, s, _ in hsv) / total / 255,
-        regions={k: Counter(names[i] for i in idx).most_common(1)[0][0] for k, idx in cells.items()},
-        region_brightness={k: sum(luma[i] for i in idx) / len(idx) / 255 for k, idx in cells.items()},
+        regions={k: Counter(names[i] for i in idx).most_common(1)[0][0] for k, idx in _REGION_CELLS.items()},
+        region_brightness={k: sum(luma[i] for i in idx) / len(idx) / 255 for k, idx in _REGION_CELLS.items()},
     )
 
 

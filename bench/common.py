@@ -69,8 +69,21 @@ def peak_rss_mb(children: bool = False) -> float:
     return usage.ru_maxrss / 1024.0  # KiB on Linux
 
 
+def cpu_model() -> str:
+    """The processor's name as the kernel gives it: machines of the same kind and core count differ by half in
+    this bench's CPU figures, so a record says which one it came from."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
-    return f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{platform.node()} {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}"
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
@@ -244,7 +257,8 @@ def _mapped_task(settings: Settings, image_ids: Sequence[int], ids: Any, retries
             if attempt == retries:
                 raise
             continue  # Airflow retries the task; the rerun sends only the keys not yet stored
-        return {**result.as_dict(), "task_attempts": attempt + 1, "cpu_s": time.process_time() - cpu0}
+        return {**result.as_dict(), "task_attempts": attempt + 1, "cpu_s": time.process_time() - cpu0,
+                "ended_at": time.perf_counter()}
     raise AssertionError("unreachable")
 
 
@@ -285,7 +299,8 @@ def run_mapped_tasks(settings: Settings, queue: Sequence[tuple[Any, Sequence[int
         futures = [pool.submit(_mapped_task, settings, image_ids, ids, retries) for ids, image_ids in queue]
         results = [future.result() for future in futures]
         wall = time.perf_counter() - started
-    return results, wall
+    # perf_counter is CLOCK_MONOTONIC on Linux, one clock for every process of the machine.
+    return [{**result, "ended_s": result["ended_at"] - started} for result in results], wall
 
 
 def server_metrics(root: str) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import os
@@ -19,6 +20,7 @@ from tuwen.config import Settings
 from tuwen.domain import Partition
 from tuwen.local.standin_vlm import StandinProcess
 from tuwen.resources import Resources
+from tuwen.synthesis import runner
 from tuwen.synthesis.keys import RunParams
 from tuwen.synthesis.planning import plan_partition
 from tuwen.synthesis.prompts import forget_prompts, get_prompt
@@ -239,6 +241,33 @@ def test_presigned_url_mode_lets_the_server_fetch_the_image(settings: Settings) 
         stats = vlm.stats()
         assert stats["ok"] == 3 and len(stats["by_image"]) == 3  # the stand-in decoded 3 distinct images
         assert Counter(r[0] for r in _rows(settings, "SELECT status FROM generation")) == {"succeeded": 3}
+
+
+def test_a_slow_image_read_holds_up_its_own_request_only(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GET that stalls (an object store's hiccup, a read's retries): the requests behind it in the read-ahead
+    # window go out meanwhile, instead of every request slot draining behind it.
+    real_image_url = runner.image_url
+    slow: list[str] = []
+
+    async def first_read_slow(resources: Resources, reader, job) -> str:
+        if not slow:
+            slow.append(job.image_sha256)
+            await asyncio.sleep(2.0)
+        return await real_image_url(resources, reader, job)
+
+    monkeypatch.setattr(runner, "image_url", first_read_slow)
+    with StandinProcess(latency="fixed:0.05") as vlm:
+        resources = _ready(settings, 20, vlm_base_url=vlm.base_url, vlm_max_in_flight=4,
+                           vlm_inflight_control="fixed")
+        plan = plan_partition(resources, PARTITION, RunParams())
+        result = run_batch(resources, [i for batch in plan.batches for i in batch["image_ids"]], RunParams())
+        assert result.succeeded == 20 and vlm.stats()["requests"] == 20
+    sent = {row.sha256: row.sent for row in _rows(
+        resources.settings, "SELECT i.sha256, g.completed_at - g.latency_ms * interval '1 ms' AS sent "
+                            "FROM generation g JOIN image i ON i.id = g.image_id")}
+    slow_sent = sent.pop(slow[0])
+    # 19 requests of 0.05 s, 4 at a time, take a fraction of the slow read's 2 s: all of them before it.
+    assert len(sent) == 19 and max(sent.values()) < slow_sent
 
 
 def test_hostile_items_are_recorded_on_their_own_and_the_batch_goes_on(settings: Settings) -> None:

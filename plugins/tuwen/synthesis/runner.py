@@ -20,7 +20,6 @@ import concurrent.futures
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -407,23 +406,30 @@ async def send_with_images(
         # The client pulls one request at a time, so reading images one by one would put a serial S3
         # round trip in front of every request: a read-ahead window keeps reads in flight (and bounds
         # the encoded images held in memory to the window).
-        window: deque[tuple[J, asyncio.Task[str]]] = deque()
+        window: dict[asyncio.Task[str], J] = {}  # in queue order
         upcoming = _as_async(jobs)
         try:
             while True:
                 while len(window) < read_ahead and (job := await anext(upcoming, None)) is not None:
-                    window.append((job, asyncio.create_task(image_url(resources, reader, job))))
+                    window[asyncio.create_task(image_url(resources, reader, job))] = job
                 if not window:
                     return
-                job, future = window.popleft()
+                # The first read done, in queue order: one slow read (a stalled GET, its retries) holds up its
+                # own request only, not the reads behind it, while the request slots drain and the rows this
+                # task holds wait where no other task can take them.
+                future = next((read for read in window if read.done()), None)
+                if future is None:
+                    await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
+                    future = next(read for read in window if read.done())
+                job = window.pop(future)
                 try:
-                    url = await future
+                    url = future.result()
                 except ObjectMissingError as exc:
                     await loop.run_in_executor(db_pool, on_missing, job, str(exc))
                     continue
                 yield request_of(job, url)
         finally:
-            for _, future in window:
+            for future in window:
                 if future.done() and not future.cancelled():
                     future.exception()  # read: an error of a read no request will use is not logged as lost
                 future.cancel()

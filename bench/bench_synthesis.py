@@ -291,7 +291,8 @@ def main(only: Sequence[str] = (), n_images: int = N_IMAGES) -> list[dict]:
                 f"client: {r['fraction_of_ideal'] / r['perfect_same_draws']:.2f} of it), "
                 f"over other draws of the latency "
                 f"{r['perfect_client'][0]:.3f} (mean of 200 draws, p10-p90 {r['perfect_client'][1]:.3f}-"
-                f"{r['perfect_client'][2]:.3f})" for r in rows),
+                f"{r['perfect_client'][2]:.3f}); {r['retried_requests']} requests sent more than once, "
+                f"{r['task_attempts']} tasks run again" for r in rows),
             intro=LITTLE_INTRO)
         return rows
 
